@@ -1,0 +1,23 @@
+//! # Core layer: the media pipeline
+//!
+//! This crate owns everything between a media device and the peer connections that is about the
+//! *media itself*, not about transport:
+//!
+//! - [`h264`]: zero-copy Annex-B parsing, NAL headers, a streaming access-unit assembler,
+//!   keyframe detection and an SPS parser (picture size, profile/level).
+//! - [`ogg`]: Ogg page parsing and an Ogg/Opus reader (plus a small writer used for fixtures).
+//! - [`pacer`]: a sans-IO frame pacer that says when each frame is due.
+//! - [`sources`]: host implementations of the `kvs_platform` capture traits (a test-pattern
+//!   camera and tone microphone that encode live, file sources that loop, and a camera that
+//!   reads H.264 from a pipe).
+//! - [`fanout`]: fan-out of encoded frames to sessions.
+//!
+//! It must not know about signaling, RTP/WebRTC sessions or the application framework: it
+//! produces [`kvs_platform::EncodedFrame`]s and nothing else. Every parser here is fed data
+//! from files or pipes and must return typed errors — never panic — on malformed input.
+
+pub mod fanout;
+pub mod h264;
+pub mod ogg;
+pub mod pacer;
+pub mod sources;

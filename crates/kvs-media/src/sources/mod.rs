@@ -1,0 +1,51 @@
+//! Host media sources: implementations of the `kvs_platform` capture traits.
+//!
+//! - [`TestPatternCamera`]: a live, moving test pattern (frame counter and wall clock drawn in)
+//!   encoded to H.264 Constrained Baseline with OpenH264.
+//! - [`ToneMicrophone`]: a 440 Hz tone with a beep each second, encoded to Opus (pure Rust).
+//! - [`H264FileCamera`] and [`OggOpusMicrophone`]: files, looped and paced.
+//! - [`StdinH264Camera`]: an Annex-B H.264 stream from a pipe (or any `Read`), unpaced.
+//!
+//! Every source's `next_frame` blocks until its frame is due ([`crate::pacer`] decides when),
+//! except the pipe camera, which emits frames as they arrive. Sources own their encoders and
+//! buffers; they must not know who consumes the frames (that is [`crate::fanout`]'s job).
+//! Bad files are rejected at open time with [`CaptureError::InvalidInput`], not by panicking.
+
+mod font;
+mod h264_file;
+mod ogg_file;
+mod pipe;
+mod test_pattern;
+mod tone;
+
+pub use h264_file::{H264FileCamera, H264FileConfig};
+pub use ogg_file::{OggOpusFileConfig, OggOpusMicrophone};
+pub use pipe::{StdinH264Camera, StdinH264Config};
+pub use test_pattern::{TestPatternCamera, TestPatternConfig};
+pub use tone::{ToneConfig, ToneMicrophone};
+
+use kvs_platform::CaptureError;
+use std::time::Instant;
+
+/// Default bound on the size of a media file a file source loads into memory: 256 MiB.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Block the calling (capture) thread until `due`.
+fn sleep_until(due: Instant) {
+    let now = Instant::now();
+    if due > now {
+        std::thread::sleep(due - now);
+    }
+}
+
+/// Read a whole file, refusing ones larger than `max` bytes.
+fn read_bounded(path: &std::path::Path, max: u64) -> Result<bytes::Bytes, CaptureError> {
+    let len = std::fs::metadata(path)?.len();
+    if len > max {
+        return Err(CaptureError::InvalidInput(format!(
+            "{}: file is {len} bytes, more than the {max}-byte limit",
+            path.display()
+        )));
+    }
+    Ok(std::fs::read(path)?.into())
+}

@@ -1,0 +1,642 @@
+//! The test-pattern camera: scrolling colour bars, a bouncing box, a frame counter and the
+//! wall-clock time (UTC, hh:mm:ss.mmm — handy to eyeball end-to-end latency), encoded live with
+//! OpenH264 as Constrained Baseline (profile 66 with constraint_set0/1, what `42e01f` viewers
+//! decode).
+
+use super::font;
+use crate::h264::{nal_type, nal_units, NalHeader};
+use crate::pacer::{LatePolicy, Pacer, PacerConfig};
+use bytes::Bytes;
+use kvs_platform::{
+    CaptureError, Clock, EncodedFrame, FrameKind, SystemClock, VideoCapture, VideoCodec,
+    VideoFormat,
+};
+use openh264::encoder::{
+    BitRate, Encoder, EncoderConfig, FrameRate, FrameType, IntraFramePeriod, Level, Profile,
+    RateControlMode, SpsPpsStrategy, UsageType,
+};
+use openh264::formats::YUVSource;
+use openh264::{OpenH264API, Timestamp};
+use std::time::Instant;
+
+/// Settings of a [`TestPatternCamera`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TestPatternConfig {
+    /// Even, 16..=3840.
+    pub width: u32,
+    /// Even, 16..=2160.
+    pub height: u32,
+    /// 1..=120.
+    pub fps: u32,
+    /// Initial target bitrate (bits/s); [`VideoCapture::set_bitrate`] changes it live.
+    pub bitrate_bps: u32,
+    /// Frames between IDR frames (GOP length); 0 = only the first frame and requested ones.
+    pub keyframe_interval: u32,
+    /// Block in `next_frame` until each frame is due (true for live use; false produces frames
+    /// as fast as they are asked for, with the same nominal timestamps — for tests and files).
+    pub paced: bool,
+}
+
+impl Default for TestPatternConfig {
+    fn default() -> Self {
+        Self {
+            width: 640,
+            height: 480,
+            fps: 30,
+            bitrate_bps: 1_000_000,
+            keyframe_interval: 30,
+            paced: true,
+        }
+    }
+}
+
+/// An I420 picture buffer, allocated once and redrawn for every frame.
+struct Picture {
+    width: usize,
+    height: usize,
+    y: Vec<u8>,
+    u: Vec<u8>,
+    v: Vec<u8>,
+}
+
+impl YUVSource for Picture {
+    fn dimensions(&self) -> (usize, usize) {
+        (self.width, self.height)
+    }
+    fn strides(&self) -> (usize, usize, usize) {
+        (self.width, self.width / 2, self.width / 2)
+    }
+    fn y(&self) -> &[u8] {
+        &self.y
+    }
+    fn u(&self) -> &[u8] {
+        &self.u
+    }
+    fn v(&self) -> &[u8] {
+        &self.v
+    }
+}
+
+/// 75% colour bars in BT.601 limited-range YUV: white, yellow, cyan, green, magenta, red, blue,
+/// black.
+const BARS: [(u8, u8, u8); 8] = [
+    (180, 128, 128),
+    (162, 44, 142),
+    (131, 156, 44),
+    (112, 72, 58),
+    (84, 184, 198),
+    (65, 100, 212),
+    (35, 212, 114),
+    (16, 128, 128),
+];
+
+impl Picture {
+    fn new(width: usize, height: usize) -> Self {
+        Self {
+            width,
+            height,
+            y: vec![0; width * height],
+            u: vec![128; width * height / 4],
+            v: vec![128; width * height / 4],
+        }
+    }
+
+    /// Draw frame `index` with the clock text `clock` into the buffer (no allocation).
+    fn draw(&mut self, index: u64, counter: &str, clock: &str) {
+        let (w, h) = (self.width, self.height);
+        let (cw, ch) = (w / 2, h / 2);
+        // Bars scroll left by 4 pixels per frame.
+        let shift = (index as usize * 4) % w;
+        let bar_of = |x: usize| ((x + shift) % w) * BARS.len() / w;
+        // Draw one row of each plane, then copy it down.
+        for x in 0..w {
+            self.y[x] = BARS[bar_of(x)].0;
+        }
+        for x in 0..cw {
+            let (_, u, v) = BARS[bar_of(x * 2)];
+            self.u[x] = u;
+            self.v[x] = v;
+        }
+        for row in 1..h {
+            self.y.copy_within(0..w, row * w);
+        }
+        for row in 1..ch {
+            self.u.copy_within(0..cw, row * cw);
+            self.v.copy_within(0..cw, row * cw);
+        }
+        // A box bouncing diagonally (positions even, so chroma lines up).
+        let size = (w.min(h) / 6) & !1;
+        let bounce = |range: usize, speed: usize| {
+            if range == 0 {
+                return 0;
+            }
+            let p = (index as usize * speed) % (2 * range);
+            (if p < range { p } else { 2 * range - p }) & !1
+        };
+        let bx = bounce(w - size, 6);
+        let by = bounce(h - size, 4);
+        for row in by..by + size {
+            self.y[row * w + bx..row * w + bx + size].fill(235);
+        }
+        for row in by / 2..(by + size) / 2 {
+            self.u[row * cw + bx / 2..row * cw + (bx + size) / 2].fill(128);
+            self.v[row * cw + bx / 2..row * cw + (bx + size) / 2].fill(128);
+        }
+        // A patch of fresh noise in the bottom-right corner: incompressible detail, so the
+        // encoder uses the bitrate it is given, like a real camera (bandwidth tests need that).
+        let noise = (w.min(h) / 8) & !1;
+        let mut seed = index.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        for row in h - noise..h {
+            for px in &mut self.y[row * w + w - noise..(row + 1) * w] {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                *px = 16 + (seed % 220) as u8;
+            }
+        }
+        // Counter and clock on a black box, neutral chroma.
+        let scale = (h / 120).clamp(1, 6);
+        let margin = scale * 2;
+        let (tw1, th) = font::text_box(counter, scale);
+        let (tw2, _) = font::text_box(clock, scale);
+        font::draw_text(&mut self.y, w, h, margin, margin, scale, counter, 235, 16);
+        font::draw_text(
+            &mut self.y,
+            w,
+            h,
+            margin,
+            margin + th,
+            scale,
+            clock,
+            235,
+            16,
+        );
+        let text_w = (margin + tw1.max(tw2)).min(w);
+        let text_h = (margin + 2 * th).min(h);
+        for row in margin / 2..text_h.div_ceil(2).min(ch) {
+            self.u[row * cw + margin / 2..row * cw + text_w.div_ceil(2).min(cw)].fill(128);
+            self.v[row * cw + margin / 2..row * cw + text_w.div_ceil(2).min(cw)].fill(128);
+        }
+    }
+}
+
+/// A live test-pattern camera encoding H.264 with OpenH264. See the [module docs](self).
+pub struct TestPatternCamera {
+    config: TestPatternConfig,
+    encoder: Encoder,
+    picture: Picture,
+    /// Frames drawn so far (the next frame's index).
+    index: u64,
+    /// Frames the encoder has seen (0 means it is not initialised yet).
+    encoded: u64,
+    force_keyframe: bool,
+    pacer: Pacer,
+    clock: SystemClock,
+    /// Reused text buffers for the counter and clock.
+    counter: String,
+    clock_text: String,
+    /// The latest SPS and PPS, re-sent if an IDR ever comes without them.
+    sps: Option<Bytes>,
+    pps: Option<Bytes>,
+}
+
+impl std::fmt::Debug for TestPatternCamera {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestPatternCamera")
+            .field("config", &self.config)
+            .field("index", &self.index)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Level 3.1 (what `42e01f` viewers negotiate) up to 720p, higher levels for larger pictures.
+fn level_for(width: u32, height: u32) -> Level {
+    let mbs = width.div_ceil(16) * height.div_ceil(16);
+    if mbs <= 3_600 {
+        Level::Level_3_1
+    } else if mbs <= 8_192 {
+        Level::Level_4_0
+    } else {
+        Level::Level_5_1
+    }
+}
+
+fn codec_err(e: openh264::Error) -> CaptureError {
+    CaptureError::Codec(format!("OpenH264: {e}"))
+}
+
+impl TestPatternCamera {
+    /// A camera with `config`; fails on an invalid size, rate or bitrate.
+    pub fn new(config: TestPatternConfig) -> Result<Self, CaptureError> {
+        let bad = |m: String| Err(CaptureError::InvalidInput(m));
+        if !config.width.is_multiple_of(2) || !config.height.is_multiple_of(2) {
+            return bad(format!(
+                "test pattern size {}x{} must be even",
+                config.width, config.height
+            ));
+        }
+        if !(16..=3840).contains(&config.width) || !(16..=2160).contains(&config.height) {
+            return bad(format!(
+                "test pattern size {}x{} out of range 16x16..3840x2160",
+                config.width, config.height
+            ));
+        }
+        if !(1..=120).contains(&config.fps) {
+            return bad(format!(
+                "test pattern fps {} out of range 1..=120",
+                config.fps
+            ));
+        }
+        if config.bitrate_bps < 10_000 {
+            return bad(format!("bitrate {} bit/s too low", config.bitrate_bps));
+        }
+        let encoder = Self::make_encoder(&config)?;
+        Ok(Self {
+            picture: Picture::new(config.width as usize, config.height as usize),
+            encoder,
+            index: 0,
+            encoded: 0,
+            force_keyframe: false,
+            pacer: Pacer::new(PacerConfig {
+                late_policy: LatePolicy::Reanchor,
+                default_frame_interval_us: 1_000_000 / u64::from(config.fps),
+                ..PacerConfig::default()
+            }),
+            clock: SystemClock,
+            counter: String::with_capacity(16),
+            clock_text: String::with_capacity(16),
+            sps: None,
+            pps: None,
+            config,
+        })
+    }
+
+    fn make_encoder(config: &TestPatternConfig) -> Result<Encoder, CaptureError> {
+        let cfg = EncoderConfig::new()
+            .bitrate(BitRate::from_bps(config.bitrate_bps))
+            .max_frame_rate(FrameRate::from_hz(config.fps as f32))
+            .rate_control_mode(RateControlMode::Bitrate)
+            // A real-time stream must not silently drop frames; the rate controller adapts QP.
+            .skip_frames(false)
+            // Baseline + constraint_set1 (set by OpenH264 for profile 66) = Constrained
+            // Baseline, which every WebRTC H.264 decoder accepts.
+            .profile(Profile::Baseline)
+            // A level with headroom, so the bitrate can be raised later without re-initialising.
+            .level(level_for(config.width, config.height))
+            .usage_type(UsageType::CameraVideoRealTime)
+            .sps_pps_strategy(SpsPpsStrategy::ConstantId)
+            .intra_frame_period(IntraFramePeriod::from_num_frames(config.keyframe_interval))
+            // Keyframes exactly on the GOP or on request, not on "scene changes" of the pattern.
+            .scene_change_detect(false)
+            // One thread and one slice per picture: deterministic and light on a shared CPU.
+            .num_threads(1);
+        Encoder::with_api_config(OpenH264API::from_source(), cfg).map_err(codec_err)
+    }
+
+    /// The configuration in use (with the current bitrate).
+    pub fn config(&self) -> &TestPatternConfig {
+        &self.config
+    }
+
+    /// Frames produced so far.
+    pub fn frames_produced(&self) -> u64 {
+        self.index
+    }
+
+    fn nominal_ts(&self, index: u64) -> u64 {
+        index * 1_000_000 / u64::from(self.config.fps)
+    }
+
+    fn render_text(&mut self) {
+        use std::fmt::Write;
+        self.counter.clear();
+        let _ = write!(self.counter, "{:06}", self.index);
+        let ms = self.clock.unix_time().as_millis() as u64 % 86_400_000;
+        self.clock_text.clear();
+        let _ = write!(
+            self.clock_text,
+            "{:02}:{:02}:{:02}.{:03}",
+            ms / 3_600_000,
+            ms / 60_000 % 60,
+            ms / 1000 % 60,
+            ms % 1000
+        );
+    }
+
+    /// Draw and encode the next picture. Returns `None` if the encoder produced no output.
+    fn encode_next(&mut self, ts_us: u64) -> Result<Option<EncodedFrame>, CaptureError> {
+        self.render_text();
+        self.picture
+            .draw(self.index, &self.counter, &self.clock_text);
+        self.index += 1;
+        if self.force_keyframe && self.encoded > 0 {
+            self.encoder.force_intra_frame();
+        }
+        self.force_keyframe = false;
+        let bitstream = self
+            .encoder
+            .encode_at(&self.picture, Timestamp::from_millis(ts_us / 1000))
+            .map_err(codec_err)?;
+        self.encoded += 1;
+        let kind = match bitstream.frame_type() {
+            FrameType::IDR => FrameKind::Key,
+            FrameType::Skip | FrameType::Invalid => return Ok(None),
+            _ => FrameKind::Delta,
+        };
+        // One allocation per frame, sized exactly.
+        let mut len = 0;
+        for l in 0..bitstream.num_layers() {
+            if let Some(layer) = bitstream.layer(l) {
+                for n in 0..layer.nal_count() {
+                    len += layer.nal_unit(n).map_or(0, <[u8]>::len);
+                }
+            }
+        }
+        if len == 0 {
+            return Ok(None);
+        }
+        let mut data = Vec::with_capacity(len);
+        bitstream.write_vec(&mut data);
+        let mut data = Bytes::from(data);
+        if kind == FrameKind::Key {
+            data = self.ensure_parameter_sets(data);
+        }
+        Ok(Some(EncodedFrame::new(data, ts_us, kind)))
+    }
+
+    /// Remember the parameter sets of a keyframe, or prepend the remembered ones if the
+    /// encoder left them out, so every keyframe is decodable on its own.
+    fn ensure_parameter_sets(&mut self, au: Bytes) -> Bytes {
+        let (mut has_sps, mut has_pps) = (false, false);
+        for nal in nal_units(&au) {
+            match NalHeader::parse(nal).map(|h| h.nal_type) {
+                Ok(nal_type::SPS) => {
+                    has_sps = true;
+                    self.sps = Some(Bytes::copy_from_slice(nal));
+                }
+                Ok(nal_type::PPS) => {
+                    has_pps = true;
+                    self.pps = Some(Bytes::copy_from_slice(nal));
+                }
+                _ => {}
+            }
+        }
+        if has_sps && has_pps {
+            return au;
+        }
+        let (Some(sps), Some(pps)) = (&self.sps, &self.pps) else {
+            return au;
+        };
+        let mut v = Vec::with_capacity(au.len() + sps.len() + pps.len() + 8);
+        for ps in [sps, pps] {
+            v.extend_from_slice(&[0, 0, 0, 1]);
+            v.extend_from_slice(ps);
+        }
+        v.extend_from_slice(&au);
+        v.into()
+    }
+}
+
+impl VideoCapture for TestPatternCamera {
+    fn format(&self) -> VideoFormat {
+        VideoFormat {
+            codec: VideoCodec::H264,
+            width: self.config.width,
+            height: self.config.height,
+            fps: self.config.fps,
+        }
+    }
+
+    fn start(&mut self) -> Result<(), CaptureError> {
+        self.pacer.reset();
+        // A viewer joining after a restart needs a keyframe first.
+        self.force_keyframe = true;
+        Ok(())
+    }
+
+    fn stop(&mut self) {
+        self.pacer.reset();
+    }
+
+    fn next_frame(&mut self) -> Result<Option<EncodedFrame>, CaptureError> {
+        loop {
+            let nominal = self.nominal_ts(self.index);
+            let ts = if self.config.paced {
+                let paced = self.pacer.pace(nominal, Instant::now());
+                super::sleep_until(paced.due);
+                paced.output_ts_us
+            } else {
+                nominal
+            };
+            if let Some(frame) = self.encode_next(ts)? {
+                return Ok(Some(frame));
+            }
+        }
+    }
+
+    fn request_keyframe(&mut self) -> bool {
+        self.force_keyframe = true;
+        true
+    }
+
+    fn set_bitrate(&mut self, bits_per_second: u32) -> Result<(), CaptureError> {
+        if bits_per_second < 10_000 {
+            return Err(CaptureError::InvalidInput(format!(
+                "bitrate {bits_per_second} bit/s too low"
+            )));
+        }
+        let previous = self.config.bitrate_bps;
+        self.config.bitrate_bps = bits_per_second;
+        if self.encoded == 0 {
+            // Not initialised yet: the new configuration applies from the first frame.
+            self.encoder = Self::make_encoder(&self.config)?;
+            return Ok(());
+        }
+        use openh264_sys2::{
+            ENCODER_OPTION_BITRATE as TARGET, ENCODER_OPTION_MAX_BITRATE as MAX,
+            SPATIAL_LAYER_0 as LAYER0, SPATIAL_LAYER_ALL as ALL,
+        };
+        // OpenH264 rejects a layer target above the layer maximum: raise the maximum first
+        // when going up, lower the target first when going down.
+        let raise = [(MAX, LAYER0), (MAX, ALL), (TARGET, ALL)];
+        let lower = [(TARGET, ALL), (MAX, LAYER0), (MAX, ALL)];
+        let steps = if bits_per_second >= previous {
+            raise
+        } else {
+            lower
+        };
+        let rate = i32::try_from(bits_per_second).unwrap_or(i32::MAX);
+        for (option, layer) in steps {
+            let mut info = openh264_sys2::SBitrateInfo {
+                iLayer: layer,
+                iBitrate: rate,
+            };
+            // SAFETY: the encoder is initialised (it has encoded a frame); the option ids take
+            // an `SBitrateInfo` as OpenH264's SetOption documents, and `info` outlives the call.
+            // Bitrate is a rate-control parameter the wrapper does not cache.
+            let rc = unsafe {
+                self.encoder
+                    .raw_api()
+                    .set_option(option, (&raw mut info).cast())
+            };
+            if rc != 0 {
+                self.config.bitrate_bps = previous;
+                return Err(CaptureError::Codec(format!(
+                    "OpenH264 refused bitrate {bits_per_second} (option {option}, code {rc})"
+                )));
+            }
+        }
+        tracing::debug!(bits_per_second, "test pattern bitrate changed");
+        Ok(())
+    }
+
+    fn bitrate(&self) -> Option<u32> {
+        Some(self.config.bitrate_bps)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::h264::{find_sps, AccessUnitInfo};
+    use openh264::decoder::Decoder;
+
+    pub(crate) fn unpaced(width: u32, height: u32) -> TestPatternCamera {
+        TestPatternCamera::new(TestPatternConfig {
+            width,
+            height,
+            paced: false,
+            ..TestPatternConfig::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn encodes_decodable_moving_pattern_with_keyframes() {
+        let mut cam = unpaced(640, 480);
+        assert_eq!(cam.format().width, 640);
+        let mut decoder = Decoder::new().unwrap();
+        let mut lumas: Vec<Vec<u8>> = Vec::new();
+        let mut kinds = Vec::new();
+        let mut forced_at = None;
+        for i in 0..45 {
+            if i == 10 {
+                assert!(cam.request_keyframe());
+                forced_at = Some(i as usize);
+            }
+            let f = cam.next_frame().unwrap().unwrap();
+            assert_eq!(f.timestamp_us, i * 1_000_000 / 30);
+            let info = AccessUnitInfo::scan(&f.data);
+            assert_eq!(info.kind(), f.kind, "frame {i}");
+            if f.is_key() {
+                assert!(info.has_sps && info.has_pps, "keyframe {i} carries SPS+PPS");
+                let sps = find_sps(&f.data).unwrap().unwrap();
+                assert_eq!((sps.width, sps.height), (640, 480));
+                assert!(
+                    sps.is_constrained_baseline(),
+                    "{:06x}",
+                    sps.profile_level_id()
+                );
+            }
+            kinds.push(f.kind);
+            let pic = decoder
+                .decode(&f.data)
+                .unwrap()
+                .unwrap_or_else(|| panic!("frame {i} did not decode"));
+            assert_eq!(pic.dimensions(), (640, 480));
+            let (w, h) = pic.dimensions();
+            let stride = pic.strides().0;
+            let mut y = Vec::with_capacity(w * h);
+            for row in 0..h {
+                y.extend_from_slice(&pic.y()[row * stride..row * stride + w]);
+            }
+            lumas.push(y);
+        }
+        // The first frame, the forced one, and one GOP (30 frames) after the forced one.
+        let keys: Vec<usize> = (0..kinds.len())
+            .filter(|&i| kinds[i] == FrameKind::Key)
+            .collect();
+        let forced = forced_at.unwrap();
+        assert_eq!(keys, vec![0, forced, forced + 30], "{kinds:?}");
+        // The pattern moves: consecutive pictures differ in many pixels, not just the text.
+        let differing = lumas[5]
+            .iter()
+            .zip(&lumas[6])
+            .filter(|(a, b)| a.abs_diff(**b) > 20)
+            .count();
+        assert!(
+            differing > 640 * 480 / 100,
+            "only {differing} pixels changed"
+        );
+        // And it looks like bars: the decoded picture has the bar levels (±10) in its bottom row.
+        let bottom = &lumas[0][479 * 640..];
+        assert!(
+            (bottom[5] as i32 - 180).abs() < 12,
+            "white bar {}",
+            bottom[5]
+        );
+        assert!(
+            (bottom[570] as i32 - 16).abs() < 12,
+            "black bar {}",
+            bottom[570]
+        );
+    }
+
+    #[test]
+    fn odd_sizes_are_cropped_and_bitrate_changes_apply() {
+        let mut cam = unpaced(320, 180);
+        let f = cam.next_frame().unwrap().unwrap();
+        let sps = find_sps(&f.data).unwrap().unwrap();
+        assert_eq!((sps.width, sps.height), (320, 180));
+
+        // Same content, one camera lowered to 60 kbit/s after its first frame, then raised.
+        let mut reference = unpaced(320, 240);
+        let mut changed = unpaced(320, 240);
+        reference.next_frame().unwrap();
+        changed.next_frame().unwrap();
+        changed.set_bitrate(60_000).unwrap();
+        assert_eq!(changed.bitrate(), Some(60_000));
+        let bytes = |cam: &mut TestPatternCamera, n: usize| -> usize {
+            (0..n)
+                .map(|_| cam.next_frame().unwrap().unwrap().data.len())
+                .sum()
+        };
+        let full = bytes(&mut reference, 30);
+        let low = bytes(&mut changed, 30);
+        assert!(
+            low * 2 < full,
+            "60 kbit/s gave {low} bytes, 1 Mbit/s gave {full}"
+        );
+        changed.set_bitrate(1_000_000).unwrap();
+        bytes(&mut changed, 30);
+        let up = bytes(&mut changed, 30);
+        assert!(
+            up > low * 3 / 2,
+            "raised back: {up} bytes, at 60 kbit/s: {low}"
+        );
+        assert!(matches!(
+            TestPatternCamera::new(TestPatternConfig {
+                width: 641,
+                ..TestPatternConfig::default()
+            }),
+            Err(CaptureError::InvalidInput(_))
+        ));
+    }
+
+    #[test]
+    fn paced_frames_arrive_at_the_frame_rate() {
+        let mut cam = TestPatternCamera::new(TestPatternConfig {
+            width: 160,
+            height: 120,
+            fps: 50,
+            ..TestPatternConfig::default()
+        })
+        .unwrap();
+        let start = Instant::now();
+        for _ in 0..6 {
+            cam.next_frame().unwrap().unwrap();
+        }
+        // Frame 5 is due 100 ms after frame 0.
+        assert!(start.elapsed() >= std::time::Duration::from_millis(100));
+    }
+}

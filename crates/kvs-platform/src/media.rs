@@ -1,0 +1,164 @@
+//! Media device contracts: camera (video capture), microphone (audio capture), display (video
+//! player) and speaker (audio player), mirroring the seed SDK's media interfaces
+//! (init/start/stop/get frame/release frame; bitrate; JPEG snapshot).
+//!
+//! Captures hand out *encoded* frames: on the seed's devices the camera or a hardware encoder
+//! produces H.264, and the microphone path produces Opus. Releasing a frame is dropping it;
+//! [`EncodedFrame::data`] is a reference-counted [`Bytes`] so fanning one frame out to many
+//! viewers never copies it.
+//!
+//! Capture calls block (device drivers do); the application framework runs each capture on its
+//! own thread. A capture paces itself: `next_frame` returns when the frame is due.
+
+use bytes::Bytes;
+use std::fmt;
+
+/// Whether a video frame can be decoded on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FrameKind {
+    /// An I/IDR frame (with its parameter sets): a decoder can start here.
+    Key,
+    /// A P or B frame: needs the frames before it. (Every audio frame decodes on its own, so
+    /// audio frames are always `Key`.)
+    Delta,
+}
+
+/// One encoded media frame: a complete H.264 access unit in Annex-B form, or one Opus packet.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EncodedFrame {
+    /// The encoded bytes, shared without copying.
+    pub data: Bytes,
+    /// Presentation time in microseconds on the capture's own monotonic timeline.
+    pub timestamp_us: u64,
+    /// Key (independently decodable) or delta.
+    pub kind: FrameKind,
+}
+
+impl EncodedFrame {
+    /// A frame of `kind` at `timestamp_us`.
+    pub fn new(data: impl Into<Bytes>, timestamp_us: u64, kind: FrameKind) -> Self {
+        Self { data: data.into(), timestamp_us, kind }
+    }
+
+    /// True for frames a decoder can start from.
+    pub fn is_key(&self) -> bool {
+        self.kind == FrameKind::Key
+    }
+}
+
+impl fmt::Debug for EncodedFrame {
+    // Frames are large; print their shape, not their bytes.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EncodedFrame")
+            .field("len", &self.data.len())
+            .field("timestamp_us", &self.timestamp_us)
+            .field("kind", &self.kind)
+            .finish()
+    }
+}
+
+/// Video codecs the SDK can carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum VideoCodec {
+    /// H.264, sent with packetization-mode 1.
+    H264,
+}
+
+/// Audio codecs the SDK can carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AudioCodec {
+    /// Opus, 48 kHz RTP clock.
+    Opus,
+}
+
+/// What a video capture produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VideoFormat {
+    pub codec: VideoCodec,
+    /// Pixels; 0 when unknown until the first keyframe (e.g. a stream from stdin).
+    pub width: u32,
+    pub height: u32,
+    /// Nominal frames per second; 0 when unknown.
+    pub fps: u32,
+}
+
+/// What an audio capture produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AudioFormat {
+    pub codec: AudioCodec,
+    pub sample_rate: u32,
+    pub channels: u16,
+    /// Duration of one frame in microseconds (20 ms = 20_000 for the defaults).
+    pub frame_duration_us: u32,
+}
+
+/// Errors from media devices.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    /// The device does not offer this operation (e.g. bitrate on a file source).
+    #[error("not supported by this media device: {0}")]
+    Unsupported(&'static str),
+    /// The source's data is malformed; the message says where and why.
+    #[error("invalid media input: {0}")]
+    InvalidInput(String),
+    /// Reading the underlying device, file or pipe failed.
+    #[error("media I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The encoder or decoder failed.
+    #[error("codec error: {0}")]
+    Codec(String),
+}
+
+/// A camera that yields encoded video.
+pub trait VideoCapture: Send {
+    /// The format frames will have.
+    fn format(&self) -> VideoFormat;
+    /// Begin producing frames.
+    fn start(&mut self) -> Result<(), CaptureError>;
+    /// Stop producing frames; `start` may be called again.
+    fn stop(&mut self);
+    /// Block until the next frame is due and return it; `Ok(None)` at the end of the stream.
+    fn next_frame(&mut self) -> Result<Option<EncodedFrame>, CaptureError>;
+    /// Make the next frame a keyframe. Returns false when the source cannot (a file, a pipe):
+    /// the pipeline then waits for the source's next keyframe.
+    fn request_keyframe(&mut self) -> bool {
+        false
+    }
+    /// Change the target bitrate in bits per second.
+    fn set_bitrate(&mut self, _bits_per_second: u32) -> Result<(), CaptureError> {
+        Err(CaptureError::Unsupported("set_bitrate"))
+    }
+    /// The target bitrate, if the source has one.
+    fn bitrate(&self) -> Option<u32> {
+        None
+    }
+    /// A JPEG still of the current picture.
+    fn snapshot_jpeg(&mut self, _quality: u8) -> Result<Vec<u8>, CaptureError> {
+        Err(CaptureError::Unsupported("snapshot_jpeg"))
+    }
+}
+
+/// A microphone that yields encoded audio.
+pub trait AudioCapture: Send {
+    fn format(&self) -> AudioFormat;
+    fn start(&mut self) -> Result<(), CaptureError>;
+    fn stop(&mut self);
+    /// Block until the next frame is due and return it; `Ok(None)` at the end of the stream.
+    fn next_frame(&mut self) -> Result<Option<EncodedFrame>, CaptureError>;
+}
+
+/// A display for video received from a viewer.
+pub trait VideoPlayer: Send {
+    fn start(&mut self) -> Result<(), CaptureError>;
+    fn stop(&mut self);
+    /// Decode and show one received frame.
+    fn play(&mut self, frame: &EncodedFrame) -> Result<(), CaptureError>;
+}
+
+/// A speaker for audio received from a viewer (two-way audio).
+pub trait AudioPlayer: Send {
+    fn start(&mut self) -> Result<(), CaptureError>;
+    fn stop(&mut self);
+    /// Decode and play one received frame.
+    fn play(&mut self, frame: &EncodedFrame) -> Result<(), CaptureError>;
+}

@@ -1,0 +1,423 @@
+//! The tokio/axum edge of the service: HTTP upgrade, WebSocket connection tasks, shutdown.
+//!
+//! Owns: turning a WebSocket upgrade request into a [`RoutingCore::connect`] (or an HTTP
+//! refusal), running one task per connection that feeds received frames to the core and sends
+//! what the core outputs, idle timeouts, and serving the router.
+//!
+//! Must not touch: routing decisions (the core makes them) or the wire format (the codec).
+//! Not here yet (issue #3): the REST control plane, SigV4 verification of the presigned
+//! query, TLS — the router is built so those routes and layers can be added.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime};
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use axum::{Json, Router};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::routing::{
+    ChannelError, ChannelInfo, ConnectError, ConnectRole, ConnectionId, Output, RoutingCore,
+};
+use crate::ServiceConfig;
+
+/// What the core asks a connection task to do.
+#[derive(Debug)]
+enum ConnCommand {
+    Text(String),
+    Close(String),
+}
+
+struct Shared {
+    core: RoutingCore,
+    senders: HashMap<ConnectionId, mpsc::Sender<ConnCommand>>,
+}
+
+/// The shared state of a running service; cheap to clone.
+#[derive(Clone)]
+pub struct ServiceState {
+    shared: Arc<Mutex<Shared>>,
+    config: Arc<ServiceConfig>,
+}
+
+impl std::fmt::Debug for ServiceState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceState")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl ServiceState {
+    pub fn new(config: ServiceConfig) -> Self {
+        ServiceState {
+            shared: Arc::new(Mutex::new(Shared {
+                core: RoutingCore::new(config.clone()),
+                senders: HashMap::new(),
+            })),
+            config: Arc::new(config),
+        }
+    }
+
+    pub fn config(&self) -> &ServiceConfig {
+        &self.config
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        // A panic while holding the lock cannot leave the maps half-updated in a way that
+        // matters more than stopping the service would, so keep going with the data.
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Creates a channel (error if the name is invalid or taken).
+    pub fn create_channel(&self, name: &str) -> Result<ChannelInfo, ChannelError> {
+        self.lock().core.create_channel(name, SystemTime::now())
+    }
+
+    /// Returns the channel of that name, creating it if needed.
+    pub fn ensure_channel(&self, name: &str) -> Result<ChannelInfo, ChannelError> {
+        match self.create_channel(name) {
+            Err(ChannelError::AlreadyExists(info)) => Ok(*info),
+            other => other,
+        }
+    }
+
+    pub fn channel_by_name(&self, name: &str) -> Option<ChannelInfo> {
+        self.lock().core.channel_by_name(name)
+    }
+
+    pub fn channel_by_arn(&self, arn: &str) -> Option<ChannelInfo> {
+        self.lock().core.channel_by_arn(arn)
+    }
+
+    pub fn channels(&self) -> Vec<ChannelInfo> {
+        self.lock().core.channels()
+    }
+
+    /// Number of viewers connected to the channel.
+    pub fn viewer_count(&self, arn: &str) -> usize {
+        self.lock().core.viewer_count(arn)
+    }
+
+    /// Whether a master is connected to the channel.
+    pub fn has_master(&self, arn: &str) -> bool {
+        self.lock().core.has_master(arn)
+    }
+
+    /// Number of stored, undelivered messages in the channel.
+    pub fn pending_count(&self, arn: &str) -> usize {
+        self.lock().core.pending_count(arn)
+    }
+
+    /// Sends GO_AWAY to every client, closes every connection and refuses new ones.
+    pub fn shutdown(&self) {
+        info!("signaling service shutting down: sending GO_AWAY to all clients");
+        let mut shared = self.lock();
+        shared.core.shutdown();
+        dispatch(&mut shared);
+    }
+
+    fn connect(
+        &self,
+        arn: &str,
+        role: ConnectRole,
+    ) -> Result<(ConnectionId, mpsc::Receiver<ConnCommand>), ConnectError> {
+        let mut shared = self.lock();
+        let conn = shared.core.connect(arn, role, Instant::now())?;
+        let (tx, rx) = mpsc::channel(self.config.connection_queue.max(1));
+        shared.senders.insert(conn, tx);
+        dispatch(&mut shared);
+        Ok((conn, rx))
+    }
+
+    fn handle_frame(&self, conn: ConnectionId, bytes: &[u8]) {
+        let mut shared = self.lock();
+        shared.core.handle_frame(conn, bytes, Instant::now());
+        dispatch(&mut shared);
+    }
+
+    fn disconnect(&self, conn: ConnectionId) {
+        let mut shared = self.lock();
+        shared.core.disconnect(conn, Instant::now());
+        shared.senders.remove(&conn);
+        dispatch(&mut shared);
+    }
+}
+
+/// Carries out the core's outputs without waiting: a connection whose queue is full is
+/// dropped (its sender removed, so its task ends) rather than letting it grow.
+fn dispatch(shared: &mut Shared) {
+    while let Some(output) = shared.core.poll_output() {
+        match output {
+            Output::Send { to, text } => {
+                let Some(tx) = shared.senders.get(&to) else {
+                    continue;
+                };
+                if tx.try_send(ConnCommand::Text(text)).is_err() {
+                    warn!(conn = to.0, "connection cannot keep up; dropping it");
+                    shared.senders.remove(&to);
+                }
+            }
+            Output::Close { conn, reason } => {
+                if let Some(tx) = shared.senders.remove(&conn) {
+                    let _ = tx.try_send(ConnCommand::Close(reason));
+                }
+            }
+        }
+    }
+}
+
+/// Deregisters a connection when dropped: covers failed upgrades and ended tasks alike.
+struct ConnGuard {
+    state: ServiceState,
+    conn: ConnectionId,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.state.disconnect(self.conn);
+    }
+}
+
+/// The service's router: the WebSocket data plane at `/`. Merge further routes into it.
+pub fn router(state: ServiceState) -> Router {
+    Router::new().route("/", any(data_plane)).with_state(state)
+}
+
+/// An error response in the rest-json convention: `x-amzn-ErrorType` and `{"message":…}`.
+fn error_response(status: StatusCode, error_type: &'static str, message: String) -> Response {
+    (
+        status,
+        [("x-amzn-ErrorType", error_type)],
+        Json(serde_json::json!({ "message": message })),
+    )
+        .into_response()
+}
+
+/// Looks a query parameter up case-insensitively.
+fn query_param<'a>(params: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(key))
+        .map(|(_, v)| v.as_str())
+}
+
+async fn data_plane(
+    State(state): State<ServiceState>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let Ok(Query(params)) = query else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "InvalidArgumentException",
+            "malformed query string".into(),
+        );
+    };
+    let Ok(ws) = ws else {
+        if query_param(&params, "X-Amz-ChannelARN").is_none() {
+            if let Some(page) = &state.config.landing_page {
+                return axum::response::Redirect::temporary(page).into_response();
+            }
+        }
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "InvalidArgumentException",
+            "expected a WebSocket upgrade".into(),
+        );
+    };
+    let Some(arn) = query_param(&params, "X-Amz-ChannelARN") else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "InvalidArgumentException",
+            "X-Amz-ChannelARN is required".into(),
+        );
+    };
+    let role = match query_param(&params, "X-Amz-ClientId") {
+        Some(id) => ConnectRole::Viewer {
+            client_id: id.to_string(),
+        },
+        None => ConnectRole::Master,
+    };
+    let (conn, commands) = match state.connect(arn, role.clone()) {
+        Ok(pair) => pair,
+        Err(e) => {
+            warn!(arn, ?role, error = %e, "refusing signaling connection");
+            let (status, error_type) = match &e {
+                ConnectError::UnknownChannel(_) => {
+                    (StatusCode::NOT_FOUND, "ResourceNotFoundException")
+                }
+                ConnectError::InvalidClientId(_) => {
+                    (StatusCode::BAD_REQUEST, "InvalidArgumentException")
+                }
+                ConnectError::ViewerLimit { .. } => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "ClientLimitExceededException",
+                ),
+                ConnectError::ShuttingDown => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "ServiceUnavailableException",
+                ),
+            };
+            return error_response(status, error_type, e.to_string());
+        }
+    };
+    info!(conn = conn.0, arn, ?role, "signaling connection accepted");
+    let guard = ConnGuard {
+        state: state.clone(),
+        conn,
+    };
+    let idle_timeout = state.config.idle_timeout;
+    let max_frame = kvs_signaling::codec::MAX_FRAME_BYTES;
+    ws.protocols(["wss"])
+        .max_message_size(max_frame)
+        .max_frame_size(max_frame)
+        .on_upgrade(move |socket| run_connection(socket, guard, commands, idle_timeout))
+}
+
+/// One connection: core outputs go out, received frames go into the core.
+async fn run_connection(
+    mut socket: WebSocket,
+    guard: ConnGuard,
+    mut commands: mpsc::Receiver<ConnCommand>,
+    idle_timeout: std::time::Duration,
+) {
+    let conn = guard.conn;
+    let mut deadline = tokio::time::Instant::now() + idle_timeout;
+    let reason: String = loop {
+        tokio::select! {
+            cmd = commands.recv() => match cmd {
+                Some(ConnCommand::Text(text)) => {
+                    if let Err(e) = socket.send(Message::Text(text.into())).await {
+                        break format!("send failed: {e}");
+                    }
+                }
+                Some(ConnCommand::Close(reason)) => {
+                    let frame = CloseFrame { code: 1000, reason: reason.clone().into() };
+                    let _ = socket.send(Message::Close(Some(frame))).await;
+                    break reason;
+                }
+                None => {
+                    let _ = socket.send(Message::Close(None)).await;
+                    break "dropped by the service".into();
+                }
+            },
+            msg = socket.recv() => {
+                deadline = tokio::time::Instant::now() + idle_timeout;
+                match msg {
+                    None => break "client went away".into(),
+                    Some(Err(e)) => break format!("receive failed: {e}"),
+                    Some(Ok(Message::Text(text))) => guard.state.handle_frame(conn, text.as_bytes()),
+                    Some(Ok(Message::Binary(bytes))) => guard.state.handle_frame(conn, &bytes),
+                    Some(Ok(Message::Close(_))) => break "closed by client".into(),
+                    // Pings are answered by the WebSocket layer.
+                    Some(Ok(_)) => {}
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                let frame = CloseFrame { code: 1000, reason: "idle timeout".into() };
+                let _ = socket.send(Message::Close(Some(frame))).await;
+                break "idle timeout".into();
+            }
+        }
+    };
+    debug!(conn = conn.0, %reason, "signaling connection ended");
+    drop(guard);
+}
+
+/// Serves `router` on `listener` until `shutdown` completes; then sends GO_AWAY to every
+/// client of `state`, closes their connections and returns.
+pub async fn serve<F>(
+    listener: TcpListener,
+    router: Router,
+    state: ServiceState,
+    shutdown: F,
+) -> std::io::Result<()>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            state.shutdown();
+        })
+        .await
+}
+
+/// A service running in a background task.
+#[derive(Debug)]
+pub struct ServiceHandle {
+    state: ServiceState,
+    local_addr: Option<SocketAddr>,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl ServiceHandle {
+    pub fn state(&self) -> &ServiceState {
+        &self.state
+    }
+
+    /// The address the service listens on (`None` only if the OS would not say).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr
+    }
+
+    /// The data-plane endpoint, `ws://<addr>/`.
+    pub fn ws_endpoint(&self) -> Option<String> {
+        self.local_addr.map(|a| format!("ws://{a}/"))
+    }
+
+    /// Sends GO_AWAY to all clients, stops serving and waits for the server task.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(());
+        match self.task.await {
+            Ok(Ok(())) => info!("signaling service stopped"),
+            Ok(Err(e)) => warn!(error = %e, "signaling service ended with an error"),
+            Err(e) => warn!(error = %e, "signaling service task failed"),
+        }
+    }
+}
+
+/// Starts the service on `listener` in a background task of the current runtime, with a new
+/// [`ServiceState`] for `config`. `extra_routes` (e.g. the viewer web page) are merged in and
+/// served on the same port; they must not claim `/`.
+pub fn spawn(
+    listener: TcpListener,
+    config: ServiceConfig,
+    extra_routes: Option<Router>,
+) -> ServiceHandle {
+    let state = ServiceState::new(config);
+    let mut app = router(state.clone());
+    if let Some(extra) = extra_routes {
+        app = app.merge(extra);
+    }
+    spawn_router(listener, app, state)
+}
+
+/// Like [`spawn`] but serves a router the caller built from [`router`]`(state)`.
+pub fn spawn_router(listener: TcpListener, app: Router, state: ServiceState) -> ServiceHandle {
+    let local_addr = listener.local_addr().ok();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(serve(listener, app, state.clone(), async move {
+        let _ = stopped.await;
+    }));
+    info!(?local_addr, "signaling service listening");
+    ServiceHandle {
+        state,
+        local_addr,
+        stop,
+        task,
+    }
+}
