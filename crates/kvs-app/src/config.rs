@@ -1,0 +1,421 @@
+//! One configuration with smart defaults — the seed's "four lines of configuration".
+//!
+//! `DeviceConfig::default()` is the embedded default: a local KVS-compatible signaling service
+//! on loopback, a 640x480 30 fps H.264 test pattern, a 48 kHz Opus tone, up to 10 viewers.
+//! A TOML file changes what it names and nothing else; environment variables override the
+//! file: `KVS_WEBRTC_<SECTION>__<KEY>=<value>` (for example `KVS_WEBRTC_SESSION__MAX_VIEWERS=3`
+//! or `KVS_WEBRTC_VIDEO__SOURCE=h264-stdin`), the value read as a TOML value when it parses as
+//! one and as a string otherwise.
+
+use crate::backoff::BackoffConfig;
+use serde::{Deserialize, Serialize};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Prefix of environment variables that override the configuration.
+pub const ENV_PREFIX: &str = "KVS_WEBRTC_";
+
+/// Errors loading a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config{}: {message}", .path.as_ref().map(|p| format!(" in {}", p.display())).unwrap_or_default())]
+    Invalid { path: Option<PathBuf>, message: String },
+    #[error("invalid environment override {name}: {message}")]
+    Env { name: String, message: String },
+}
+
+/// Everything the device needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeviceConfig {
+    pub signaling: SignalingConfig,
+    pub video: VideoSourceConfig,
+    pub audio: AudioSourceConfig,
+    pub session: SessionConfig,
+    pub reconnect: BackoffConfig,
+}
+
+impl Default for DeviceConfig {
+    fn default() -> Self {
+        Self {
+            signaling: SignalingConfig::default(),
+            video: VideoSourceConfig::default(),
+            audio: AudioSourceConfig::default(),
+            session: SessionConfig::default(),
+            reconnect: BackoffConfig::default(),
+        }
+    }
+}
+
+/// Which signaling service the device uses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum SignalingConfig {
+    /// Run a local KVS-compatible signaling service in this process (no AWS account needed).
+    Embedded {
+        /// Signaling channel name.
+        #[serde(default = "default_channel")]
+        channel: String,
+        /// Where the service (and the viewer page) listens. Port 0 picks a free port.
+        #[serde(default = "default_listen")]
+        listen: SocketAddr,
+    },
+    /// Connect to a KVS-protocol WebSocket endpoint that needs no signing (e.g. a local
+    /// service started on its own).
+    Url {
+        /// `ws://host:port/` of the data plane.
+        url: String,
+        /// The channel's ARN, sent as `X-Amz-ChannelARN`.
+        channel_arn: String,
+    },
+}
+
+fn default_channel() -> String {
+    "kvs-webrtc-demo".to_owned()
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+impl Default for SignalingConfig {
+    fn default() -> Self {
+        Self::Embedded { channel: default_channel(), listen: default_listen() }
+    }
+}
+
+/// Where video comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "source", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum VideoSourceConfig {
+    /// A moving test pattern with a frame counter and clock, encoded with openh264.
+    TestPattern {
+        #[serde(default = "default_width")]
+        width: u32,
+        #[serde(default = "default_height")]
+        height: u32,
+        #[serde(default = "default_fps")]
+        fps: u32,
+        #[serde(default = "default_video_bitrate")]
+        bitrate_bps: u32,
+        /// Frames between IDRs.
+        #[serde(default = "default_gop")]
+        gop: u32,
+    },
+    /// An Annex-B H.264 file, looped, paced at `fps`.
+    H264File {
+        path: PathBuf,
+        #[serde(default = "default_fps")]
+        fps: u32,
+    },
+    /// Annex-B H.264 read from standard input (`ffmpeg ... -f h264 - | kvs-webrtc ...`),
+    /// sent as frames arrive. Timestamps come from arrival time unless `fps` is given (for
+    /// producers that stamp nothing but write at a known rate).
+    H264Stdin {
+        #[serde(default)]
+        fps: Option<u32>,
+    },
+    /// No video.
+    None,
+}
+
+fn default_width() -> u32 {
+    640
+}
+fn default_height() -> u32 {
+    480
+}
+fn default_fps() -> u32 {
+    30
+}
+fn default_video_bitrate() -> u32 {
+    1_000_000
+}
+fn default_gop() -> u32 {
+    30
+}
+
+impl Default for VideoSourceConfig {
+    fn default() -> Self {
+        Self::TestPattern {
+            width: default_width(),
+            height: default_height(),
+            fps: default_fps(),
+            bitrate_bps: default_video_bitrate(),
+            gop: default_gop(),
+        }
+    }
+}
+
+impl VideoSourceConfig {
+    /// The bitrate to size resend buffers for.
+    pub fn nominal_bitrate_bps(&self) -> u32 {
+        match self {
+            Self::TestPattern { bitrate_bps, .. } => *bitrate_bps,
+            // Unknown for files and pipes: assume the seed encoder's upper default.
+            _ => 2_000_000,
+        }
+    }
+}
+
+/// Where audio comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "source", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum AudioSourceConfig {
+    /// A 48 kHz mono tone, Opus 64 kbit/s.
+    Tone,
+    /// An Ogg/Opus file, looped, paced by its timestamps.
+    OggOpus { path: PathBuf },
+    /// No audio.
+    None,
+}
+
+impl Default for AudioSourceConfig {
+    fn default() -> Self {
+        Self::Tone
+    }
+}
+
+/// Viewer sessions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionConfig {
+    /// Concurrent viewers; offers beyond are refused with a reason (KVS allows 10 per channel).
+    pub max_viewers: usize,
+    /// Addresses to offer host candidates on; empty means every usable interface.
+    pub media_bind: Vec<IpAddr>,
+    /// Open a data channel and echo what viewers send on it.
+    pub data_channel_echo: bool,
+    /// How much sent media to keep for retransmission (sized with the bitrate, not a count).
+    #[serde(with = "duration_millis")]
+    pub resend_window: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            max_viewers: 10,
+            media_bind: Vec::new(),
+            data_channel_echo: true,
+            resend_window: Duration::from_millis(500),
+        }
+    }
+}
+
+impl DeviceConfig {
+    /// Parse a TOML document (no environment overrides).
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid { path: None, message: e.to_string() })?;
+        Self::from_table(table, None)
+    }
+
+    /// Load the file if given (defaults otherwise), then apply `KVS_WEBRTC_*` overrides from
+    /// `vars` (pass `std::env::vars()`).
+    pub fn load(
+        path: Option<&Path>,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut table = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|source| ConfigError::Read { path: p.to_owned(), source })?;
+                text.parse::<toml::Table>().map_err(|e| ConfigError::Invalid {
+                    path: Some(p.to_owned()),
+                    message: e.to_string(),
+                })?
+            }
+            None => toml::Table::new(),
+        };
+        apply_env_overrides(&mut table, vars)?;
+        Self::from_table(table, path.map(Path::to_owned))
+    }
+
+    fn from_table(table: toml::Table, path: Option<PathBuf>) -> Result<Self, ConfigError> {
+        let config: Self = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid { path: path.clone(), message: e.to_string() })?;
+        config.validate().map_err(|message| ConfigError::Invalid { path, message })?;
+        Ok(config)
+    }
+
+    /// Reject values that cannot work, with a message naming the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.session.max_viewers == 0 || self.session.max_viewers > 100 {
+            return Err(format!(
+                "session.max_viewers must be 1..=100, got {}",
+                self.session.max_viewers
+            ));
+        }
+        if let VideoSourceConfig::TestPattern { width, height, fps, bitrate_bps, gop } = &self.video {
+            if *width == 0 || *height == 0 || width % 2 != 0 || height % 2 != 0 || *width > 4096 || *height > 4096 {
+                return Err(format!("video width/height must be even and 2..=4096, got {width}x{height}"));
+            }
+            if !(1..=120).contains(fps) {
+                return Err(format!("video.fps must be 1..=120, got {fps}"));
+            }
+            if !(50_000..=50_000_000).contains(bitrate_bps) {
+                return Err(format!("video.bitrate_bps must be 50000..=50000000, got {bitrate_bps}"));
+            }
+            if *gop == 0 {
+                return Err("video.gop must be at least 1".into());
+            }
+        }
+        let stream_fps = match &self.video {
+            VideoSourceConfig::H264File { fps, .. } => Some(*fps),
+            VideoSourceConfig::H264Stdin { fps } => *fps,
+            _ => None,
+        };
+        if let Some(fps) = stream_fps {
+            if !(1..=120).contains(&fps) {
+                return Err(format!("video.fps must be 1..=120, got {fps}"));
+            }
+        }
+        if let SignalingConfig::Embedded { channel, .. } = &self.signaling {
+            let ok = !channel.is_empty()
+                && channel.len() <= 256
+                && channel.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+            if !ok {
+                return Err(format!(
+                    "signaling.channel must be 1-256 characters of [a-zA-Z0-9_.-], got {channel:?}"
+                ));
+            }
+        }
+        if self.session.resend_window > Duration::from_secs(10) {
+            return Err("session.resend_window must be at most 10 s".into());
+        }
+        Ok(())
+    }
+}
+
+/// Apply `KVS_WEBRTC_<SECTION>__<KEY>` variables to a TOML table.
+fn apply_env_overrides(
+    table: &mut toml::Table,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    for (name, raw) in vars {
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
+        let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+        if path.len() != 2 || path.iter().any(String::is_empty) {
+            return Err(ConfigError::Env {
+                name,
+                message: "expected KVS_WEBRTC_<SECTION>__<KEY>".into(),
+            });
+        }
+        // A value that parses as TOML keeps its type (numbers, booleans, arrays); anything else
+        // is a string, so paths and URLs need no quoting.
+        let value = format!("v = {raw}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or(toml::Value::String(raw));
+        let section = table
+            .entry(path[0].clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let Some(section) = section.as_table_mut() else {
+            return Err(ConfigError::Env { name, message: format!("{} is not a section", path[0]) });
+        };
+        section.insert(path[1].clone(), value);
+    }
+    Ok(())
+}
+
+/// Serde helper: a `Duration` as whole seconds.
+pub mod duration_secs {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_secs())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_secs)
+    }
+}
+
+/// Serde helper: a `Duration` as milliseconds.
+pub mod duration_millis {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn empty_input_is_the_embedded_default() {
+        let c = DeviceConfig::load(None, env(&[])).unwrap();
+        assert_eq!(c, DeviceConfig::default());
+        assert!(matches!(c.signaling, SignalingConfig::Embedded { .. }));
+        assert!(matches!(c.video, VideoSourceConfig::TestPattern { width: 640, height: 480, fps: 30, .. }));
+        assert_eq!(c.session.max_viewers, 10);
+    }
+
+    #[test]
+    fn toml_changes_only_what_it_names() {
+        let c = DeviceConfig::from_toml_str(
+            "[session]\nmax_viewers = 3\n[video]\nsource = \"h264-file\"\npath = \"/tmp/a.h264\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.session.max_viewers, 3);
+        assert!(c.session.data_channel_echo);
+        assert_eq!(c.video, VideoSourceConfig::H264File { path: "/tmp/a.h264".into(), fps: 30 });
+        assert_eq!(c.audio, AudioSourceConfig::Tone);
+    }
+
+    #[test]
+    fn env_overrides_file_values_with_types() {
+        let dir = std::env::temp_dir().join(format!("kvs-app-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("device.toml");
+        std::fs::write(&file, "[session]\nmax_viewers = 3\n").unwrap();
+        let c = DeviceConfig::load(
+            Some(&file),
+            env(&[
+                ("KVS_WEBRTC_SESSION__MAX_VIEWERS", "7"),
+                ("KVS_WEBRTC_AUDIO__SOURCE", "none"),
+                ("KVS_WEBRTC_SESSION__MEDIA_BIND", "[\"127.0.0.1\"]"),
+                ("UNRELATED", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.session.max_viewers, 7);
+        assert_eq!(c.audio, AudioSourceConfig::None);
+        assert_eq!(c.session.media_bind, vec![IpAddr::from([127, 0, 0, 1])]);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn bad_input_gets_a_clear_error() {
+        let e = DeviceConfig::from_toml_str("[session]\nmax_viewers = 0\n").unwrap_err();
+        assert!(e.to_string().contains("max_viewers"), "{e}");
+        let e = DeviceConfig::from_toml_str("[session]\nmax_viewer = 2\n").unwrap_err();
+        assert!(e.to_string().contains("max_viewer"), "{e}");
+        let e = DeviceConfig::from_toml_str("[video]\nsource = \"webcam\"\n").unwrap_err();
+        assert!(e.to_string().contains("webcam"), "{e}");
+        let e = DeviceConfig::from_toml_str("not toml [").unwrap_err();
+        assert!(matches!(e, ConfigError::Invalid { .. }));
+        let e = DeviceConfig::load(None, env(&[("KVS_WEBRTC_MAX_VIEWERS", "2")])).unwrap_err();
+        assert!(matches!(e, ConfigError::Env { .. }), "{e}");
+        let e = DeviceConfig::load(Some(Path::new("/nonexistent/kvs.toml")), env(&[])).unwrap_err();
+        assert!(matches!(e, ConfigError::Read { .. }));
+    }
+}

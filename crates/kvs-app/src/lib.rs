@@ -1,0 +1,33 @@
+//! # Application framework
+//!
+//! The layer an integrator programs against: one [`DeviceConfig`] with smart defaults, a
+//! [`Device`] that runs the state machine (signaling with reconnection and backoff, peer
+//! sessions, capture threads), and an [`EventBus`] carrying the seed system's events.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use kvs_app::{DeviceConfig, embedded};
+//! let config = DeviceConfig::default();            // embedded default: local signaling,
+//! let running = embedded::start(config, None).await?; // test pattern + tone, 10 viewers
+//! println!("open {}", running.page_url());
+//! # Ok(()) }
+//! ```
+//!
+//! It owns composition and policy (when to reconnect, what to do with a refused offer, echoing
+//! data channels); it must not implement protocols (signaling codec, WebRTC, media formats)
+//! itself — those live in the core crates it wires together.
+
+pub mod backoff;
+pub mod capture;
+pub mod config;
+pub mod device;
+pub mod embedded;
+pub mod events;
+pub mod sources;
+
+pub use backoff::{Backoff, BackoffConfig};
+pub use config::{
+    AudioSourceConfig, ConfigError, DeviceConfig, SessionConfig, SignalingConfig, VideoSourceConfig,
+};
+pub use device::{Device, DeviceError, DeviceHandle, DeviceParts, DeviceState};
+pub use events::{AppEvent, EventBus, EventKind};

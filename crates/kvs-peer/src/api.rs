@@ -1,0 +1,282 @@
+//! The engine's vocabulary: configuration, commands in, events out, timings, stats, errors.
+//!
+//! Shared by the sans-IO core ([`crate::core`]) and the tokio driver ([`crate::engine`]).
+
+use bytes::Bytes;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+pub use kvs_platform::{AudioCodec, VideoCodec};
+
+/// A STUN/TURN server as given by signaling. Accepted and kept; not used yet (host and
+/// peer-reflexive candidates only).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    pub username: Option<String>,
+    pub credential: Option<String>,
+}
+
+/// Configuration of the peer engine.
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    /// Most concurrent sessions; offers beyond it get [`PeerEvent::OfferRefused`].
+    pub max_sessions: usize,
+    /// Addresses to bind one UDP socket each; empty = every usable interface (loopback
+    /// included, IPv6 link-local skipped).
+    pub bind_addrs: Vec<IpAddr>,
+    /// UDP port for every socket; 0 = an ephemeral port per socket.
+    pub udp_port: u16,
+    /// Video sent to viewers (H.264, packetization-mode 1), or none.
+    pub video: Option<VideoCodec>,
+    /// Audio sent to viewers (Opus), or none.
+    pub audio: Option<AudioCodec>,
+    /// Accept data channels opened by viewers, and open one in offers we create.
+    pub data_channel: bool,
+    /// How long sent packets stay available for NACK resends. The send buffers are sized
+    /// from it, see [`PeerConfig::send_buffer_video_packets`].
+    pub resend_window: Duration,
+    /// Expected video bitrate, for sizing the resend buffer.
+    pub video_bitrate_bps: u32,
+    /// STUN/TURN servers (accepted, not used yet).
+    pub ice_servers: Vec<IceServer>,
+    /// Least time between two [`PeerEvent::KeyframeRequested`] for one session.
+    pub keyframe_request_min_interval: Duration,
+    /// Per-session queue lengths of the fan-out (frames).
+    pub video_queue_frames: usize,
+    pub audio_queue_frames: usize,
+    /// How long remote candidates that arrive before their offer are held.
+    pub pending_candidate_ttl: Duration,
+    /// A session not connected this long after its offer/answer fails.
+    pub connect_timeout: Duration,
+    /// A session whose ICE stays disconnected this long fails.
+    pub disconnected_timeout: Duration,
+    /// Capacity of the event channel to the application.
+    pub event_capacity: usize,
+    /// Capacity of each frame sink (frames waiting for the engine).
+    pub video_sink_frames: usize,
+    pub audio_sink_frames: usize,
+    /// Label of the data channel in offers we create.
+    pub data_channel_label: String,
+}
+
+impl Default for PeerConfig {
+    fn default() -> Self {
+        Self {
+            max_sessions: 10,
+            bind_addrs: Vec::new(),
+            udp_port: 0,
+            video: Some(VideoCodec::H264),
+            audio: Some(AudioCodec::Opus),
+            data_channel: true,
+            resend_window: Duration::from_millis(500),
+            video_bitrate_bps: 2_000_000,
+            ice_servers: Vec::new(),
+            keyframe_request_min_interval: Duration::from_millis(500),
+            video_queue_frames: kvs_media::fanout::DEFAULT_VIDEO_QUEUE,
+            audio_queue_frames: kvs_media::fanout::DEFAULT_AUDIO_QUEUE,
+            pending_candidate_ttl: Duration::from_secs(20),
+            connect_timeout: Duration::from_secs(30),
+            disconnected_timeout: Duration::from_secs(15),
+            event_capacity: 256,
+            video_sink_frames: 8,
+            audio_sink_frames: 32,
+            data_channel_label: "kvsDataChannel".to_string(),
+        }
+    }
+}
+
+/// Payload bytes of one RTP packet, for the buffer formulas (MTU 1200 minus headers).
+const RTP_PAYLOAD_BYTES: u64 = 1100;
+/// Floor of the video send buffer: one large keyframe must fit between `write` and
+/// `poll_output` whatever the window.
+const MIN_VIDEO_PACKETS: usize = 128;
+/// Opus frames are 20 ms: 50 packets a second.
+const AUDIO_PACKETS_PER_SECOND: u64 = 50;
+const MIN_AUDIO_PACKETS: usize = 16;
+
+impl PeerConfig {
+    /// Video send (resend) buffer in packets:
+    /// `max(128, ceil(resend_window_s × video_bitrate_bps / 8 / 1100))`.
+    /// 500 ms at 2 Mbit/s → 128 packets (~150 kB), instead of str0m's fixed 1000 (~1.2 MB).
+    pub fn send_buffer_video_packets(&self) -> usize {
+        let bytes = self.resend_window.as_micros() as u64 * self.video_bitrate_bps as u64
+            / 8
+            / 1_000_000;
+        let packets = bytes.div_ceil(RTP_PAYLOAD_BYTES) as usize;
+        packets.max(MIN_VIDEO_PACKETS)
+    }
+
+    /// Audio send buffer in packets: `max(16, resend_window_s × 50)`.
+    pub fn send_buffer_audio_packets(&self) -> usize {
+        let packets =
+            (self.resend_window.as_millis() as u64 * AUDIO_PACKETS_PER_SECOND).div_ceil(1000);
+        (packets as usize).max(MIN_AUDIO_PACKETS)
+    }
+}
+
+/// What the application asks of the engine.
+#[derive(Debug, Clone)]
+pub enum PeerCommand {
+    /// A viewer's offer: answer it (or renegotiate the live session of the same peer, or
+    /// replace a dead one).
+    RemoteOffer { peer_id: String, sdp: String },
+    /// The answer to an offer we created with [`PeerCommand::CreateOffer`].
+    RemoteAnswer { peer_id: String, sdp: String },
+    /// A trickled remote candidate (`RTCIceCandidate.candidate`, with or without the
+    /// `candidate:` prefix). Empty = end of candidates. `.local` (mDNS) candidates are ignored.
+    RemoteCandidate {
+        peer_id: String,
+        candidate: String,
+        sdp_mid: Option<String>,
+        sdp_m_line_index: Option<u16>,
+    },
+    /// Create a device-initiated session: an offer with sendonly video/audio and a data
+    /// channel. Answered by [`PeerEvent::LocalOffer`].
+    CreateOffer { peer_id: String },
+    /// Send a message on the peer's data channel (queued until the channel is open).
+    SendData { peer_id: String, data: Bytes, binary: bool },
+    /// Close the peer's session; answered by [`PeerEvent::Closed`].
+    CloseSession { peer_id: String },
+}
+
+/// Milestones of one session, as durations since the offer was received (or created).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionTiming {
+    pub answer_sent: Option<Duration>,
+    pub ice_connected: Option<Duration>,
+    pub dtls_connected: Option<Duration>,
+    pub first_keyframe_sent: Option<Duration>,
+}
+
+/// Counters of one session, reported when it closes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    pub video_frames_sent: u64,
+    pub video_frames_dropped: u64,
+    pub audio_frames_sent: u64,
+    pub audio_frames_dropped: u64,
+    pub data_messages_sent: u64,
+    pub data_messages_received: u64,
+    /// Messages still queued (channel never opened or buffer full) when the session closed.
+    pub data_messages_dropped: u64,
+    pub keyframe_requests: u64,
+    /// How long the session lived.
+    pub duration: Duration,
+}
+
+/// What the engine tells the application. Every event names the signaling peer (the
+/// viewer's client id).
+#[derive(Debug, Clone, PartialEq)]
+pub enum PeerEvent {
+    /// A new viewer's offer was accepted for a session.
+    Requested { peer_id: String },
+    LocalAnswer { peer_id: String, sdp: String },
+    LocalOffer { peer_id: String, sdp: String },
+    /// One of our candidates, `candidate:...` without `a=`.
+    LocalCandidate {
+        peer_id: String,
+        candidate: String,
+        sdp_mid: Option<String>,
+        sdp_m_line_index: Option<u16>,
+    },
+    GatheringComplete { peer_id: String },
+    OfferRefused { peer_id: String, reason: String },
+    Connecting { peer_id: String },
+    /// ICE and DTLS are up; SRTP is ready.
+    Connected { peer_id: String },
+    /// ICE lost the path (it may come back).
+    Disconnected { peer_id: String },
+    Failed { peer_id: String, reason: String },
+    DataChannelOpen { peer_id: String },
+    DataMessage { peer_id: String, data: Bytes, binary: bool },
+    /// Force an IDR: a session became ready, the viewer sent PLI/FIR, or its queue overflowed.
+    /// Rate-limited per session.
+    KeyframeRequested { peer_id: String },
+    FirstKeyframeSent { peer_id: String },
+    SessionTiming { peer_id: String, timing: SessionTiming },
+    Closed { peer_id: String, stats: SessionStats },
+}
+
+impl PeerEvent {
+    /// The signaling peer this event is about.
+    pub fn peer_id(&self) -> &str {
+        match self {
+            PeerEvent::Requested { peer_id }
+            | PeerEvent::LocalAnswer { peer_id, .. }
+            | PeerEvent::LocalOffer { peer_id, .. }
+            | PeerEvent::LocalCandidate { peer_id, .. }
+            | PeerEvent::GatheringComplete { peer_id }
+            | PeerEvent::OfferRefused { peer_id, .. }
+            | PeerEvent::Connecting { peer_id }
+            | PeerEvent::Connected { peer_id }
+            | PeerEvent::Disconnected { peer_id }
+            | PeerEvent::Failed { peer_id, .. }
+            | PeerEvent::DataChannelOpen { peer_id }
+            | PeerEvent::DataMessage { peer_id, .. }
+            | PeerEvent::KeyframeRequested { peer_id }
+            | PeerEvent::FirstKeyframeSent { peer_id }
+            | PeerEvent::SessionTiming { peer_id, .. }
+            | PeerEvent::Closed { peer_id, .. } => peer_id,
+        }
+    }
+
+    /// Events the engine may drop when the application does not keep up (see
+    /// [`crate::engine`]): everything else is kept.
+    pub fn is_droppable(&self) -> bool {
+        matches!(self, PeerEvent::DataMessage { .. } | PeerEvent::SessionTiming { .. })
+    }
+}
+
+/// A UDP datagram to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Datagram {
+    pub source: SocketAddr,
+    pub destination: SocketAddr,
+    pub data: Vec<u8>,
+}
+
+/// Errors of the peer engine and viewer.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("invalid SDP from peer {peer_id}: {reason}")]
+    InvalidSdp { peer_id: String, reason: String },
+    #[error("invalid ICE candidate from peer {peer_id}: {reason}")]
+    InvalidCandidate { peer_id: String, reason: String },
+    #[error("no session for peer {0}")]
+    UnknownPeer(String),
+    #[error("no offer pending for peer {0}")]
+    NoPendingOffer(String),
+    #[error("data queue of peer {0} is full")]
+    DataQueueFull(String),
+    #[error("data message of {len} bytes for peer {peer_id} is larger than the channel buffer")]
+    DataTooLarge { peer_id: String, len: usize },
+    #[error("WebRTC error for peer {peer_id}: {reason}")]
+    Rtc { peer_id: String, reason: String },
+    #[error("could not create the DTLS certificate")]
+    Certificate,
+    #[error("no usable network address to bind")]
+    NoAddress,
+    #[error("socket error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the peer engine has stopped")]
+    EngineStopped,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn send_buffers_scale_with_window_and_bitrate() {
+        let mut c = PeerConfig::default();
+        assert_eq!(c.send_buffer_video_packets(), 128);
+        c.video_bitrate_bps = 8_000_000;
+        c.resend_window = Duration::from_secs(1);
+        // 1 s × 8 Mbit/s = 1 MB = 910 packets of 1100 bytes.
+        assert_eq!(c.send_buffer_video_packets(), 910);
+        assert_eq!(c.send_buffer_audio_packets(), 50);
+        c.resend_window = Duration::from_millis(100);
+        assert_eq!(c.send_buffer_audio_packets(), 16);
+    }
+}

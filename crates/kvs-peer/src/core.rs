@@ -1,0 +1,883 @@
+//! The sans-IO core: every session's str0m [`Rtc`], the fan-out state, pending candidates.
+//!
+//! Inputs come with the time (`now`); outputs are pulled: [`PeerCore::poll_transmit`],
+//! [`PeerCore::poll_event`], [`PeerCore::poll_timeout`]. No sockets, no clocks, no tasks —
+//! the tokio driver in [`crate::engine`] owns those.
+//!
+//! Rules kept here (the str0m traps): after every change to an `Rtc` its output is drained
+//! until `Output::Timeout`; `is_alive()` is checked after every drain (a remote close only
+//! shows there); data channel writes refused for a full buffer stay queued (bounded) and are
+//! retried; nothing is written before the session is connected, and video starts with a
+//! keyframe (see [`kvs_media::fanout`]).
+
+use crate::api::{
+    Datagram, PeerCommand, PeerConfig, PeerError, PeerEvent, SessionStats, SessionTiming,
+};
+use crate::candidate::{parse_candidate, ParsedCandidate};
+use bytes::Bytes;
+use kvs_media::fanout::{FanoutKind, PushOutcome, Subscriber};
+use kvs_platform::EncodedFrame;
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::channel::ChannelId;
+use str0m::config::DtlsCert;
+use str0m::format::Codec;
+use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid, Pt};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
+use tracing::{debug, info, warn};
+
+/// Remote candidates held per peer before its offer arrives.
+const MAX_PENDING_CANDIDATES_PER_PEER: usize = 32;
+/// Peers with held candidates.
+const MAX_PENDING_PEERS: usize = 64;
+/// Largest data channel message we send (str0m's default SCTP send buffer: a larger one
+/// would never be accepted).
+pub const MAX_DATA_MESSAGE: usize = 128 * 1024;
+/// Data channel messages queued per session.
+const MAX_DATA_QUEUE: usize = 64;
+/// Source-address → session cache entries.
+const MAX_ADDR_CACHE: usize = 4096;
+/// Events held in the core before the driver takes them (bounded by sessions × a few).
+const MAX_CORE_EVENTS: usize = 4096;
+/// Wake at least this often (timeouts for connect, candidates).
+const MAX_IDLE: Duration = Duration::from_secs(1);
+
+/// H.264 profiles we send, in preference order: constrained baseline, baseline (level 3.1).
+const H264_PROFILES: [u32; 2] = [0x42e01f, 0x42001f];
+
+/// Builds the `RtcConfig` every session uses.
+pub fn rtc_config(config: &PeerConfig, cert: Option<DtlsCert>) -> RtcConfig {
+    let mut rc = RtcConfig::new()
+        .clear_codecs()
+        .set_send_buffer_video(config.send_buffer_video_packets())
+        .set_send_buffer_audio(config.send_buffer_audio_packets());
+    if let Some(cert) = cert {
+        rc = rc.set_dtls_cert(cert);
+    }
+    if config.video.is_some() {
+        let codecs = rc.codec_config();
+        // packetization-mode=1 only: FU-A/STAP-A, needed for frames larger than one packet.
+        codecs.add_h264(108.into(), Some(109.into()), true, H264_PROFILES[0]);
+        codecs.add_h264(127.into(), Some(121.into()), true, H264_PROFILES[1]);
+    }
+    if config.audio.is_some() {
+        rc = rc.enable_opus(true, false);
+    }
+    rc
+}
+
+#[derive(Debug)]
+struct PendingCandidate {
+    received: Instant,
+    candidate: String,
+}
+
+struct Session {
+    peer_id: String,
+    rtc: Rtc,
+    started: Instant,
+    /// Our offer waiting for the remote answer.
+    pending_offer: Option<SdpPendingOffer>,
+    video_mid: Option<Mid>,
+    audio_mid: Option<Mid>,
+    video_pt: Option<Pt>,
+    audio_pt: Option<Pt>,
+    video: Subscriber,
+    audio: Subscriber,
+    channel: Option<ChannelId>,
+    data_out: VecDeque<(Bytes, bool)>,
+    connected: bool,
+    disconnected_since: Option<Instant>,
+    last_keyframe_request: Option<Instant>,
+    keyframe_request_pending: bool,
+    first_keyframe_sent: bool,
+    timing: SessionTiming,
+    stats: SessionStats,
+    failure: Option<String>,
+    next_timeout: Instant,
+}
+
+impl Session {
+    fn new(peer_id: String, rtc: Rtc, now: Instant, config: &PeerConfig) -> Self {
+        Self {
+            peer_id,
+            rtc,
+            started: now,
+            pending_offer: None,
+            video_mid: None,
+            audio_mid: None,
+            video_pt: None,
+            audio_pt: None,
+            video: Subscriber::with_capacity(FanoutKind::Video, config.video_queue_frames),
+            audio: Subscriber::with_capacity(FanoutKind::Audio, config.audio_queue_frames),
+            channel: None,
+            data_out: VecDeque::new(),
+            connected: false,
+            disconnected_since: None,
+            last_keyframe_request: None,
+            keyframe_request_pending: false,
+            first_keyframe_sent: false,
+            timing: SessionTiming::default(),
+            stats: SessionStats::default(),
+            failure: None,
+            next_timeout: now,
+        }
+    }
+
+    fn is_live(&self) -> bool {
+        self.rtc.is_alive() && self.failure.is_none()
+    }
+
+    fn fail(&mut self, reason: String) {
+        if self.failure.is_none() {
+            warn!(peer = %self.peer_id, %reason, "session failed");
+            self.failure = Some(reason);
+        }
+        self.rtc.disconnect();
+    }
+
+    fn final_stats(&self, now: Instant) -> SessionStats {
+        let v = self.video.stats();
+        let a = self.audio.stats();
+        SessionStats {
+            video_frames_sent: v.frames_sent,
+            video_frames_dropped: v.frames_dropped,
+            audio_frames_sent: a.frames_sent,
+            audio_frames_dropped: a.frames_dropped,
+            data_messages_dropped: self.stats.data_messages_dropped + self.data_out.len() as u64,
+            duration: now.saturating_duration_since(self.started),
+            ..self.stats
+        }
+    }
+}
+
+/// Output queues shared by all sessions.
+#[derive(Default)]
+struct Outputs {
+    transmits: VecDeque<Datagram>,
+    events: VecDeque<PeerEvent>,
+}
+
+impl Outputs {
+    fn event(&mut self, e: PeerEvent) {
+        if self.events.len() >= MAX_CORE_EVENTS && e.is_droppable() {
+            warn!(peer = e.peer_id(), "event queue full, dropping {:?}", event_name(&e));
+            return;
+        }
+        self.events.push_back(e);
+    }
+}
+
+fn event_name(e: &PeerEvent) -> &'static str {
+    match e {
+        PeerEvent::DataMessage { .. } => "DataMessage",
+        PeerEvent::SessionTiming { .. } => "SessionTiming",
+        _ => "event",
+    }
+}
+
+/// All sessions of the device, sans-IO.
+pub struct PeerCore {
+    config: PeerConfig,
+    rtc_config: RtcConfig,
+    local_addrs: Vec<SocketAddr>,
+    sessions: HashMap<String, Session>,
+    addr_cache: HashMap<SocketAddr, String>,
+    pending_candidates: HashMap<String, VecDeque<PendingCandidate>>,
+    out: Outputs,
+}
+
+impl PeerCore {
+    /// A core whose sessions offer `local_addrs` as host candidates. `cert` is the DTLS
+    /// certificate shared by every session (generate it once at start-up: it is slow).
+    pub fn new(config: PeerConfig, local_addrs: Vec<SocketAddr>, cert: Option<DtlsCert>) -> Self {
+        let rtc_config = rtc_config(&config, cert);
+        Self {
+            config,
+            rtc_config,
+            local_addrs,
+            sessions: HashMap::new(),
+            addr_cache: HashMap::new(),
+            pending_candidates: HashMap::new(),
+            out: Outputs::default(),
+        }
+    }
+
+    /// Live sessions (closed and failed ones are removed as soon as they are seen).
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Datagram> {
+        self.out.transmits.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<PeerEvent> {
+        self.out.events.pop_front()
+    }
+
+    /// When [`PeerCore::handle_timeout`] must be called next.
+    pub fn poll_timeout(&self, now: Instant) -> Instant {
+        let mut t = now + MAX_IDLE;
+        for s in self.sessions.values() {
+            t = t.min(s.next_timeout);
+            if s.keyframe_request_pending {
+                if let Some(last) = s.last_keyframe_request {
+                    t = t.min(last + self.config.keyframe_request_min_interval);
+                }
+            }
+        }
+        t.max(now)
+    }
+
+    /// Apply one application command.
+    pub fn handle_command(&mut self, now: Instant, cmd: PeerCommand) -> Result<(), PeerError> {
+        let result = match cmd {
+            PeerCommand::RemoteOffer { peer_id, sdp } => self.remote_offer(now, peer_id, &sdp),
+            PeerCommand::RemoteAnswer { peer_id, sdp } => self.remote_answer(now, peer_id, &sdp),
+            PeerCommand::RemoteCandidate { peer_id, candidate, .. } => {
+                self.remote_candidate(now, peer_id, candidate)
+            }
+            PeerCommand::CreateOffer { peer_id } => self.create_offer(now, peer_id),
+            PeerCommand::SendData { peer_id, data, binary } => {
+                self.send_data(now, &peer_id, data, binary)
+            }
+            PeerCommand::CloseSession { peer_id } => self.close_session(now, &peer_id),
+        };
+        self.reap(now);
+        result
+    }
+
+    /// One received UDP datagram.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        destination: SocketAddr,
+        data: &[u8],
+    ) {
+        let Ok(contents) = data.try_into() else {
+            debug!(%source, len = data.len(), "ignoring datagram that is no WebRTC protocol");
+            return;
+        };
+        let input = Input::Receive(now, Receive { proto: Protocol::Udp, source, destination, contents });
+
+        let cached = self
+            .addr_cache
+            .get(&source)
+            .filter(|id| self.sessions.get(*id).is_some_and(|s| s.rtc.accepts(&input)))
+            .cloned();
+        let peer_id = match cached {
+            Some(id) => Some(id),
+            None => {
+                let found = self
+                    .sessions
+                    .iter()
+                    .find(|(_, s)| s.is_live() && s.rtc.accepts(&input))
+                    .map(|(id, _)| id.clone());
+                if let Some(id) = &found {
+                    if self.addr_cache.len() >= MAX_ADDR_CACHE {
+                        self.addr_cache.clear();
+                    }
+                    self.addr_cache.insert(source, id.clone());
+                }
+                found
+            }
+        };
+        let Some(peer_id) = peer_id else {
+            debug!(%source, "no session accepts datagram");
+            return;
+        };
+        let Some(s) = self.sessions.get_mut(&peer_id) else { return };
+        if let Err(e) = s.rtc.handle_input(input) {
+            s.fail(format!("input rejected: {e}"));
+        }
+        service(s, now, &self.config, &mut self.out);
+        self.reap(now);
+    }
+
+    /// Time passed: drive every session's timers, expire held candidates, enforce timeouts.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let ttl = self.config.pending_candidate_ttl;
+        self.pending_candidates.retain(|_, q| {
+            q.retain(|c| now.saturating_duration_since(c.received) < ttl);
+            !q.is_empty()
+        });
+        for s in self.sessions.values_mut() {
+            if !s.connected
+                && now.saturating_duration_since(s.started) > self.config.connect_timeout
+            {
+                s.fail(format!("not connected within {:?}", self.config.connect_timeout));
+            }
+            if let Some(since) = s.disconnected_since {
+                if now.saturating_duration_since(since) > self.config.disconnected_timeout {
+                    s.fail(format!(
+                        "ICE disconnected for more than {:?}",
+                        self.config.disconnected_timeout
+                    ));
+                }
+            }
+            if s.next_timeout <= now && s.rtc.is_alive() {
+                if let Err(e) = s.rtc.handle_input(Input::Timeout(now)) {
+                    s.fail(format!("timeout handling failed: {e}"));
+                }
+            }
+            if s.keyframe_request_pending {
+                request_keyframe(s, now, &self.config, &mut self.out);
+            }
+            service(s, now, &self.config, &mut self.out);
+        }
+        self.reap(now);
+    }
+
+    /// One encoded frame from the capture: offer it to every session and send what each
+    /// session's gate lets through.
+    pub fn push_frame(&mut self, now: Instant, kind: FanoutKind, frame: &EncodedFrame) {
+        for s in self.sessions.values_mut() {
+            if !s.is_live() {
+                continue;
+            }
+            let sub = match kind {
+                FanoutKind::Video => &mut s.video,
+                FanoutKind::Audio => &mut s.audio,
+            };
+            if sub.push(frame) == PushOutcome::KeyframeNeeded {
+                s.keyframe_request_pending = true;
+            }
+            send_queued_media(s, now, &mut self.out);
+            if s.video.take_keyframe_needed() {
+                s.keyframe_request_pending = true;
+            }
+            if s.keyframe_request_pending {
+                request_keyframe(s, now, &self.config, &mut self.out);
+            }
+            service(s, now, &self.config, &mut self.out);
+        }
+        self.reap(now);
+    }
+
+    /// Close every session (engine shutdown).
+    pub fn close_all(&mut self, now: Instant) {
+        let ids: Vec<String> = self.sessions.keys().cloned().collect();
+        for id in ids {
+            let _ = self.close_session(now, &id);
+        }
+        self.reap(now);
+    }
+
+    fn live_count(&self) -> usize {
+        self.sessions.values().filter(|s| s.is_live()).count()
+    }
+
+    fn new_session(&mut self, now: Instant, peer_id: &str) -> Session {
+        let mut rtc = self.rtc_config.clone().build(now);
+        for addr in &self.local_addrs {
+            match Candidate::host(*addr, "udp") {
+                Ok(c) => {
+                    rtc.add_local_candidate(c);
+                }
+                Err(e) => warn!(%addr, "cannot use local address as candidate: {e}"),
+            }
+        }
+        Session::new(peer_id.to_string(), rtc, now, &self.config)
+    }
+
+    fn remote_offer(&mut self, now: Instant, peer_id: String, sdp: &str) -> Result<(), PeerError> {
+        let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| PeerError::InvalidSdp {
+            peer_id: peer_id.clone(),
+            reason: e.to_string(),
+        })?;
+
+        // Renegotiation of a live session.
+        if let Some(s) = self.sessions.get_mut(&peer_id) {
+            if s.is_live() && s.pending_offer.is_none() {
+                let answer = s.rtc.sdp_api().accept_offer(offer).map_err(|e| PeerError::Rtc {
+                    peer_id: peer_id.clone(),
+                    reason: e.to_string(),
+                })?;
+                s.video_pt = None;
+                s.audio_pt = None;
+                self.out.event(PeerEvent::LocalAnswer {
+                    peer_id: peer_id.clone(),
+                    sdp: answer.to_sdp_string(),
+                });
+                service(s, now, &self.config, &mut self.out);
+                return Ok(());
+            }
+            // A dead session, or glare with our own offer: replace it.
+            info!(peer = %peer_id, "replacing previous session of this peer");
+            let _ = self.close_session(now, &peer_id);
+            self.reap(now);
+        }
+
+        if self.live_count() >= self.config.max_sessions {
+            let reason = format!("session limit of {} reached", self.config.max_sessions);
+            info!(peer = %peer_id, %reason, "refusing offer");
+            self.out.event(PeerEvent::OfferRefused { peer_id, reason });
+            return Ok(());
+        }
+
+        let mut s = self.new_session(now, &peer_id);
+        let answer: SdpAnswer =
+            s.rtc.sdp_api().accept_offer(offer).map_err(|e| PeerError::Rtc {
+                peer_id: peer_id.clone(),
+                reason: e.to_string(),
+            })?;
+        let sdp = answer.to_sdp_string();
+        s.timing.answer_sent = Some(now.saturating_duration_since(s.started));
+        self.out.event(PeerEvent::Requested { peer_id: peer_id.clone() });
+        self.out.event(PeerEvent::LocalAnswer { peer_id: peer_id.clone(), sdp: sdp.clone() });
+        self.emit_local_candidates(&peer_id, &sdp);
+        self.apply_held_candidates(&mut s);
+        service(&mut s, now, &self.config, &mut self.out);
+        self.sessions.insert(peer_id, s);
+        Ok(())
+    }
+
+    fn create_offer(&mut self, now: Instant, peer_id: String) -> Result<(), PeerError> {
+        if self.sessions.get(&peer_id).is_some_and(|s| s.is_live()) {
+            return Err(PeerError::Rtc {
+                peer_id,
+                reason: "a session with this peer exists".to_string(),
+            });
+        }
+        self.sessions.remove(&peer_id);
+        if self.live_count() >= self.config.max_sessions {
+            let reason = format!("session limit of {} reached", self.config.max_sessions);
+            self.out.event(PeerEvent::OfferRefused { peer_id, reason });
+            return Ok(());
+        }
+        let mut s = self.new_session(now, &peer_id);
+        let mut api = s.rtc.sdp_api();
+        if self.config.video.is_some() {
+            s.video_mid = Some(api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None));
+        }
+        if self.config.audio.is_some() {
+            s.audio_mid = Some(api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None));
+        }
+        if self.config.data_channel {
+            api.add_channel(self.config.data_channel_label.clone());
+        }
+        let Some((offer, pending)) = api.apply() else {
+            return Err(PeerError::Rtc { peer_id, reason: "nothing to offer".to_string() });
+        };
+        s.pending_offer = Some(pending);
+        let sdp = offer.to_sdp_string();
+        self.out.event(PeerEvent::LocalOffer { peer_id: peer_id.clone(), sdp: sdp.clone() });
+        self.emit_local_candidates(&peer_id, &sdp);
+        service(&mut s, now, &self.config, &mut self.out);
+        self.sessions.insert(peer_id, s);
+        Ok(())
+    }
+
+    fn remote_answer(&mut self, now: Instant, peer_id: String, sdp: &str) -> Result<(), PeerError> {
+        let answer = SdpAnswer::from_sdp_string(sdp).map_err(|e| PeerError::InvalidSdp {
+            peer_id: peer_id.clone(),
+            reason: e.to_string(),
+        })?;
+        let Some(mut s) = self.sessions.remove(&peer_id) else {
+            return Err(PeerError::UnknownPeer(peer_id));
+        };
+        let Some(pending) = s.pending_offer.take() else {
+            self.sessions.insert(peer_id.clone(), s);
+            return Err(PeerError::NoPendingOffer(peer_id));
+        };
+        if let Err(e) = s.rtc.sdp_api().accept_answer(pending, answer) {
+            s.fail(format!("answer rejected: {e}"));
+            self.sessions.insert(peer_id.clone(), s);
+            return Err(PeerError::Rtc { peer_id, reason: e.to_string() });
+        }
+        s.timing.answer_sent = Some(now.saturating_duration_since(s.started));
+        self.apply_held_candidates(&mut s);
+        service(&mut s, now, &self.config, &mut self.out);
+        self.sessions.insert(peer_id, s);
+        Ok(())
+    }
+
+    fn remote_candidate(
+        &mut self,
+        now: Instant,
+        peer_id: String,
+        candidate: String,
+    ) -> Result<(), PeerError> {
+        let Some(s) = self.sessions.get_mut(&peer_id) else {
+            // Before the offer: hold it (bounded) until the offer arrives.
+            if !self.pending_candidates.contains_key(&peer_id)
+                && self.pending_candidates.len() >= MAX_PENDING_PEERS
+            {
+                warn!(peer = %peer_id, "too many peers with early candidates; dropping");
+                return Ok(());
+            }
+            let q = self.pending_candidates.entry(peer_id.clone()).or_default();
+            if q.len() >= MAX_PENDING_CANDIDATES_PER_PEER {
+                q.pop_front();
+            }
+            debug!(peer = %peer_id, "holding candidate until the offer arrives");
+            q.push_back(PendingCandidate { received: now, candidate });
+            return Ok(());
+        };
+        match parse_candidate(&candidate) {
+            Ok(ParsedCandidate::Candidate(c)) => {
+                s.rtc.add_remote_candidate(c);
+                service(s, now, &self.config, &mut self.out);
+                Ok(())
+            }
+            Ok(ParsedCandidate::Ignored(why)) => {
+                debug!(peer = %peer_id, why, "ignoring remote candidate");
+                Ok(())
+            }
+            Err(reason) => Err(PeerError::InvalidCandidate { peer_id, reason }),
+        }
+    }
+
+    fn apply_held_candidates(&mut self, s: &mut Session) {
+        let Some(held) = self.pending_candidates.remove(&s.peer_id) else { return };
+        for c in held {
+            match parse_candidate(&c.candidate) {
+                Ok(ParsedCandidate::Candidate(c)) => {
+                    debug!(peer = %s.peer_id, "applying held candidate {c}");
+                    s.rtc.add_remote_candidate(c);
+                }
+                Ok(ParsedCandidate::Ignored(why)) => debug!(peer = %s.peer_id, why, "ignored"),
+                Err(e) => warn!(peer = %s.peer_id, "bad held candidate: {e}"),
+            }
+        }
+    }
+
+    fn emit_local_candidates(&mut self, peer_id: &str, sdp: &str) {
+        let first_mid = sdp
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("a=mid:"))
+            .map(|m| m.trim().to_string());
+        for addr in &self.local_addrs {
+            if let Ok(c) = Candidate::host(*addr, "udp") {
+                self.out.event(PeerEvent::LocalCandidate {
+                    peer_id: peer_id.to_string(),
+                    candidate: c.to_sdp_string(),
+                    sdp_mid: first_mid.clone(),
+                    sdp_m_line_index: Some(0),
+                });
+            }
+        }
+        self.out.event(PeerEvent::GatheringComplete { peer_id: peer_id.to_string() });
+    }
+
+    fn send_data(
+        &mut self,
+        now: Instant,
+        peer_id: &str,
+        data: Bytes,
+        binary: bool,
+    ) -> Result<(), PeerError> {
+        let Some(s) = self.sessions.get_mut(peer_id) else {
+            return Err(PeerError::UnknownPeer(peer_id.to_string()));
+        };
+        if data.len() > MAX_DATA_MESSAGE {
+            return Err(PeerError::DataTooLarge { peer_id: peer_id.to_string(), len: data.len() });
+        }
+        if s.data_out.len() >= MAX_DATA_QUEUE {
+            return Err(PeerError::DataQueueFull(peer_id.to_string()));
+        }
+        s.data_out.push_back((data, binary));
+        service(s, now, &self.config, &mut self.out);
+        Ok(())
+    }
+
+    fn close_session(&mut self, now: Instant, peer_id: &str) -> Result<(), PeerError> {
+        let Some(s) = self.sessions.get_mut(peer_id) else {
+            return Err(PeerError::UnknownPeer(peer_id.to_string()));
+        };
+        info!(peer = %peer_id, "closing session");
+        if s.rtc.is_alive() && s.rtc.close().is_err() {
+            s.rtc.disconnect();
+        }
+        // Drain the close output (DTLS close_notify, RTCP BYE) once; then the session goes.
+        service(s, now, &self.config, &mut self.out);
+        s.rtc.disconnect();
+        Ok(())
+    }
+
+    /// Remove sessions that are no longer alive, reporting why and their counters.
+    fn reap(&mut self, now: Instant) {
+        let dead: Vec<String> =
+            self.sessions.iter().filter(|(_, s)| !s.is_live()).map(|(k, _)| k.clone()).collect();
+        for id in dead {
+            let Some(s) = self.sessions.remove(&id) else { continue };
+            self.addr_cache.retain(|_, v| *v != id);
+            if let Some(reason) = s.failure.clone() {
+                self.out.event(PeerEvent::Failed { peer_id: id.clone(), reason });
+            }
+            let stats = s.final_stats(now);
+            info!(peer = %id, ?stats, "session closed");
+            self.out.event(PeerEvent::Closed { peer_id: id, stats });
+        }
+    }
+}
+
+/// After any change to a session: flush queued data, then drain the `Rtc` until it only has
+/// a timeout left.
+fn service(s: &mut Session, now: Instant, config: &PeerConfig, out: &mut Outputs) {
+    for _round in 0..4 {
+        flush_data(s);
+        let mut again = false;
+        loop {
+            if !s.rtc.is_alive() {
+                return;
+            }
+            match s.rtc.poll_output() {
+                Ok(Output::Timeout(t)) => {
+                    s.next_timeout = t;
+                    break;
+                }
+                Ok(Output::Transmit(t)) => out.transmits.push_back(Datagram {
+                    source: t.source,
+                    destination: t.destination,
+                    data: t.contents.to_vec(),
+                }),
+                Ok(Output::Event(e)) => again |= on_event(s, e, now, config, out),
+                Err(e) => {
+                    s.fail(format!("poll_output failed: {e}"));
+                    return;
+                }
+            }
+        }
+        if !again {
+            return;
+        }
+    }
+}
+
+/// Handle one str0m event; returns true when the session should be serviced again
+/// (data can be flushed, or media sent).
+fn on_event(
+    s: &mut Session,
+    e: Event,
+    now: Instant,
+    config: &PeerConfig,
+    out: &mut Outputs,
+) -> bool {
+    let peer_id = s.peer_id.clone();
+    let since = now.saturating_duration_since(s.started);
+    match e {
+        Event::IceConnectionStateChange(state) => {
+            debug!(peer = %peer_id, ?state, "ICE state");
+            match state {
+                IceConnectionState::Checking => out.event(PeerEvent::Connecting { peer_id }),
+                IceConnectionState::Connected | IceConnectionState::Completed => {
+                    s.timing.ice_connected.get_or_insert(since);
+                    s.disconnected_since = None;
+                }
+                IceConnectionState::Disconnected => {
+                    s.disconnected_since.get_or_insert(now);
+                    out.event(PeerEvent::Disconnected { peer_id });
+                }
+                _ => {}
+            }
+            false
+        }
+        Event::Connected => {
+            s.timing.dtls_connected.get_or_insert(since);
+            s.connected = true;
+            info!(peer = %peer_id, after = ?since, "session connected");
+            out.event(PeerEvent::Connected { peer_id });
+            s.audio.transport_ready();
+            if s.video.transport_ready() {
+                s.video.take_keyframe_needed();
+                s.keyframe_request_pending = true;
+                request_keyframe(s, now, config, out);
+            }
+            true
+        }
+        Event::MediaAdded(m) => {
+            match m.kind {
+                MediaKind::Video if s.video_mid.is_none() => s.video_mid = Some(m.mid),
+                MediaKind::Audio if s.audio_mid.is_none() => s.audio_mid = Some(m.mid),
+                _ => {}
+            }
+            false
+        }
+        Event::ChannelOpen(id, label) => {
+            if !config.data_channel {
+                debug!(peer = %peer_id, %label, "data channels disabled; ignoring channel");
+                return false;
+            }
+            if s.channel.is_none() {
+                s.channel = Some(id);
+                out.event(PeerEvent::DataChannelOpen { peer_id });
+            }
+            true
+        }
+        Event::ChannelData(d) => {
+            if Some(d.id) == s.channel {
+                s.stats.data_messages_received += 1;
+                out.event(PeerEvent::DataMessage {
+                    peer_id,
+                    data: Bytes::from(d.data),
+                    binary: d.binary,
+                });
+            }
+            false
+        }
+        Event::ChannelClose(id) => {
+            if Some(id) == s.channel {
+                s.channel = None;
+            }
+            false
+        }
+        Event::ChannelBufferedAmountLow(_) => true,
+        Event::KeyframeRequest(req) => {
+            debug!(peer = %peer_id, kind = ?req.kind, "keyframe request from viewer");
+            s.keyframe_request_pending = true;
+            request_keyframe(s, now, config, out);
+            false
+        }
+        Event::Closed => {
+            info!(peer = %peer_id, "remote closed the session");
+            false
+        }
+        _ => false,
+    }
+}
+
+/// Emit `KeyframeRequested`, at most once per `keyframe_request_min_interval`; a request
+/// inside the interval stays pending and goes out when it ends.
+fn request_keyframe(s: &mut Session, now: Instant, config: &PeerConfig, out: &mut Outputs) {
+    if !s.connected || s.video_mid.is_none() {
+        return;
+    }
+    if let Some(last) = s.last_keyframe_request {
+        if now.saturating_duration_since(last) < config.keyframe_request_min_interval {
+            return;
+        }
+    }
+    s.keyframe_request_pending = false;
+    s.last_keyframe_request = Some(now);
+    s.stats.keyframe_requests += 1;
+    out.event(PeerEvent::KeyframeRequested { peer_id: s.peer_id.clone() });
+}
+
+/// Write whatever the fan-out queues let through to the RTP packetizer.
+fn send_queued_media(s: &mut Session, now: Instant, out: &mut Outputs) {
+    if !s.connected {
+        return;
+    }
+    while let Some(frame) = s.video.pop() {
+        let Some(mid) = s.video_mid else {
+            s.video.record_dropped();
+            break;
+        };
+        let Some(writer) = s.rtc.writer(mid) else {
+            s.video.record_dropped();
+            break;
+        };
+        let pt = match s.video_pt {
+            Some(pt) => pt,
+            None => {
+                let params: Vec<_> = writer.payload_params().copied().collect();
+                let pick = H264_PROFILES
+                    .iter()
+                    .find_map(|profile| {
+                        params.iter().find(|p| {
+                            let spec = p.spec();
+                            spec.codec == Codec::H264
+                                && spec.format.packetization_mode == Some(1)
+                                && spec.format.profile_level_id == Some(*profile)
+                        })
+                    })
+                    .or_else(|| {
+                        params.iter().find(|p| {
+                            p.spec().codec == Codec::H264
+                                && p.spec().format.packetization_mode == Some(1)
+                        })
+                    })
+                    .map(|p| p.pt());
+                let Some(pt) = pick else {
+                    warn!(peer = %s.peer_id, "viewer negotiated no H.264 packetization-mode 1");
+                    s.video.record_dropped();
+                    break;
+                };
+                s.video_pt = Some(pt);
+                pt
+            }
+        };
+        let rtp_time = MediaTime::from_90khz(frame.timestamp_us.wrapping_mul(9) / 100);
+        match writer.write(pt, now, rtp_time, &frame.data[..]) {
+            Ok(()) => {
+                if frame.is_key() && !s.first_keyframe_sent {
+                    s.first_keyframe_sent = true;
+                    s.timing.first_keyframe_sent =
+                        Some(now.saturating_duration_since(s.started));
+                    info!(peer = %s.peer_id, timing = ?s.timing, "first keyframe sent");
+                    out.event(PeerEvent::FirstKeyframeSent { peer_id: s.peer_id.clone() });
+                    out.event(PeerEvent::SessionTiming {
+                        peer_id: s.peer_id.clone(),
+                        timing: s.timing,
+                    });
+                }
+            }
+            Err(e) => {
+                warn!(peer = %s.peer_id, "video write failed: {e}");
+                s.video.record_dropped();
+                break;
+            }
+        }
+    }
+    while let Some(frame) = s.audio.pop() {
+        let Some(mid) = s.audio_mid else {
+            s.audio.record_dropped();
+            break;
+        };
+        let Some(writer) = s.rtc.writer(mid) else {
+            s.audio.record_dropped();
+            break;
+        };
+        let pt = match s.audio_pt {
+            Some(pt) => pt,
+            None => {
+                let Some(pt) =
+                    writer.payload_params().find(|p| p.spec().codec == Codec::Opus).map(|p| p.pt())
+                else {
+                    s.audio.record_dropped();
+                    break;
+                };
+                s.audio_pt = Some(pt);
+                pt
+            }
+        };
+        let rtp_time =
+            MediaTime::new(frame.timestamp_us.wrapping_mul(48) / 1000, Frequency::FORTY_EIGHT_KHZ);
+        if let Err(e) = writer.write(pt, now, rtp_time, &frame.data[..]) {
+            warn!(peer = %s.peer_id, "audio write failed: {e}");
+            s.audio.record_dropped();
+            break;
+        }
+    }
+}
+
+/// Write queued data channel messages until the channel refuses one (buffer full: it stays
+/// first in the queue and is retried on the next service).
+fn flush_data(s: &mut Session) {
+    let Some(id) = s.channel else { return };
+    while let Some((data, binary)) = s.data_out.front() {
+        let Some(mut ch) = s.rtc.channel(id) else { return };
+        match ch.write(*binary, data) {
+            Ok(true) => {
+                s.data_out.pop_front();
+                s.stats.data_messages_sent += 1;
+            }
+            Ok(false) => {
+                // Too large to ever fit, or the buffer is full for now.
+                ch.set_buffered_amount_low_threshold(MAX_DATA_MESSAGE / 2);
+                return;
+            }
+            Err(e) => {
+                warn!(peer = %s.peer_id, "data channel write failed: {e}");
+                s.data_out.pop_front();
+                s.stats.data_messages_dropped += 1;
+            }
+        }
+    }
+}

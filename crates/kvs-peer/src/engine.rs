@@ -1,0 +1,345 @@
+//! The tokio driver: owns the UDP sockets and one task that runs [`PeerCore`].
+//!
+//! One UDP socket per bind address is shared by every session; a small receive task per
+//! socket forwards datagrams to the engine task (bounded channel: when the engine falls
+//! behind, the kernel's socket buffer absorbs and then drops, as UDP does). Sends use
+//! `try_send_to`: a full socket buffer drops the packet (counted in the log), never blocks.
+//!
+//! Events go to the application through a bounded channel without ever blocking the engine:
+//! they wait in a backlog while the channel is full. When the backlog exceeds
+//! [`EVENT_BACKLOG_LIMIT`], *droppable* events ([`PeerEvent::DataMessage`] and
+//! [`PeerEvent::SessionTiming`]) are dropped and logged; all others (they are a few per
+//! session) are kept.
+//!
+//! Frames come in through [`FrameSink`]s: bounded channels fed with `try_send` from capture
+//! threads (never blocking them; a full sink drops the frame and counts it).
+
+use crate::api::{Datagram, PeerCommand, PeerConfig, PeerError, PeerEvent};
+use crate::core::PeerCore;
+use kvs_media::fanout::FanoutKind;
+use kvs_platform::EncodedFrame;
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+/// Events held while the application's channel is full before droppable ones are dropped.
+pub const EVENT_BACKLOG_LIMIT: usize = 1024;
+/// Received datagrams waiting for the engine task.
+const NET_QUEUE: usize = 1024;
+const COMMAND_QUEUE: usize = 64;
+
+enum EngineMsg {
+    Command(PeerCommand, oneshot::Sender<Result<(), PeerError>>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+struct Received {
+    at: Instant,
+    source: SocketAddr,
+    destination: SocketAddr,
+    data: Vec<u8>,
+}
+
+/// A bounded, non-blocking way to hand encoded frames to the engine; usable from any thread.
+#[derive(Clone)]
+pub struct FrameSink {
+    tx: mpsc::Sender<EncodedFrame>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl FrameSink {
+    /// Hand over one frame. Never blocks: returns false (and counts the drop) when the engine
+    /// is behind or gone.
+    pub fn send(&self, frame: EncodedFrame) -> bool {
+        match self.tx.try_send(frame) {
+            Ok(()) => true,
+            Err(_) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    /// Frames dropped because the sink was full or the engine stopped.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// The application's handle on the engine.
+#[derive(Clone)]
+pub struct PeerHandle {
+    commands: mpsc::Sender<EngineMsg>,
+    video: FrameSink,
+    audio: FrameSink,
+    sessions: Arc<AtomicUsize>,
+    local_addrs: Arc<Vec<SocketAddr>>,
+}
+
+impl PeerHandle {
+    /// Apply a command; the outcome also shows as events.
+    pub async fn command(&self, cmd: PeerCommand) -> Result<(), PeerError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(EngineMsg::Command(cmd, tx))
+            .await
+            .map_err(|_| PeerError::EngineStopped)?;
+        rx.await.map_err(|_| PeerError::EngineStopped)?
+    }
+
+    pub fn video_sink(&self) -> FrameSink {
+        self.video.clone()
+    }
+
+    pub fn audio_sink(&self) -> FrameSink {
+        self.audio.clone()
+    }
+
+    /// Sessions currently open (negotiating or connected).
+    pub fn session_count(&self) -> usize {
+        self.sessions.load(Ordering::Relaxed)
+    }
+
+    /// The UDP addresses the engine listens on (its host candidates).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    /// Close every session and stop the engine.
+    pub async fn shutdown(self) {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(EngineMsg::Shutdown(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// Starts the engine task.
+pub struct PeerEngine;
+
+impl PeerEngine {
+    /// Install the crypto provider, create the DTLS certificate (once: it is slow), bind the
+    /// sockets and start the engine. Must be called inside a tokio runtime.
+    pub async fn start(
+        config: PeerConfig,
+    ) -> Result<(PeerHandle, mpsc::Receiver<PeerEvent>), PeerError> {
+        let cert = tokio::task::spawn_blocking(generate_certificate)
+            .await
+            .map_err(|_| PeerError::Certificate)??;
+
+        let ips = if config.bind_addrs.is_empty() { usable_addresses()? } else { config.bind_addrs.clone() };
+        let mut sockets: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
+        for ip in ips {
+            match UdpSocket::bind(SocketAddr::new(ip, config.udp_port)).await {
+                Ok(sock) => {
+                    let addr = sock.local_addr()?;
+                    info!(%addr, "peer engine listening");
+                    sockets.insert(addr, Arc::new(sock));
+                }
+                Err(e) => warn!(%ip, "cannot bind UDP socket: {e}"),
+            }
+        }
+        if sockets.is_empty() {
+            return Err(PeerError::NoAddress);
+        }
+        let local_addrs: Vec<SocketAddr> = sockets.keys().copied().collect();
+
+        let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
+        let (video_tx, video_rx) = mpsc::channel(config.video_sink_frames.max(1));
+        let (audio_tx, audio_rx) = mpsc::channel(config.audio_sink_frames.max(1));
+        let (event_tx, event_rx) = mpsc::channel(config.event_capacity.max(1));
+        let (net_tx, net_rx) = mpsc::channel(NET_QUEUE);
+
+        let mut recv_tasks = Vec::new();
+        for (addr, sock) in &sockets {
+            recv_tasks.push(tokio::spawn(receive_loop(*addr, sock.clone(), net_tx.clone())));
+        }
+        drop(net_tx);
+
+        let sessions = Arc::new(AtomicUsize::new(0));
+        let core = PeerCore::new(config, local_addrs.clone(), Some(cert));
+        let driver = Driver {
+            core,
+            sockets,
+            events: event_tx,
+            backlog: VecDeque::new(),
+            sessions: sessions.clone(),
+        };
+        tokio::spawn(async move {
+            driver.run(cmd_rx, video_rx, audio_rx, net_rx).await;
+            for t in recv_tasks {
+                t.abort();
+            }
+        });
+
+        let handle = PeerHandle {
+            commands: cmd_tx,
+            video: FrameSink { tx: video_tx, dropped: Arc::default() },
+            audio: FrameSink { tx: audio_tx, dropped: Arc::default() },
+            sessions,
+            local_addrs: Arc::new(local_addrs),
+        };
+        Ok((handle, event_rx))
+    }
+}
+
+/// Install str0m's crypto provider (idempotent) and create a DTLS certificate.
+pub(crate) fn generate_certificate() -> Result<str0m::config::DtlsCert, PeerError> {
+    str0m::crypto::from_feature_flags().install_process_default();
+    let provider = str0m::config::CryptoProvider::get_default().ok_or(PeerError::Certificate)?;
+    provider.dtls_provider.generate_certificate().ok_or(PeerError::Certificate)
+}
+
+/// Every usable interface address: loopback included, IPv6 link-local skipped.
+fn usable_addresses() -> Result<Vec<IpAddr>, PeerError> {
+    let ips: Vec<IpAddr> = if_addrs::get_if_addrs()?
+        .into_iter()
+        .map(|i| i.ip())
+        .filter(|ip| match ip {
+            IpAddr::V4(v4) => !v4.is_unspecified(),
+            IpAddr::V6(v6) => !v6.is_unspecified() && (v6.segments()[0] & 0xffc0) != 0xfe80,
+        })
+        .collect();
+    if ips.is_empty() {
+        return Err(PeerError::NoAddress);
+    }
+    Ok(ips)
+}
+
+async fn receive_loop(local: SocketAddr, sock: Arc<UdpSocket>, tx: mpsc::Sender<Received>) {
+    let mut buf = vec![0u8; 2048];
+    loop {
+        match sock.recv_from(&mut buf).await {
+            Ok((n, source)) => {
+                let msg =
+                    Received { at: Instant::now(), source, destination: local, data: buf[..n].to_vec() };
+                if tx.send(msg).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                // ICMP errors surface here on some systems; they do not end the socket.
+                debug!(%local, "UDP receive error: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        }
+    }
+}
+
+struct Driver {
+    core: PeerCore,
+    sockets: HashMap<SocketAddr, Arc<UdpSocket>>,
+    events: mpsc::Sender<PeerEvent>,
+    backlog: VecDeque<PeerEvent>,
+    sessions: Arc<AtomicUsize>,
+}
+
+impl Driver {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<EngineMsg>,
+        mut video: mpsc::Receiver<EncodedFrame>,
+        mut audio: mpsc::Receiver<EncodedFrame>,
+        mut net: mpsc::Receiver<Received>,
+    ) {
+        let mut shutdown_reply = None;
+        loop {
+            let deadline = self.core.poll_timeout(Instant::now());
+            let events = self.events.clone();
+            let has_backlog = !self.backlog.is_empty();
+            tokio::select! {
+                msg = commands.recv() => match msg {
+                    Some(EngineMsg::Command(cmd, reply)) => {
+                        let r = self.core.handle_command(Instant::now(), cmd);
+                        let _ = reply.send(r);
+                    }
+                    Some(EngineMsg::Shutdown(reply)) => {
+                        shutdown_reply = Some(reply);
+                    }
+                    None => {}
+                },
+                Some(f) = video.recv() => self.core.push_frame(Instant::now(), FanoutKind::Video, &f),
+                Some(f) = audio.recv() => self.core.push_frame(Instant::now(), FanoutKind::Audio, &f),
+                Some(d) = net.recv() => {
+                    self.core.handle_datagram(d.at, d.source, d.destination, &d.data);
+                    // Take whatever else already arrived before servicing timers.
+                    while let Ok(d) = net.try_recv() {
+                        self.core.handle_datagram(d.at, d.source, d.destination, &d.data);
+                        self.flush_transmits();
+                    }
+                }
+                permit = events.reserve(), if has_backlog => {
+                    if let (Ok(permit), Some(e)) = (permit, self.backlog.pop_front()) {
+                        permit.send(e);
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    self.core.handle_timeout(Instant::now());
+                }
+            }
+            if commands.is_closed() && shutdown_reply.is_none() && self.sessions_idle_and_orphaned() {
+                break;
+            }
+            self.flush_transmits();
+            self.flush_events();
+            self.sessions.store(self.core.session_count(), Ordering::Relaxed);
+            if shutdown_reply.is_some() {
+                break;
+            }
+        }
+        info!("peer engine stopping");
+        self.core.close_all(Instant::now());
+        self.flush_transmits();
+        self.flush_events();
+        self.sessions.store(0, Ordering::Relaxed);
+        if let Some(reply) = shutdown_reply {
+            let _ = reply.send(());
+        }
+    }
+
+    /// Every handle was dropped: nobody can command the engine any more.
+    fn sessions_idle_and_orphaned(&self) -> bool {
+        true
+    }
+
+    fn flush_transmits(&mut self) {
+        while let Some(Datagram { source, destination, data }) = self.core.poll_transmit() {
+            let Some(sock) = self.sockets.get(&source) else {
+                debug!(%source, "no socket for transmit source");
+                continue;
+            };
+            if let Err(e) = sock.try_send_to(&data, destination) {
+                debug!(%destination, "UDP send dropped: {e}");
+            }
+        }
+    }
+
+    fn flush_events(&mut self) {
+        while let Some(e) = self.core.poll_event() {
+            if self.backlog.len() >= EVENT_BACKLOG_LIMIT && e.is_droppable() {
+                warn!(peer = e.peer_id(), "application not reading events; dropped one");
+                continue;
+            }
+            self.backlog.push_back(e);
+        }
+        while !self.backlog.is_empty() {
+            match self.events.try_reserve() {
+                Ok(permit) => {
+                    if let Some(e) = self.backlog.pop_front() {
+                        permit.send(e);
+                    }
+                }
+                Err(mpsc::error::TrySendError::Full(())) => break,
+                Err(mpsc::error::TrySendError::Closed(())) => {
+                    self.backlog.clear();
+                    break;
+                }
+            }
+        }
+    }
+}

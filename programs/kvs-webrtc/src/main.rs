@@ -1,0 +1,217 @@
+//! `kvs-webrtc` — the device program.
+//!
+//! With no configuration it runs the embedded default: a local KVS-compatible signaling
+//! service, the device streaming a live test pattern and tone, and a viewer web page, all on one
+//! loopback port. Options and a TOML file (`--config`, with `KVS_WEBRTC_*` environment
+//! overrides) choose other sources, limits and signaling.
+
+mod web;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use kvs_app::{
+    AudioSourceConfig, Device, DeviceConfig, DeviceParts, EventKind, SignalingConfig, VideoSourceConfig,
+};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Debug, Parser)]
+#[command(name = "kvs-webrtc", version, about = "Stream live video and audio to WebRTC viewers (KVS signaling).")]
+struct Cli {
+    /// TOML configuration file; KVS_WEBRTC_<SECTION>__<KEY> variables override it.
+    #[arg(short, long, env = "KVS_WEBRTC_CONFIG")]
+    config: Option<PathBuf>,
+
+    /// Address of the embedded signaling service and viewer page (port 0 = any free port).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+
+    /// Signaling channel name (embedded mode).
+    #[arg(long)]
+    channel: Option<String>,
+
+    /// Use an external KVS-protocol signaling endpoint (ws://…) instead of the embedded one.
+    #[arg(long, requires = "channel_arn")]
+    signaling_url: Option<String>,
+
+    /// Channel ARN for --signaling-url.
+    #[arg(long)]
+    channel_arn: Option<String>,
+
+    /// Maximum concurrent viewers; further offers are refused with a reason.
+    #[arg(long)]
+    max_viewers: Option<usize>,
+
+    /// Address to offer ICE host candidates on (repeatable); default: every usable interface.
+    #[arg(long = "media-bind")]
+    media_bind: Vec<IpAddr>,
+
+    /// Stream an Annex-B H.264 file (looped) instead of the test pattern.
+    #[arg(long, conflicts_with = "h264_stdin")]
+    h264_file: Option<PathBuf>,
+
+    /// Read Annex-B H.264 from standard input (e.g. `ffmpeg … -f h264 - | kvs-webrtc --h264-stdin`).
+    #[arg(long)]
+    h264_stdin: bool,
+
+    /// Frame rate for --h264-file / --h264-stdin, or of the test pattern.
+    #[arg(long)]
+    fps: Option<u32>,
+
+    /// Stream an Ogg/Opus file (looped) instead of the tone.
+    #[arg(long, conflicts_with = "no_audio")]
+    ogg_file: Option<PathBuf>,
+
+    /// Send no audio.
+    #[arg(long)]
+    no_audio: bool,
+
+    /// Send no video.
+    #[arg(long, conflicts_with_all = ["h264_file", "h264_stdin"])]
+    no_video: bool,
+}
+
+impl Cli {
+    /// The configuration: file + environment, then the command line on top.
+    fn into_config(self) -> Result<DeviceConfig> {
+        let mut config = DeviceConfig::load(self.config.as_deref(), std::env::vars())?;
+        if let Some(url) = self.signaling_url {
+            let channel_arn = self.channel_arn.context("--signaling-url needs --channel-arn")?;
+            config.signaling = SignalingConfig::Url { url, channel_arn };
+        }
+        if let SignalingConfig::Embedded { channel, listen } = &mut config.signaling {
+            if let Some(l) = self.listen {
+                *listen = l;
+            }
+            if let Some(c) = self.channel {
+                *channel = c;
+            }
+        }
+        if let Some(n) = self.max_viewers {
+            config.session.max_viewers = n;
+        }
+        if !self.media_bind.is_empty() {
+            config.session.media_bind = self.media_bind;
+        }
+        if let Some(path) = self.h264_file {
+            config.video = VideoSourceConfig::H264File { path, fps: self.fps.unwrap_or(30) };
+        } else if self.h264_stdin {
+            config.video = VideoSourceConfig::H264Stdin { fps: self.fps };
+        } else if self.no_video {
+            config.video = VideoSourceConfig::None;
+        } else if let (Some(f), VideoSourceConfig::TestPattern { fps, .. }) = (self.fps, &mut config.video) {
+            *fps = f;
+        }
+        if let Some(path) = self.ogg_file {
+            config.audio = AudioSourceConfig::OggOpus { path };
+        } else if self.no_audio {
+            config.audio = AudioSourceConfig::None;
+        }
+        config.validate().map_err(anyhow::Error::msg).context("invalid configuration")?;
+        Ok(config)
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,str0m=warn,dimpl=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = Cli::parse().into_config()?;
+    match config.signaling.clone() {
+        SignalingConfig::Embedded { .. } => run_embedded(config).await,
+        SignalingConfig::Url { url, channel_arn } => run_external(config, url, channel_arn).await,
+    }
+}
+
+async fn run_embedded(config: DeviceConfig) -> Result<()> {
+    let page = web::PageConfig::new();
+    let running = kvs_app::embedded::start(config, Some(web::routes(page.clone())))
+        .await
+        .context("starting the embedded default")?;
+    page.set(serde_json::json!({
+        "signalingUrl": running.signaling_url,
+        "channelArn": running.channel_arn,
+        "channelName": running.channel_name,
+        "region": "us-west-2",
+        "iceServers": [],
+    }));
+    let events = running.device.events().subscribe();
+    let report = tokio::spawn(report_events(events));
+    // Printed to stdout (logs go to stderr) so scripts and tests can find the page.
+    println!("Viewer page: {}", running.page_url());
+    println!("Signaling:   {} (channel {})", running.signaling_url, running.channel_arn);
+    wait_for_stop().await;
+    println!("Stopping…");
+    running.shutdown().await;
+    report.abort();
+    Ok(())
+}
+
+async fn run_external(config: DeviceConfig, url: String, channel_arn: String) -> Result<()> {
+    let camera = kvs_app::sources::open_camera(&config.video).context("opening the video source")?;
+    let microphone = kvs_app::sources::open_microphone(&config.audio).context("opening the audio source")?;
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let client = kvs_signaling::WsSignalingClient::new(
+        format!("{url}{separator}X-Amz-ChannelARN={}", kvs_app::embedded::urlencode(&channel_arn)),
+        kvs_signaling::Role::Master,
+    );
+    let device = Device::start(DeviceParts { config, signaling: Arc::new(client), camera, microphone }).await?;
+    let report = tokio::spawn(report_events(device.events().subscribe()));
+    println!("Streaming as master of {channel_arn} via {url}");
+    wait_for_stop().await;
+    device.shutdown().await;
+    report.abort();
+    Ok(())
+}
+
+/// Print what the device is doing, one line per milestone, to stdout.
+async fn report_events(mut events: tokio::sync::broadcast::Receiver<kvs_app::AppEvent>) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match events.recv().await {
+            Ok(e) => {
+                let show = matches!(
+                    e.kind,
+                    EventKind::SignalingConnected
+                        | EventKind::SignalingDisconnected
+                        | EventKind::SignalingReconnectScheduled
+                        | EventKind::SignalingError
+                        | EventKind::PeerConnectionRequested
+                        | EventKind::PeerConnected
+                        | EventKind::PeerDisconnected
+                        | EventKind::PeerFailed
+                        | EventKind::PeerRefused
+                        | EventKind::FirstFrameSent
+                        | EventKind::StreamingStopped
+                        | EventKind::Error
+                );
+                if show {
+                    println!("{e}");
+                }
+            }
+            Err(RecvError::Lagged(n)) => println!("({n} events skipped)"),
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Ctrl-C or SIGTERM.
+async fn wait_for_stop() {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian bookworm machine (as root) to a verdict:
+#   1. system packages the build and the browser tests need (installed only if missing)
+#   2. the browser tests' npm packages (`npm ci`, pinned by tests/browser/package-lock.json)
+#   3. the release build of the program the browser tests run
+#   4. every Rust test in the workspace
+#   5. the browser tests: real headless Chromium viewing the real program
+# Stops at the first failure and says which step failed; prints a summary either way.
+#
+# Usage: bash scripts/test.sh          (what .ci/run and the README call)
+# Environment: KVS_TEST_SKIP_APT=1 skips step 1 on machines set up by hand.
+set -Eeuo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+# Debian packages: the browser, and what the H.264 (nasm), Opus (libopus-dev, pkg-config) and
+# crypto (clang, cmake) crates need to build.
+APT_PACKAGES=(chromium nasm libopus-dev pkg-config clang cmake ca-certificates)
+NODE_MIN_MAJOR=20 # playwright-core's minimum
+
+export DEBIAN_FRONTEND=noninteractive
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+export NPM_CONFIG_UPDATE_NOTIFIER=false NPM_CONFIG_FUND=false NPM_CONFIG_AUDIT=false
+
+SUITE_START=$(date +%s)
+STEP_NAMES=()
+STEP_TIMES=()
+CURRENT_STEP=""
+STEP_START=0
+
+summary() {
+  local status=$1
+  echo
+  echo "================ test suite summary ================"
+  local i
+  for i in "${!STEP_NAMES[@]}"; do
+    printf '  ok    %-48s %5ss\n' "${STEP_NAMES[$i]}" "${STEP_TIMES[$i]}"
+  done
+  if [[ -n "$CURRENT_STEP" ]]; then
+    printf '  FAIL  %-48s %5ss\n' "$CURRENT_STEP" "$(($(date +%s) - STEP_START))"
+  fi
+  echo "  total time: $(($(date +%s) - SUITE_START))s"
+  echo "  result: $status"
+  echo "===================================================="
+}
+
+on_error() {
+  local rc=$1 line=$2
+  trap - ERR
+  echo >&2
+  echo "ERROR: step \"${CURRENT_STEP:-setup}\" failed (exit status $rc, scripts/test.sh line $line); stopping." >&2
+  summary "FAILED at: ${CURRENT_STEP:-setup}"
+  exit "$rc"
+}
+trap 'on_error $? $LINENO' ERR
+
+step() {
+  CURRENT_STEP=$1
+  shift
+  STEP_START=$(date +%s)
+  echo
+  echo "==> ${CURRENT_STEP}"
+  "$@"
+  STEP_NAMES+=("$CURRENT_STEP")
+  STEP_TIMES+=("$(($(date +%s) - STEP_START))")
+  CURRENT_STEP=""
+}
+
+die() {
+  echo "ERROR: $*" >&2
+  return 1
+}
+
+as_root() {
+  if [[ $(id -u) -eq 0 ]]; then
+    "$@"
+  elif command -v sudo >/dev/null 2>&1; then
+    sudo -n "$@"
+  else
+    die "need root (or sudo) to run: $*"
+  fi
+}
+
+install_system_packages() {
+  if [[ "${KVS_TEST_SKIP_APT:-}" == 1 ]]; then
+    echo "KVS_TEST_SKIP_APT=1: not checking Debian packages"
+  else
+    local missing=() pkg
+    for pkg in "${APT_PACKAGES[@]}"; do
+      if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
+        missing+=("$pkg")
+      fi
+    done
+    if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+      missing+=(nodejs npm)
+    fi
+    if ((${#missing[@]})); then
+      echo "installing missing Debian packages: ${missing[*]}"
+      as_root apt-get update -q
+      as_root apt-get install -y -q "${missing[@]}"
+    else
+      echo "all present: ${APT_PACKAGES[*]}"
+    fi
+  fi
+  command -v cargo >/dev/null 2>&1 || die "cargo not found: install the Rust toolchain (rustup) first"
+  [[ -x /usr/bin/chromium ]] || die "/usr/bin/chromium missing after installing the chromium package"
+  local node_major
+  node_major=$(node -p 'process.versions.node.split(".")[0]')
+  ((node_major >= NODE_MIN_MAJOR)) || die "Node.js $(node --version) is too old: the browser tests need Node >= ${NODE_MIN_MAJOR}"
+  echo "cargo: $(cargo --version)"
+  echo "node: $(node --version), npm: $(npm --version)"
+  echo "chromium: $(/usr/bin/chromium --version 2>/dev/null | head -n1)"
+}
+
+npm_install() {
+  (cd tests/browser && npm ci --no-audit --no-fund)
+}
+
+build_release() {
+  cargo build --release -p kvs-webrtc
+  [[ -x target/release/kvs-webrtc || -n "${CARGO_TARGET_DIR:-}" ]] || die "the build produced no target/release/kvs-webrtc"
+}
+
+rust_tests() {
+  cargo test --workspace
+}
+
+browser_tests() {
+  # One test file at a time: each starts the program and Chromium, and the machine has 2 cores.
+  node --test --test-concurrency=1 tests/browser/
+}
+
+step "1/5 system packages" install_system_packages
+step "2/5 npm ci (tests/browser)" npm_install
+step "3/5 cargo build --release -p kvs-webrtc" build_release
+step "4/5 cargo test --workspace" rust_tests
+step "5/5 browser tests (node --test tests/browser/)" browser_tests
+
+trap - ERR
+summary "all steps succeeded"
