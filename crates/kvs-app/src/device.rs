@@ -104,9 +104,14 @@ impl Device {
     /// Start the device: the peer engine (DTLS certificate generated now, not at the first
     /// viewer), the capture threads and the signaling loop.
     pub async fn start(parts: DeviceParts) -> Result<DeviceHandle, DeviceError> {
+        Self::start_with_events(parts, EventBus::new()).await
+    }
+
+    /// Like [`Device::start`], publishing on `events` — subscribe before calling to see every
+    /// event from the first.
+    pub async fn start_with_events(parts: DeviceParts, events: EventBus) -> Result<DeviceHandle, DeviceError> {
         let DeviceParts { config, signaling, camera, microphone } = parts;
         config.validate().map_err(DeviceError::Config)?;
-        let events = EventBus::new();
 
         let peer_config = peer_config(&config.session, &config, camera.is_some(), microphone.is_some());
         let (peer, peer_events) = PeerEngine::start(peer_config).await?;

@@ -7,6 +7,7 @@
 
 use crate::config::{DeviceConfig, SignalingConfig};
 use crate::device::{Device, DeviceError, DeviceHandle, DeviceParts};
+use crate::events::EventBus;
 use kvs_signaling::{Role, WsSignalingClient};
 use kvs_signaling_service::{ServiceConfig, ServiceHandle};
 use std::net::SocketAddr;
@@ -53,6 +54,15 @@ impl Embedded {
 
 /// Start the local service and the device. `extra_routes` are served beside signaling.
 pub async fn start(config: DeviceConfig, extra_routes: Option<axum::Router>) -> Result<Embedded, EmbeddedError> {
+    start_with_events(config, extra_routes, EventBus::new()).await
+}
+
+/// Like [`start`], publishing the device's events on `events` (subscribe first to see all).
+pub async fn start_with_events(
+    config: DeviceConfig,
+    extra_routes: Option<axum::Router>,
+    events: EventBus,
+) -> Result<Embedded, EmbeddedError> {
     let SignalingConfig::Embedded { channel, listen } = config.signaling.clone() else {
         return Err(EmbeddedError::NotEmbedded);
     };
@@ -79,13 +89,8 @@ pub async fn start(config: DeviceConfig, extra_routes: Option<axum::Router>) -> 
         Role::Master,
     );
     tracing::info!(channel = %info.arn, "embedded signaling service on {signaling_url}");
-    let device = Device::start(DeviceParts {
-        config,
-        signaling: Arc::new(client),
-        camera,
-        microphone,
-    })
-    .await?;
+    let parts = DeviceParts { config, signaling: Arc::new(client), camera, microphone };
+    let device = Device::start_with_events(parts, events).await?;
     Ok(Embedded { device, service, signaling_url, channel_name: channel, channel_arn: info.arn, addr })
 }
 

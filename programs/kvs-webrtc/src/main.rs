@@ -10,7 +10,7 @@ mod web;
 use anyhow::{Context, Result};
 use clap::Parser;
 use kvs_app::{
-    AudioSourceConfig, Device, DeviceConfig, DeviceParts, EventKind, SignalingConfig, VideoSourceConfig,
+    AudioSourceConfig, Device, DeviceConfig, DeviceParts, EventBus, EventKind, SignalingConfig, VideoSourceConfig,
 };
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -131,7 +131,9 @@ async fn main() -> Result<()> {
 
 async fn run_embedded(config: DeviceConfig) -> Result<()> {
     let page = web::PageConfig::new();
-    let running = kvs_app::embedded::start(config, Some(web::routes(page.clone())))
+    let bus = EventBus::new();
+    let report = tokio::spawn(report_events(bus.subscribe()));
+    let running = kvs_app::embedded::start_with_events(config, Some(web::routes(page.clone())), bus)
         .await
         .context("starting the embedded default")?;
     page.set(serde_json::json!({
@@ -141,8 +143,6 @@ async fn run_embedded(config: DeviceConfig) -> Result<()> {
         "region": "us-west-2",
         "iceServers": [],
     }));
-    let events = running.device.events().subscribe();
-    let report = tokio::spawn(report_events(events));
     // Printed to stdout (logs go to stderr) so scripts and tests can find the page.
     println!("Viewer page: {}", running.page_url());
     println!("Signaling:   {} (channel {})", running.signaling_url, running.channel_arn);
@@ -161,8 +161,10 @@ async fn run_external(config: DeviceConfig, url: String, channel_arn: String) ->
         format!("{url}{separator}X-Amz-ChannelARN={}", kvs_app::embedded::urlencode(&channel_arn)),
         kvs_signaling::Role::Master,
     );
-    let device = Device::start(DeviceParts { config, signaling: Arc::new(client), camera, microphone }).await?;
-    let report = tokio::spawn(report_events(device.events().subscribe()));
+    let bus = EventBus::new();
+    let report = tokio::spawn(report_events(bus.subscribe()));
+    let parts = DeviceParts { config, signaling: Arc::new(client), camera, microphone };
+    let device = Device::start_with_events(parts, bus).await?;
     println!("Streaming as master of {channel_arn} via {url}");
     wait_for_stop().await;
     device.shutdown().await;

@@ -1,0 +1,172 @@
+//! End to end in one process: the embedded default (local signaling service + device streaming
+//! the test pattern and tone) and a Rust viewer (str0m) that joins through the real signaling
+//! service over WebSocket, like a browser would, then decodes what it receives.
+//!
+//! Asserts what a user cares about: video decodes at 640x480 starting with a keyframe, the
+//! picture moves, audio packets decode to sound, the data channel echoes bytes intact, and an
+//! offer beyond the viewer limit is refused with a reason while the first viewer keeps going.
+
+use kvs_app::{DeviceConfig, SignalingConfig};
+use kvs_peer::viewer::{Viewer, ViewerEvent, ViewerHandle};
+use kvs_signaling::{
+    data_plane_url, IceCandidateInit, MessageKind, MessagePayload, Role, SignalingClient,
+    SignalingEvent, SignalingLink, SignalingMessage, WsSignalingClient,
+};
+use openh264::formats::YUVSource;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+use tokio::time::timeout;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn config(max_viewers: usize) -> DeviceConfig {
+    let mut config = DeviceConfig::default();
+    config.signaling = SignalingConfig::Embedded {
+        channel: "rust-viewer-test".into(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+    };
+    config.session.max_viewers = max_viewers;
+    config.session.media_bind = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
+    config
+}
+
+/// A viewer joined through signaling: its str0m peer and its signaling link.
+struct JoinedViewer {
+    viewer: ViewerHandle,
+    events: tokio::sync::mpsc::Receiver<ViewerEvent>,
+    link: SignalingLink,
+}
+
+/// Connect to signaling as `client_id`, send the offer and our candidates.
+async fn join(signaling_url: &str, channel_arn: &str, client_id: &str) -> JoinedViewer {
+    let role = Role::Viewer { client_id: client_id.into() };
+    let url = data_plane_url(signaling_url, channel_arn, &role).unwrap();
+    let link = WsSignalingClient::new(url, role).connect().await.expect("viewer connects to signaling");
+    let (viewer, events) = Viewer::start().await.unwrap();
+    let sdp = viewer.create_offer().await.unwrap();
+    let offer = SignalingMessage::offer(None, sdp).with_correlation_id(format!("{client_id}-offer"));
+    link.outgoing.send(offer).await.unwrap();
+    let candidate = IceCandidateInit {
+        candidate: viewer.local_candidate().to_owned(),
+        sdp_mid: Some("0".into()),
+        sdp_m_line_index: Some(0),
+        username_fragment: None,
+    };
+    link.outgoing.send(SignalingMessage::ice_candidate(None, candidate)).await.unwrap();
+    JoinedViewer { viewer, events, link }
+}
+
+/// What the test observed, step by step.
+#[derive(Default)]
+struct Observed {
+    connected: bool,
+    channel_open: bool,
+    video_frames: Vec<Vec<u8>>,
+    decoded_lumas: Vec<Vec<u8>>,
+    first_video_decoded: Option<bool>,
+    audio_packets: usize,
+    audio_peak: f32,
+    echoes: Vec<(Vec<u8>, bool)>,
+    refusal: Option<(String, String)>,
+}
+
+/// Drive one viewer: relay signaling to it, decode its media, until `done` says so.
+async fn drive(j: &mut JoinedViewer, obs: &mut Observed, done: impl Fn(&Observed) -> bool) {
+    let mut h264 = openh264::decoder::Decoder::new().unwrap();
+    let mut opus = opus_rs::OpusDecoder::new(48_000, 1).unwrap();
+    let mut pcm = vec![0f32; 5760];
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !done(obs) {
+        let event = tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => panic!(
+                "timed out: connected={} channel_open={} video={} decoded={} audio={} echoes={}",
+                obs.connected, obs.channel_open, obs.video_frames.len(), obs.decoded_lumas.len(), obs.audio_packets, obs.echoes.len()
+            ),
+            s = j.link.incoming.recv() => Err(s.expect("signaling link stays open")),
+            v = j.events.recv() => Ok(v.expect("viewer task alive")),
+        };
+        match event {
+            Err(SignalingEvent::Message(msg)) => match (msg.kind, msg.payload) {
+                (MessageKind::Answer, MessagePayload::Sdp(sdp)) => j.viewer.accept_answer(sdp).await.unwrap(),
+                (MessageKind::Answer, MessagePayload::Refusal(r)) => obs.refusal = Some((r.code, r.reason)),
+                (MessageKind::IceCandidate, MessagePayload::Candidate(c)) => {
+                    j.viewer.add_candidate(c.candidate).await.unwrap()
+                }
+                (kind, payload) => panic!("unexpected signaling message {kind:?} {payload:?}"),
+            },
+            Err(SignalingEvent::Disconnected { reason }) => panic!("signaling lost: {reason}"),
+            Ok(ViewerEvent::Connected) => obs.connected = true,
+            Ok(ViewerEvent::ChannelOpen) => obs.channel_open = true,
+            Ok(ViewerEvent::Data { data, binary }) => obs.echoes.push((data.to_vec(), binary)),
+            Ok(ViewerEvent::Video(m)) => {
+                let decoded = h264.decode(&m.data).ok().flatten().map(|pic| {
+                    let (w, h) = pic.dimensions();
+                    assert_eq!((w, h), (640, 480), "decoded picture size");
+                    let stride = pic.strides().0;
+                    (0..h).flat_map(|row| pic.y()[row * stride..row * stride + w].to_vec()).collect::<Vec<u8>>()
+                });
+                obs.first_video_decoded.get_or_insert(decoded.is_some());
+                obs.video_frames.push(m.data.to_vec());
+                obs.decoded_lumas.extend(decoded);
+            }
+            Ok(ViewerEvent::Audio(m)) => {
+                let n = opus.decode(&m.data, 5760, &mut pcm).expect("Opus packet decodes");
+                obs.audio_peak = pcm[..n].iter().fold(obs.audio_peak, |p, s| p.max(s.abs()));
+                obs.audio_packets += 1;
+            }
+            Ok(ViewerEvent::Closed) => panic!("viewer closed"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_viewer_decodes_moving_video_and_audio_and_a_second_viewer_is_refused() {
+    let running = kvs_app::embedded::start(config(1), None).await.expect("embedded default starts");
+    let (url, arn) = (running.signaling_url.clone(), running.channel_arn.clone());
+
+    let mut first = join(&url, &arn, "rust-viewer-1").await;
+    let mut obs = Observed::default();
+    drive(&mut first, &mut obs, |o| o.decoded_lumas.len() >= 20 && o.audio_packets >= 20 && o.channel_open).await;
+
+    assert!(obs.connected);
+    assert_eq!(obs.first_video_decoded, Some(true), "the first video frame a viewer gets is a keyframe");
+    let key = kvs_media::h264::frame_kind(&obs.video_frames[0]);
+    assert_eq!(key, kvs_platform::FrameKind::Key);
+    // The pattern moves: the first and the latest picture differ in many pixels.
+    let (a, b) = (&obs.decoded_lumas[0], obs.decoded_lumas.last().unwrap());
+    let changed = a.iter().zip(b).filter(|(x, y)| x.abs_diff(**y) > 20).count();
+    assert!(changed > a.len() / 100, "only {changed} pixels changed between frames");
+    assert!(obs.audio_peak > 0.1, "audio decodes to an audible tone (peak {})", obs.audio_peak);
+
+    // The device echoes the data channel, text and binary, bytes intact.
+    let binary: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+    first.viewer.send_data(binary.clone().into(), true).await.unwrap();
+    first.viewer.send_data("héllo device".into(), false).await.unwrap();
+    drive(&mut first, &mut obs, |o| o.echoes.len() >= 2).await;
+    assert_eq!(obs.echoes[0], (binary, true));
+    assert_eq!(obs.echoes[1], ("héllo device".as_bytes().to_vec(), false));
+
+    // A second viewer is over the limit of 1: refused with a reason.
+    let mut second = join(&url, &arn, "rust-viewer-2").await;
+    let mut obs2 = Observed::default();
+    drive(&mut second, &mut obs2, |o| o.refusal.is_some()).await;
+    let (code, reason) = obs2.refusal.unwrap();
+    assert_eq!(code, "SESSION_LIMIT");
+    assert!(reason.contains('1'), "the reason names the limit: {reason}");
+    assert!(obs2.video_frames.is_empty());
+
+    // …and the first viewer is unaffected: it keeps decoding.
+    let before = obs.decoded_lumas.len();
+    drive(&mut first, &mut obs, |o| o.decoded_lumas.len() >= before + 15).await;
+
+    // Closing the viewer frees its session on the device.
+    first.viewer.close().await;
+    let freed = timeout(WAIT, async {
+        while running.device.viewer_count() > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(freed.is_ok(), "session count returns to 0 after the viewer closes");
+    running.shutdown().await;
+}
