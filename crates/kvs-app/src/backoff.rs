@@ -41,7 +41,10 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(config: BackoffConfig) -> Self {
-        Self { config, failures: 0 }
+        Self {
+            config,
+            failures: 0,
+        }
     }
 
     /// Record a failed attempt; returns how long to wait before the next one.

@@ -135,19 +135,37 @@ fn spawn(
         run_capture(&mut source, &sink, &thread_control, &events);
         source.stop();
     })?;
-    Ok(CaptureThread { control, join: Some(join) })
+    Ok(CaptureThread {
+        control,
+        join: Some(join),
+    })
 }
 
-fn run_capture(source: &mut Source, sink: &impl FrameDelivery, control: &CaptureControl, events: &EventBus) {
+fn run_capture(
+    source: &mut Source,
+    sink: &impl FrameDelivery,
+    control: &CaptureControl,
+    events: &EventBus,
+) {
     let kind = source.name();
     if let Err(e) = source.start() {
-        events.publish(AppEvent::new(EventKind::Error, format!("{kind} source failed to start: {e}")).with_status(1));
+        events.publish(
+            AppEvent::new(
+                EventKind::Error,
+                format!("{kind} source failed to start: {e}"),
+            )
+            .with_status(1),
+        );
         return;
     }
     while !control.stop.load(Ordering::Relaxed) {
         if let Source::Video(camera) = source {
-            if control.keyframe_requested.swap(false, Ordering::Relaxed) && !camera.request_keyframe() {
-                tracing::debug!("video source cannot force a keyframe; viewers wait for the next one");
+            if control.keyframe_requested.swap(false, Ordering::Relaxed)
+                && !camera.request_keyframe()
+            {
+                tracing::debug!(
+                    "video source cannot force a keyframe; viewers wait for the next one"
+                );
             }
         }
         match source.next_frame() {
@@ -161,11 +179,17 @@ fn run_capture(source: &mut Source, sink: &impl FrameDelivery, control: &Capture
                 }
             }
             Ok(None) => {
-                events.publish(AppEvent::new(EventKind::StreamingStopped, format!("{kind} source ended")));
+                events.publish(AppEvent::new(
+                    EventKind::StreamingStopped,
+                    format!("{kind} source ended"),
+                ));
                 return;
             }
             Err(e) => {
-                events.publish(AppEvent::new(EventKind::Error, format!("{kind} source failed: {e}")).with_status(1));
+                events.publish(
+                    AppEvent::new(EventKind::Error, format!("{kind} source failed: {e}"))
+                        .with_status(1),
+                );
                 return;
             }
         }
@@ -187,7 +211,12 @@ mod tests {
 
     impl VideoCapture for CountingCamera {
         fn format(&self) -> VideoFormat {
-            VideoFormat { codec: VideoCodec::H264, width: 2, height: 2, fps: 1000 }
+            VideoFormat {
+                codec: VideoCodec::H264,
+                width: 2,
+                height: 2,
+                fps: 1000,
+            }
         }
         fn start(&mut self) -> Result<(), CaptureError> {
             Ok(())
@@ -205,7 +234,11 @@ mod tests {
             } else {
                 FrameKind::Delta
             };
-            Ok(Some(EncodedFrame::new(vec![0u8; 4], u64::from(self.left), kind)))
+            Ok(Some(EncodedFrame::new(
+                vec![0u8; 4],
+                u64::from(self.left),
+                kind,
+            )))
         }
         fn request_keyframe(&mut self) -> bool {
             self.force_next = true;
@@ -218,7 +251,7 @@ mod tests {
     impl FrameDelivery for HalfFullSink {
         fn deliver(&self, frame: EncodedFrame) -> bool {
             let n = self.1.fetch_add(1, Ordering::Relaxed);
-            if n % 2 == 0 {
+            if n.is_multiple_of(2) {
                 self.0.lock().unwrap().push(frame);
                 true
             } else {
@@ -233,7 +266,11 @@ mod tests {
         let delivered = Arc::new(Mutex::new(Vec::new()));
         let bus = EventBus::new();
         let mut events = bus.subscribe();
-        let camera = CountingCamera { left: 10, forced: forced.clone(), force_next: false };
+        let camera = CountingCamera {
+            left: 10,
+            forced: forced.clone(),
+            force_next: false,
+        };
         let thread = spawn_video(
             Box::new(camera),
             HalfFullSink(delivered.clone(), Arc::new(AtomicU64::new(0))),
@@ -255,6 +292,10 @@ mod tests {
         assert_eq!(control.frames_dropped(), 5);
         assert_eq!(delivered.lock().unwrap().len(), 5);
         // Every dropped frame asked for a keyframe on the following frame.
-        assert!(forced.lock().unwrap().len() >= 4, "{:?}", forced.lock().unwrap());
+        assert!(
+            forced.lock().unwrap().len() >= 4,
+            "{:?}",
+            forced.lock().unwrap()
+        );
     }
 }

@@ -20,15 +20,21 @@ pub const ENV_PREFIX: &str = "KVS_WEBRTC_";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid config{}: {message}", .path.as_ref().map(|p| format!(" in {}", p.display())).unwrap_or_default())]
-    Invalid { path: Option<PathBuf>, message: String },
+    Invalid {
+        path: Option<PathBuf>,
+        message: String,
+    },
     #[error("invalid environment override {name}: {message}")]
     Env { name: String, message: String },
 }
 
 /// Everything the device needs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DeviceConfig {
     pub signaling: SignalingConfig,
@@ -36,18 +42,6 @@ pub struct DeviceConfig {
     pub audio: AudioSourceConfig,
     pub session: SessionConfig,
     pub reconnect: BackoffConfig,
-}
-
-impl Default for DeviceConfig {
-    fn default() -> Self {
-        Self {
-            signaling: SignalingConfig::default(),
-            video: VideoSourceConfig::default(),
-            audio: AudioSourceConfig::default(),
-            session: SessionConfig::default(),
-            reconnect: BackoffConfig::default(),
-        }
-    }
 }
 
 /// Which signaling service the device uses.
@@ -83,7 +77,10 @@ fn default_listen() -> SocketAddr {
 
 impl Default for SignalingConfig {
     fn default() -> Self {
-        Self::Embedded { channel: default_channel(), listen: default_listen() }
+        Self::Embedded {
+            channel: default_channel(),
+            listen: default_listen(),
+        }
     }
 }
 
@@ -162,21 +159,16 @@ impl VideoSourceConfig {
 }
 
 /// Where audio comes from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "source", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum AudioSourceConfig {
     /// A 48 kHz mono tone, Opus 64 kbit/s.
+    #[default]
     Tone,
     /// An Ogg/Opus file, looped, paced by its timestamps.
     OggOpus { path: PathBuf },
     /// No audio.
     None,
-}
-
-impl Default for AudioSourceConfig {
-    fn default() -> Self {
-        Self::Tone
-    }
 }
 
 /// Viewer sessions.
@@ -208,9 +200,12 @@ impl Default for SessionConfig {
 impl DeviceConfig {
     /// Parse a TOML document (no environment overrides).
     pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
-        let table: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| ConfigError::Invalid { path: None, message: e.to_string() })?;
+        let table: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Invalid {
+                    path: None,
+                    message: e.to_string(),
+                })?;
         Self::from_table(table, None)
     }
 
@@ -222,12 +217,15 @@ impl DeviceConfig {
     ) -> Result<Self, ConfigError> {
         let mut table = match path {
             Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .map_err(|source| ConfigError::Read { path: p.to_owned(), source })?;
-                text.parse::<toml::Table>().map_err(|e| ConfigError::Invalid {
-                    path: Some(p.to_owned()),
-                    message: e.to_string(),
-                })?
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_owned(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Invalid {
+                        path: Some(p.to_owned()),
+                        message: e.to_string(),
+                    })?
             }
             None => toml::Table::new(),
         };
@@ -238,8 +236,13 @@ impl DeviceConfig {
     fn from_table(table: toml::Table, path: Option<PathBuf>) -> Result<Self, ConfigError> {
         let config: Self = toml::Value::Table(table)
             .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Invalid { path: path.clone(), message: e.to_string() })?;
-        config.validate().map_err(|message| ConfigError::Invalid { path, message })?;
+            .map_err(|e: toml::de::Error| ConfigError::Invalid {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+        config
+            .validate()
+            .map_err(|message| ConfigError::Invalid { path, message })?;
         Ok(config)
     }
 
@@ -251,15 +254,32 @@ impl DeviceConfig {
                 self.session.max_viewers
             ));
         }
-        if let VideoSourceConfig::TestPattern { width, height, fps, bitrate_bps, gop } = &self.video {
-            if *width == 0 || *height == 0 || width % 2 != 0 || height % 2 != 0 || *width > 4096 || *height > 4096 {
-                return Err(format!("video width/height must be even and 2..=4096, got {width}x{height}"));
+        if let VideoSourceConfig::TestPattern {
+            width,
+            height,
+            fps,
+            bitrate_bps,
+            gop,
+        } = &self.video
+        {
+            if *width == 0
+                || *height == 0
+                || width % 2 != 0
+                || height % 2 != 0
+                || *width > 4096
+                || *height > 4096
+            {
+                return Err(format!(
+                    "video width/height must be even and 2..=4096, got {width}x{height}"
+                ));
             }
             if !(1..=120).contains(fps) {
                 return Err(format!("video.fps must be 1..=120, got {fps}"));
             }
             if !(50_000..=50_000_000).contains(bitrate_bps) {
-                return Err(format!("video.bitrate_bps must be 50000..=50000000, got {bitrate_bps}"));
+                return Err(format!(
+                    "video.bitrate_bps must be 50000..=50000000, got {bitrate_bps}"
+                ));
             }
             if *gop == 0 {
                 return Err("video.gop must be at least 1".into());
@@ -278,7 +298,9 @@ impl DeviceConfig {
         if let SignalingConfig::Embedded { channel, .. } = &self.signaling {
             let ok = !channel.is_empty()
                 && channel.len() <= 256
-                && channel.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+                && channel
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
             if !ok {
                 return Err(format!(
                     "signaling.channel must be 1-256 characters of [a-zA-Z0-9_.-], got {channel:?}"
@@ -298,7 +320,9 @@ fn apply_env_overrides(
     vars: impl IntoIterator<Item = (String, String)>,
 ) -> Result<(), ConfigError> {
     for (name, raw) in vars {
-        let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
         let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
         if path.len() != 2 || path.iter().any(String::is_empty) {
             return Err(ConfigError::Env {
@@ -317,7 +341,10 @@ fn apply_env_overrides(
             .entry(path[0].clone())
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
         let Some(section) = section.as_table_mut() else {
-            return Err(ConfigError::Env { name, message: format!("{} is not a section", path[0]) });
+            return Err(ConfigError::Env {
+                name,
+                message: format!("{} is not a section", path[0]),
+            });
         };
         section.insert(path[1].clone(), value);
     }
@@ -357,7 +384,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -365,7 +395,15 @@ mod tests {
         let c = DeviceConfig::load(None, env(&[])).unwrap();
         assert_eq!(c, DeviceConfig::default());
         assert!(matches!(c.signaling, SignalingConfig::Embedded { .. }));
-        assert!(matches!(c.video, VideoSourceConfig::TestPattern { width: 640, height: 480, fps: 30, .. }));
+        assert!(matches!(
+            c.video,
+            VideoSourceConfig::TestPattern {
+                width: 640,
+                height: 480,
+                fps: 30,
+                ..
+            }
+        ));
         assert_eq!(c.session.max_viewers, 10);
     }
 
@@ -377,7 +415,13 @@ mod tests {
         .unwrap();
         assert_eq!(c.session.max_viewers, 3);
         assert!(c.session.data_channel_echo);
-        assert_eq!(c.video, VideoSourceConfig::H264File { path: "/tmp/a.h264".into(), fps: 30 });
+        assert_eq!(
+            c.video,
+            VideoSourceConfig::H264File {
+                path: "/tmp/a.h264".into(),
+                fps: 30
+            }
+        );
         assert_eq!(c.audio, AudioSourceConfig::Tone);
     }
 

@@ -10,7 +10,8 @@ use crate::capture::{self, CaptureThread, FrameDelivery};
 use crate::config::{DeviceConfig, SessionConfig};
 use crate::events::{AppEvent, EventBus, EventKind};
 use kvs_peer::{
-    FrameSink, PeerCommand, PeerConfig, PeerEngine, PeerEvent, PeerHandle, SessionStats, SessionTiming,
+    FrameSink, PeerCommand, PeerConfig, PeerEngine, PeerEvent, PeerHandle, SessionStats,
+    SessionTiming,
 };
 use kvs_platform::{AudioCapture, AudioCodec, EncodedFrame, VideoCapture, VideoCodec};
 use kvs_signaling::{
@@ -82,7 +83,8 @@ impl DeviceHandle {
 
     /// Stop streaming, close every session and signaling, and wait for it.
     pub async fn shutdown(self) {
-        self.events.publish(AppEvent::new(EventKind::Deinitializing, "shutting down"));
+        self.events
+            .publish(AppEvent::new(EventKind::Deinitializing, "shutting down"));
         let _ = self.shutdown.send(true);
         let _ = self.task.await;
     }
@@ -109,19 +111,40 @@ impl Device {
 
     /// Like [`Device::start`], publishing on `events` — subscribe before calling to see every
     /// event from the first.
-    pub async fn start_with_events(parts: DeviceParts, events: EventBus) -> Result<DeviceHandle, DeviceError> {
-        let DeviceParts { config, signaling, camera, microphone } = parts;
+    pub async fn start_with_events(
+        parts: DeviceParts,
+        events: EventBus,
+    ) -> Result<DeviceHandle, DeviceError> {
+        let DeviceParts {
+            config,
+            signaling,
+            camera,
+            microphone,
+        } = parts;
         config.validate().map_err(DeviceError::Config)?;
 
-        let peer_config = peer_config(&config.session, &config, camera.is_some(), microphone.is_some());
+        let peer_config = peer_config(
+            &config.session,
+            &config,
+            camera.is_some(),
+            microphone.is_some(),
+        );
         let (peer, peer_events) = PeerEngine::start(peer_config).await?;
 
         let video_thread = match camera {
-            Some(camera) => Some(capture::spawn_video(camera, EngineSink(peer.video_sink()), events.clone())?),
+            Some(camera) => Some(capture::spawn_video(
+                camera,
+                EngineSink(peer.video_sink()),
+                events.clone(),
+            )?),
             None => None,
         };
         let audio_thread = match microphone {
-            Some(mic) => Some(capture::spawn_audio(mic, EngineSink(peer.audio_sink()), events.clone())?),
+            Some(mic) => Some(capture::spawn_audio(
+                mic,
+                EngineSink(peer.audio_sink()),
+                events.clone(),
+            )?),
             None => None,
         };
 
@@ -142,11 +165,22 @@ impl Device {
             audio_thread,
         };
         let task = tokio::spawn(runtime.run(peer_events, shutdown_rx));
-        Ok(DeviceHandle { events, state: state_rx, shutdown: shutdown_tx, task, peer })
+        Ok(DeviceHandle {
+            events,
+            state: state_rx,
+            shutdown: shutdown_tx,
+            task,
+            peer,
+        })
     }
 }
 
-fn peer_config(session: &SessionConfig, config: &DeviceConfig, video: bool, audio: bool) -> PeerConfig {
+fn peer_config(
+    session: &SessionConfig,
+    config: &DeviceConfig,
+    video: bool,
+    audio: bool,
+) -> PeerConfig {
     PeerConfig {
         max_sessions: session.max_viewers,
         bind_addrs: session.media_bind.clone(),
@@ -183,13 +217,20 @@ struct Runtime {
 type ConnectResult = Result<SignalingLink, String>;
 
 impl Runtime {
-    async fn run(mut self, mut peer_events: mpsc::Receiver<PeerEvent>, mut shutdown: watch::Receiver<bool>) {
+    async fn run(
+        mut self,
+        mut peer_events: mpsc::Receiver<PeerEvent>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         self.backoff = Backoff::new(self.config.reconnect.clone());
         let mut next_attempt: Option<Instant> = Some(Instant::now());
         let mut connecting: Option<JoinHandle<ConnectResult>> = None;
 
         loop {
-            if self.link.is_none() && connecting.is_none() && next_attempt.is_some_and(|at| at <= Instant::now()) {
+            if self.link.is_none()
+                && connecting.is_none()
+                && next_attempt.is_some_and(|at| at <= Instant::now())
+            {
                 next_attempt = None;
                 connecting = Some(self.spawn_connect());
             }
@@ -240,7 +281,10 @@ impl Runtime {
     }
 
     fn spawn_connect(&self) -> JoinHandle<ConnectResult> {
-        self.events.publish(AppEvent::new(EventKind::SignalingConnecting, "connecting to signaling"));
+        self.events.publish(AppEvent::new(
+            EventKind::SignalingConnecting,
+            "connecting to signaling",
+        ));
         let _ = self.state.send(DeviceState::SignalingConnecting);
         let client = self.signaling.clone();
         let timeout = self.backoff.attempt_timeout();
@@ -248,7 +292,10 @@ impl Runtime {
             match tokio::time::timeout(timeout, client.connect()).await {
                 Ok(Ok(link)) => Ok(link),
                 Ok(Err(e)) => Err(format!("signaling connect failed: {e}")),
-                Err(_) => Err(format!("signaling connect timed out after {} s", timeout.as_secs())),
+                Err(_) => Err(format!(
+                    "signaling connect timed out after {} s",
+                    timeout.as_secs()
+                )),
             }
         })
     }
@@ -258,14 +305,20 @@ impl Runtime {
         let _ = self.state.send(DeviceState::SignalingBackoff);
         self.events.publish(AppEvent::new(
             EventKind::SignalingReconnectScheduled,
-            format!("retrying signaling in {} s (attempt {})", delay.as_secs_f32(), self.backoff.failures() + 1),
+            format!(
+                "retrying signaling in {} s (attempt {})",
+                delay.as_secs_f32(),
+                self.backoff.failures() + 1
+            ),
         ));
         Instant::now() + delay
     }
 
     fn set_ready(&self) {
         if self.link.is_some() {
-            let _ = self.state.send(DeviceState::Ready { viewers: self.peer.session_count() });
+            let _ = self.state.send(DeviceState::Ready {
+                viewers: self.peer.session_count(),
+            });
         }
     }
 
@@ -281,7 +334,8 @@ impl Runtime {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(message)) => {
                 // Bounded: wait briefly rather than lose an answer, but never forever.
-                let sent = tokio::time::timeout(Duration::from_secs(2), link.outgoing.send(message)).await;
+                let sent =
+                    tokio::time::timeout(Duration::from_secs(2), link.outgoing.send(message)).await;
                 matches!(sent, Ok(Ok(())))
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
@@ -293,20 +347,36 @@ impl Runtime {
         let command = match (msg.kind, msg.payload) {
             (MessageKind::Offer, Payload::Sdp(sdp)) => {
                 if peer_id.is_empty() {
-                    self.events.publish(AppEvent::new(EventKind::Error, "offer without a sender client id ignored").with_status(1));
+                    self.events.publish(
+                        AppEvent::new(EventKind::Error, "offer without a sender client id ignored")
+                            .with_status(1),
+                    );
                     return LinkAction::Keep;
                 }
-                self.events.publish(AppEvent::peer(EventKind::ReceivedOffer, &peer_id, ""));
-                self.events.publish(AppEvent::peer(EventKind::PeerConnectionRequested, &peer_id, ""));
-                self.viewers.entry(peer_id.clone()).or_default().offer_correlation = msg.correlation_id;
+                self.events
+                    .publish(AppEvent::peer(EventKind::ReceivedOffer, &peer_id, ""));
+                self.events.publish(AppEvent::peer(
+                    EventKind::PeerConnectionRequested,
+                    &peer_id,
+                    "",
+                ));
+                self.viewers
+                    .entry(peer_id.clone())
+                    .or_default()
+                    .offer_correlation = msg.correlation_id;
                 PeerCommand::RemoteOffer { peer_id, sdp }
             }
             (MessageKind::Answer, Payload::Sdp(sdp)) => {
-                self.events.publish(AppEvent::peer(EventKind::ReceivedAnswer, &peer_id, ""));
+                self.events
+                    .publish(AppEvent::peer(EventKind::ReceivedAnswer, &peer_id, ""));
                 PeerCommand::RemoteAnswer { peer_id, sdp }
             }
             (MessageKind::IceCandidate, Payload::Candidate(c)) => {
-                self.events.publish(AppEvent::peer(EventKind::ReceivedIceCandidate, &peer_id, c.candidate.clone()));
+                self.events.publish(AppEvent::peer(
+                    EventKind::ReceivedIceCandidate,
+                    &peer_id,
+                    c.candidate.clone(),
+                ));
                 PeerCommand::RemoteCandidate {
                     peer_id,
                     candidate: c.candidate,
@@ -315,11 +385,17 @@ impl Runtime {
                 }
             }
             (MessageKind::GoAway, _) => {
-                self.events.publish(AppEvent::new(EventKind::SignalingDisconnected, "GO_AWAY from signaling; reconnecting now"));
+                self.events.publish(AppEvent::new(
+                    EventKind::SignalingDisconnected,
+                    "GO_AWAY from signaling; reconnecting now",
+                ));
                 return LinkAction::ReconnectNow;
             }
             (MessageKind::ReconnectIceServer, _) => {
-                self.events.publish(AppEvent::new(EventKind::SignalingGetIce, "signaling asked for an ICE server refresh"));
+                self.events.publish(AppEvent::new(
+                    EventKind::SignalingGetIce,
+                    "signaling asked for an ICE server refresh",
+                ));
                 return LinkAction::Keep;
             }
             (MessageKind::StatusResponse, Payload::Status(status)) => {
@@ -328,7 +404,9 @@ impl Runtime {
                         EventKind::SignalingStatus,
                         format!(
                             "delivery failed (correlation id {:?}): {} {}",
-                            status.correlation_id, status.error_type, status.description.unwrap_or_default()
+                            status.correlation_id,
+                            status.error_type,
+                            status.description.unwrap_or_default()
                         ),
                     )
                     .with_status(status.status_code.parse().unwrap_or(1)),
@@ -336,12 +414,24 @@ impl Runtime {
                 return LinkAction::Keep;
             }
             (kind, _) => {
-                self.events.publish(AppEvent::new(EventKind::Error, format!("unexpected {kind:?} message ignored")).with_status(1));
+                self.events.publish(
+                    AppEvent::new(
+                        EventKind::Error,
+                        format!("unexpected {kind:?} message ignored"),
+                    )
+                    .with_status(1),
+                );
                 return LinkAction::Keep;
             }
         };
         if let Err(e) = self.peer.command(command).await {
-            self.events.publish(AppEvent::new(EventKind::Error, format!("peer engine refused a command: {e}")).with_status(1));
+            self.events.publish(
+                AppEvent::new(
+                    EventKind::Error,
+                    format!("peer engine refused a command: {e}"),
+                )
+                .with_status(1),
+            );
         }
         LinkAction::Keep
     }
@@ -352,52 +442,98 @@ impl Runtime {
             PeerEvent::LocalAnswer { peer_id, sdp } => {
                 let msg = SignalingMessage::answer(&peer_id, sdp);
                 if self.send(msg).await {
-                    self.events.publish(AppEvent::peer(K::SentAnswer, &peer_id, ""));
+                    self.events
+                        .publish(AppEvent::peer(K::SentAnswer, &peer_id, ""));
                 }
             }
             PeerEvent::LocalOffer { peer_id, sdp } => {
                 if self.send(SignalingMessage::offer(&peer_id, sdp)).await {
-                    self.events.publish(AppEvent::peer(K::SentOffer, &peer_id, ""));
+                    self.events
+                        .publish(AppEvent::peer(K::SentOffer, &peer_id, ""));
                 }
             }
-            PeerEvent::LocalCandidate { peer_id, candidate, sdp_mid, sdp_m_line_index } => {
-                let msg = SignalingMessage::candidate(&peer_id, candidate.clone(), sdp_mid, sdp_m_line_index);
+            PeerEvent::LocalCandidate {
+                peer_id,
+                candidate,
+                sdp_mid,
+                sdp_m_line_index,
+            } => {
+                let msg = SignalingMessage::candidate(
+                    &peer_id,
+                    candidate.clone(),
+                    sdp_mid,
+                    sdp_m_line_index,
+                );
                 if self.send(msg).await {
-                    self.events.publish(AppEvent::peer(K::SentIceCandidate, &peer_id, candidate));
+                    self.events
+                        .publish(AppEvent::peer(K::SentIceCandidate, &peer_id, candidate));
                 }
             }
             PeerEvent::GatheringComplete { peer_id } => {
-                self.events.publish(AppEvent::peer(K::IceGatheringComplete, &peer_id, ""));
+                self.events
+                    .publish(AppEvent::peer(K::IceGatheringComplete, &peer_id, ""));
             }
             PeerEvent::OfferRefused { peer_id, reason } => {
-                self.events.publish(AppEvent::peer(K::PeerRefused, &peer_id, reason.clone()).with_status(1));
+                self.events.publish(
+                    AppEvent::peer(K::PeerRefused, &peer_id, reason.clone()).with_status(1),
+                );
                 // KVS has no client-to-client error message: the refusal travels as an answer
                 // whose payload carries the reason (see docs/PROTOCOL.md); viewers show it.
-                let correlation = self.viewers.remove(&peer_id).and_then(|v| v.offer_correlation);
-                let refusal = SignalingMessage::refusal_with_code(&peer_id, "SESSION_LIMIT", reason, correlation);
+                let correlation = self
+                    .viewers
+                    .remove(&peer_id)
+                    .and_then(|v| v.offer_correlation);
+                let refusal = SignalingMessage::refusal_with_code(
+                    &peer_id,
+                    "SESSION_LIMIT",
+                    reason,
+                    correlation,
+                );
                 let _ = self.send(refusal).await;
             }
             PeerEvent::Requested { peer_id } => {
                 tracing::debug!(peer = %peer_id, "session created");
             }
-            PeerEvent::Connecting { peer_id } => self.events.publish(AppEvent::peer(K::PeerConnecting, &peer_id, "")),
+            PeerEvent::Connecting { peer_id } => {
+                self.events
+                    .publish(AppEvent::peer(K::PeerConnecting, &peer_id, ""))
+            }
             PeerEvent::Connected { peer_id } => {
-                self.events.publish(AppEvent::peer(K::PeerConnected, &peer_id, ""));
+                self.events
+                    .publish(AppEvent::peer(K::PeerConnected, &peer_id, ""));
                 self.set_ready();
             }
             PeerEvent::Disconnected { peer_id } => {
-                self.events.publish(AppEvent::peer(K::PeerDisconnected, &peer_id, ""));
+                self.events
+                    .publish(AppEvent::peer(K::PeerDisconnected, &peer_id, ""));
             }
             PeerEvent::Failed { peer_id, reason } => {
-                self.events.publish(AppEvent::peer(K::PeerFailed, &peer_id, reason).with_status(1));
+                self.events
+                    .publish(AppEvent::peer(K::PeerFailed, &peer_id, reason).with_status(1));
             }
             PeerEvent::DataChannelOpen { peer_id } => {
-                self.events.publish(AppEvent::peer(K::DataChannelOpen, &peer_id, ""));
+                self.events
+                    .publish(AppEvent::peer(K::DataChannelOpen, &peer_id, ""));
             }
-            PeerEvent::DataMessage { peer_id, data, binary } => {
-                self.events.publish(AppEvent::peer(K::DataChannelMessage, &peer_id, format!("{} bytes", data.len())));
+            PeerEvent::DataMessage {
+                peer_id,
+                data,
+                binary,
+            } => {
+                self.events.publish(AppEvent::peer(
+                    K::DataChannelMessage,
+                    &peer_id,
+                    format!("{} bytes", data.len()),
+                ));
                 if self.config.session.data_channel_echo {
-                    let _ = self.peer.command(PeerCommand::SendData { peer_id, data, binary }).await;
+                    let _ = self
+                        .peer
+                        .command(PeerCommand::SendData {
+                            peer_id,
+                            data,
+                            binary,
+                        })
+                        .await;
                 }
             }
             PeerEvent::KeyframeRequested { .. } => {
@@ -407,17 +543,30 @@ impl Runtime {
             }
             PeerEvent::FirstKeyframeSent { peer_id } => {
                 if self.peer.session_count() >= 1 {
-                    self.events.publish(AppEvent::peer(K::StreamingStarted, &peer_id, "first keyframe sent"));
+                    self.events.publish(AppEvent::peer(
+                        K::StreamingStarted,
+                        &peer_id,
+                        "first keyframe sent",
+                    ));
                 }
             }
             PeerEvent::SessionTiming { peer_id, timing } => {
-                self.events.publish(AppEvent::peer(K::FirstFrameSent, &peer_id, describe_timing(&timing)));
+                self.events.publish(AppEvent::peer(
+                    K::FirstFrameSent,
+                    &peer_id,
+                    describe_timing(&timing),
+                ));
             }
             PeerEvent::Closed { peer_id, stats } => {
                 self.viewers.remove(&peer_id);
-                self.events.publish(AppEvent::peer(K::PeerDisconnected, &peer_id, describe_stats(&stats)));
+                self.events.publish(AppEvent::peer(
+                    K::PeerDisconnected,
+                    &peer_id,
+                    describe_stats(&stats),
+                ));
                 if self.peer.session_count() == 0 {
-                    self.events.publish(AppEvent::new(K::StreamingStopped, "no viewers left"));
+                    self.events
+                        .publish(AppEvent::new(K::StreamingStopped, "no viewers left"));
                 }
                 self.set_ready();
             }
@@ -471,7 +620,9 @@ enum LinkAction {
 
 async fn join_opt(task: &mut Option<JoinHandle<ConnectResult>>) -> ConnectResult {
     match task.as_mut() {
-        Some(t) => t.await.unwrap_or_else(|e| Err(format!("signaling connect task failed: {e}"))),
+        Some(t) => t
+            .await
+            .unwrap_or_else(|e| Err(format!("signaling connect task failed: {e}"))),
         None => std::future::pending().await,
     }
 }
@@ -490,7 +641,9 @@ async fn recv_link(link: &mut Option<SignalingLink>) -> SignalingEvent {
             .incoming
             .recv()
             .await
-            .unwrap_or(SignalingEvent::Disconnected { reason: "signaling link closed".into() }),
+            .unwrap_or(SignalingEvent::Disconnected {
+                reason: "signaling link closed".into(),
+            }),
         None => std::future::pending().await,
     }
 }

@@ -17,7 +17,10 @@ use std::sync::Arc;
 #[derive(Debug, thiserror::Error)]
 pub enum EmbeddedError {
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot open the media source: {0}")]
     Source(#[from] kvs_platform::CaptureError),
     #[error(transparent)]
@@ -53,7 +56,10 @@ impl Embedded {
 }
 
 /// Start the local service and the device. `extra_routes` are served beside signaling.
-pub async fn start(config: DeviceConfig, extra_routes: Option<axum::Router>) -> Result<Embedded, EmbeddedError> {
+pub async fn start(
+    config: DeviceConfig,
+    extra_routes: Option<axum::Router>,
+) -> Result<Embedded, EmbeddedError> {
     start_with_events(config, extra_routes, EventBus::new()).await
 }
 
@@ -72,8 +78,16 @@ pub async fn start_with_events(
 
     let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .map_err(|source| EmbeddedError::Listen { addr: listen, source })?;
-    let addr = listener.local_addr().map_err(|source| EmbeddedError::Listen { addr: listen, source })?;
+        .map_err(|source| EmbeddedError::Listen {
+            addr: listen,
+            source,
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| EmbeddedError::Listen {
+            addr: listen,
+            source,
+        })?;
     // The device enforces its own viewer limit with a clear refusal; the service allows a few
     // more connections so refused viewers can still hear why.
     let service_config = ServiceConfig {
@@ -89,9 +103,21 @@ pub async fn start_with_events(
         Role::Master,
     );
     tracing::info!(channel = %info.arn, "embedded signaling service on {signaling_url}");
-    let parts = DeviceParts { config, signaling: Arc::new(client), camera, microphone };
+    let parts = DeviceParts {
+        config,
+        signaling: Arc::new(client),
+        camera,
+        microphone,
+    };
     let device = Device::start_with_events(parts, events).await?;
-    Ok(Embedded { device, service, signaling_url, channel_name: channel, channel_arn: info.arn, addr })
+    Ok(Embedded {
+        device,
+        service,
+        signaling_url,
+        channel_name: channel,
+        channel_arn: info.arn,
+        addr,
+    })
 }
 
 /// Percent-encode a query value (ARNs contain ':' and '/').

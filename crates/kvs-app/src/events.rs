@@ -64,11 +64,21 @@ pub struct AppEvent {
 
 impl AppEvent {
     pub fn new(kind: EventKind, message: impl Into<String>) -> Self {
-        Self { kind, status: 0, peer_id: None, message: message.into() }
+        Self {
+            kind,
+            status: 0,
+            peer_id: None,
+            message: message.into(),
+        }
     }
 
     pub fn peer(kind: EventKind, peer_id: &str, message: impl Into<String>) -> Self {
-        Self { kind, status: 0, peer_id: Some(peer_id.to_owned()), message: message.into() }
+        Self {
+            kind,
+            status: 0,
+            peer_id: Some(peer_id.to_owned()),
+            message: message.into(),
+        }
     }
 
     pub fn with_status(mut self, status: i32) -> Self {
@@ -124,7 +134,9 @@ impl EventBus {
             }
             EventKind::ReceivedIceCandidate
             | EventKind::SentIceCandidate
-            | EventKind::DataChannelMessage => tracing::debug!(target: "kvs_app::events", "{event}"),
+            | EventKind::DataChannelMessage => {
+                tracing::debug!(target: "kvs_app::events", "{event}")
+            }
             _ => tracing::info!(target: "kvs_app::events", "{event}"),
         }
         let _ = self.tx.send(event);
@@ -139,7 +151,9 @@ mod tests {
     fn subscribers_see_events_and_display_is_readable() {
         let bus = EventBus::new();
         let mut rx = bus.subscribe();
-        bus.publish(AppEvent::peer(EventKind::PeerConnected, "viewer-1", "ice+dtls up").with_status(0));
+        bus.publish(
+            AppEvent::peer(EventKind::PeerConnected, "viewer-1", "ice+dtls up").with_status(0),
+        );
         let e = rx.try_recv().unwrap();
         assert_eq!(e.kind, EventKind::PeerConnected);
         assert_eq!(e.to_string(), "PeerConnected [viewer-1]: ice+dtls up");

@@ -20,10 +20,12 @@ use tokio::time::timeout;
 const WAIT: Duration = Duration::from_secs(30);
 
 fn config(max_viewers: usize) -> DeviceConfig {
-    let mut config = DeviceConfig::default();
-    config.signaling = SignalingConfig::Embedded {
-        channel: "rust-viewer-test".into(),
-        listen: "127.0.0.1:0".parse().unwrap(),
+    let mut config = DeviceConfig {
+        signaling: SignalingConfig::Embedded {
+            channel: "rust-viewer-test".into(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+        },
+        ..DeviceConfig::default()
     };
     config.session.max_viewers = max_viewers;
     config.session.media_bind = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
@@ -39,12 +41,18 @@ struct JoinedViewer {
 
 /// Connect to signaling as `client_id`, send the offer and our candidates.
 async fn join(signaling_url: &str, channel_arn: &str, client_id: &str) -> JoinedViewer {
-    let role = Role::Viewer { client_id: client_id.into() };
+    let role = Role::Viewer {
+        client_id: client_id.into(),
+    };
     let url = data_plane_url(signaling_url, channel_arn, &role).unwrap();
-    let link = WsSignalingClient::new(url, role).connect().await.expect("viewer connects to signaling");
+    let link = WsSignalingClient::new(url, role)
+        .connect()
+        .await
+        .expect("viewer connects to signaling");
     let (viewer, events) = Viewer::start().await.unwrap();
     let sdp = viewer.create_offer().await.unwrap();
-    let offer = SignalingMessage::offer(None, sdp).with_correlation_id(format!("{client_id}-offer"));
+    let offer =
+        SignalingMessage::offer(None, sdp).with_correlation_id(format!("{client_id}-offer"));
     link.outgoing.send(offer).await.unwrap();
     let candidate = IceCandidateInit {
         candidate: viewer.local_candidate().to_owned(),
@@ -52,8 +60,15 @@ async fn join(signaling_url: &str, channel_arn: &str, client_id: &str) -> Joined
         sdp_m_line_index: Some(0),
         username_fragment: None,
     };
-    link.outgoing.send(SignalingMessage::ice_candidate(None, candidate)).await.unwrap();
-    JoinedViewer { viewer, events, link }
+    link.outgoing
+        .send(SignalingMessage::ice_candidate(None, candidate))
+        .await
+        .unwrap();
+    JoinedViewer {
+        viewer,
+        events,
+        link,
+    }
 }
 
 /// What the test observed, step by step.
@@ -87,8 +102,12 @@ async fn drive(j: &mut JoinedViewer, obs: &mut Observed, done: impl Fn(&Observed
         };
         match event {
             Err(SignalingEvent::Message(msg)) => match (msg.kind, msg.payload) {
-                (MessageKind::Answer, MessagePayload::Sdp(sdp)) => j.viewer.accept_answer(sdp).await.unwrap(),
-                (MessageKind::Answer, MessagePayload::Refusal(r)) => obs.refusal = Some((r.code, r.reason)),
+                (MessageKind::Answer, MessagePayload::Sdp(sdp)) => {
+                    j.viewer.accept_answer(sdp).await.unwrap()
+                }
+                (MessageKind::Answer, MessagePayload::Refusal(r)) => {
+                    obs.refusal = Some((r.code, r.reason))
+                }
                 (MessageKind::IceCandidate, MessagePayload::Candidate(c)) => {
                     j.viewer.add_candidate(c.candidate).await.unwrap()
                 }
@@ -103,14 +122,18 @@ async fn drive(j: &mut JoinedViewer, obs: &mut Observed, done: impl Fn(&Observed
                     let (w, h) = pic.dimensions();
                     assert_eq!((w, h), (640, 480), "decoded picture size");
                     let stride = pic.strides().0;
-                    (0..h).flat_map(|row| pic.y()[row * stride..row * stride + w].to_vec()).collect::<Vec<u8>>()
+                    (0..h)
+                        .flat_map(|row| pic.y()[row * stride..row * stride + w].to_vec())
+                        .collect::<Vec<u8>>()
                 });
                 obs.first_video_decoded.get_or_insert(decoded.is_some());
                 obs.video_frames.push(m.data.to_vec());
                 obs.decoded_lumas.extend(decoded);
             }
             Ok(ViewerEvent::Audio(m)) => {
-                let n = opus.decode(&m.data, 5760, &mut pcm).expect("Opus packet decodes");
+                let n = opus
+                    .decode(&m.data, 5760, &mut pcm)
+                    .expect("Opus packet decodes");
                 obs.audio_peak = pcm[..n].iter().fold(obs.audio_peak, |p, s| p.max(s.abs()));
                 obs.audio_packets += 1;
             }
@@ -121,27 +144,55 @@ async fn drive(j: &mut JoinedViewer, obs: &mut Observed, done: impl Fn(&Observed
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rust_viewer_decodes_moving_video_and_audio_and_a_second_viewer_is_refused() {
-    let running = kvs_app::embedded::start(config(1), None).await.expect("embedded default starts");
+    let running = kvs_app::embedded::start(config(1), None)
+        .await
+        .expect("embedded default starts");
     let (url, arn) = (running.signaling_url.clone(), running.channel_arn.clone());
 
     let mut first = join(&url, &arn, "rust-viewer-1").await;
     let mut obs = Observed::default();
-    drive(&mut first, &mut obs, |o| o.decoded_lumas.len() >= 20 && o.audio_packets >= 20 && o.channel_open).await;
+    drive(&mut first, &mut obs, |o| {
+        o.decoded_lumas.len() >= 20 && o.audio_packets >= 20 && o.channel_open
+    })
+    .await;
 
     assert!(obs.connected);
-    assert_eq!(obs.first_video_decoded, Some(true), "the first video frame a viewer gets is a keyframe");
+    assert_eq!(
+        obs.first_video_decoded,
+        Some(true),
+        "the first video frame a viewer gets is a keyframe"
+    );
     let key = kvs_media::h264::frame_kind(&obs.video_frames[0]);
     assert_eq!(key, kvs_platform::FrameKind::Key);
     // The pattern moves: the first and the latest picture differ in many pixels.
     let (a, b) = (&obs.decoded_lumas[0], obs.decoded_lumas.last().unwrap());
-    let changed = a.iter().zip(b).filter(|(x, y)| x.abs_diff(**y) > 20).count();
-    assert!(changed > a.len() / 100, "only {changed} pixels changed between frames");
-    assert!(obs.audio_peak > 0.1, "audio decodes to an audible tone (peak {})", obs.audio_peak);
+    let changed = a
+        .iter()
+        .zip(b)
+        .filter(|(x, y)| x.abs_diff(**y) > 20)
+        .count();
+    assert!(
+        changed > a.len() / 100,
+        "only {changed} pixels changed between frames"
+    );
+    assert!(
+        obs.audio_peak > 0.1,
+        "audio decodes to an audible tone (peak {})",
+        obs.audio_peak
+    );
 
     // The device echoes the data channel, text and binary, bytes intact.
     let binary: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
-    first.viewer.send_data(binary.clone().into(), true).await.unwrap();
-    first.viewer.send_data("héllo device".into(), false).await.unwrap();
+    first
+        .viewer
+        .send_data(binary.clone().into(), true)
+        .await
+        .unwrap();
+    first
+        .viewer
+        .send_data("héllo device".into(), false)
+        .await
+        .unwrap();
     drive(&mut first, &mut obs, |o| o.echoes.len() >= 2).await;
     assert_eq!(obs.echoes[0], (binary, true));
     assert_eq!(obs.echoes[1], ("héllo device".as_bytes().to_vec(), false));
@@ -157,7 +208,10 @@ async fn rust_viewer_decodes_moving_video_and_audio_and_a_second_viewer_is_refus
 
     // …and the first viewer is unaffected: it keeps decoding.
     let before = obs.decoded_lumas.len();
-    drive(&mut first, &mut obs, |o| o.decoded_lumas.len() >= before + 15).await;
+    drive(&mut first, &mut obs, |o| {
+        o.decoded_lumas.len() >= before + 15
+    })
+    .await;
 
     // Closing the viewer frees its session on the device.
     first.viewer.close().await;
@@ -167,6 +221,9 @@ async fn rust_viewer_decodes_moving_video_and_audio_and_a_second_viewer_is_refus
         }
     })
     .await;
-    assert!(freed.is_ok(), "session count returns to 0 after the viewer closes");
+    assert!(
+        freed.is_ok(),
+        "session count returns to 0 after the viewer closes"
+    );
     running.shutdown().await;
 }

@@ -10,14 +10,19 @@ mod web;
 use anyhow::{Context, Result};
 use clap::Parser;
 use kvs_app::{
-    AudioSourceConfig, Device, DeviceConfig, DeviceParts, EventBus, EventKind, SignalingConfig, VideoSourceConfig,
+    AudioSourceConfig, Device, DeviceConfig, DeviceParts, EventBus, EventKind, SignalingConfig,
+    VideoSourceConfig,
 };
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 #[derive(Debug, Parser)]
-#[command(name = "kvs-webrtc", version, about = "Stream live video and audio to WebRTC viewers (KVS signaling).")]
+#[command(
+    name = "kvs-webrtc",
+    version,
+    about = "Stream live video and audio to WebRTC viewers (KVS signaling)."
+)]
 struct Cli {
     /// TOML configuration file; KVS_WEBRTC_<SECTION>__<KEY> variables override it.
     #[arg(short, long, env = "KVS_WEBRTC_CONFIG")]
@@ -77,7 +82,9 @@ impl Cli {
     fn into_config(self) -> Result<DeviceConfig> {
         let mut config = DeviceConfig::load(self.config.as_deref(), std::env::vars())?;
         if let Some(url) = self.signaling_url {
-            let channel_arn = self.channel_arn.context("--signaling-url needs --channel-arn")?;
+            let channel_arn = self
+                .channel_arn
+                .context("--signaling-url needs --channel-arn")?;
             config.signaling = SignalingConfig::Url { url, channel_arn };
         }
         if let SignalingConfig::Embedded { channel, listen } = &mut config.signaling {
@@ -95,12 +102,17 @@ impl Cli {
             config.session.media_bind = self.media_bind;
         }
         if let Some(path) = self.h264_file {
-            config.video = VideoSourceConfig::H264File { path, fps: self.fps.unwrap_or(30) };
+            config.video = VideoSourceConfig::H264File {
+                path,
+                fps: self.fps.unwrap_or(30),
+            };
         } else if self.h264_stdin {
             config.video = VideoSourceConfig::H264Stdin { fps: self.fps };
         } else if self.no_video {
             config.video = VideoSourceConfig::None;
-        } else if let (Some(f), VideoSourceConfig::TestPattern { fps, .. }) = (self.fps, &mut config.video) {
+        } else if let (Some(f), VideoSourceConfig::TestPattern { fps, .. }) =
+            (self.fps, &mut config.video)
+        {
             *fps = f;
         }
         if let Some(path) = self.ogg_file {
@@ -108,7 +120,10 @@ impl Cli {
         } else if self.no_audio {
             config.audio = AudioSourceConfig::None;
         }
-        config.validate().map_err(anyhow::Error::msg).context("invalid configuration")?;
+        config
+            .validate()
+            .map_err(anyhow::Error::msg)
+            .context("invalid configuration")?;
         Ok(config)
     }
 }
@@ -133,9 +148,10 @@ async fn run_embedded(config: DeviceConfig) -> Result<()> {
     let page = web::PageConfig::new();
     let bus = EventBus::new();
     let report = tokio::spawn(report_events(bus.subscribe()));
-    let running = kvs_app::embedded::start_with_events(config, Some(web::routes(page.clone())), bus)
-        .await
-        .context("starting the embedded default")?;
+    let running =
+        kvs_app::embedded::start_with_events(config, Some(web::routes(page.clone())), bus)
+            .await
+            .context("starting the embedded default")?;
     page.set(serde_json::json!({
         "signalingUrl": running.signaling_url,
         "channelArn": running.channel_arn,
@@ -145,7 +161,10 @@ async fn run_embedded(config: DeviceConfig) -> Result<()> {
     }));
     // Printed to stdout (logs go to stderr) so scripts and tests can find the page.
     println!("Viewer page: {}", running.page_url());
-    println!("Signaling:   {} (channel {})", running.signaling_url, running.channel_arn);
+    println!(
+        "Signaling:   {} (channel {})",
+        running.signaling_url, running.channel_arn
+    );
     wait_for_stop().await;
     println!("Stopping…");
     running.shutdown().await;
@@ -154,16 +173,26 @@ async fn run_embedded(config: DeviceConfig) -> Result<()> {
 }
 
 async fn run_external(config: DeviceConfig, url: String, channel_arn: String) -> Result<()> {
-    let camera = kvs_app::sources::open_camera(&config.video).context("opening the video source")?;
-    let microphone = kvs_app::sources::open_microphone(&config.audio).context("opening the audio source")?;
+    let camera =
+        kvs_app::sources::open_camera(&config.video).context("opening the video source")?;
+    let microphone =
+        kvs_app::sources::open_microphone(&config.audio).context("opening the audio source")?;
     let separator = if url.contains('?') { '&' } else { '?' };
     let client = kvs_signaling::WsSignalingClient::new(
-        format!("{url}{separator}X-Amz-ChannelARN={}", kvs_app::embedded::urlencode(&channel_arn)),
+        format!(
+            "{url}{separator}X-Amz-ChannelARN={}",
+            kvs_app::embedded::urlencode(&channel_arn)
+        ),
         kvs_signaling::Role::Master,
     );
     let bus = EventBus::new();
     let report = tokio::spawn(report_events(bus.subscribe()));
-    let parts = DeviceParts { config, signaling: Arc::new(client), camera, microphone };
+    let parts = DeviceParts {
+        config,
+        signaling: Arc::new(client),
+        camera,
+        microphone,
+    };
     let device = Device::start_with_events(parts, bus).await?;
     println!("Streaming as master of {channel_arn} via {url}");
     wait_for_stop().await;

@@ -33,12 +33,34 @@ impl PageConfig {
 pub fn routes(config: PageConfig) -> Router {
     Router::new()
         .route("/index.html", get(|| async { html() }))
-        .route("/viewer.js", get(|| async { ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], VIEWER_JS) }))
-        .route("/style.css", get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE_CSS) }))
-        .route("/config.json", get(move || async move { Json(config.get()) }))
+        .route(
+            "/viewer.js",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+                    VIEWER_JS,
+                )
+            }),
+        )
+        .route(
+            "/style.css",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+                    STYLE_CSS,
+                )
+            }),
+        )
+        .route(
+            "/config.json",
+            get(move || async move { Json(config.get()) }),
+        )
 }
 
 /// The page itself; the signaling service serves it at `/` for plain GETs.
 pub fn html() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], INDEX_HTML)
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        INDEX_HTML,
+    )
 }
