@@ -21,8 +21,8 @@ pub enum EmbeddedError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("cannot open the media source: {0}")]
-    Source(#[from] kvs_platform::CaptureError),
+    #[error(transparent)]
+    Source(#[from] crate::sources::SourceError),
     #[error(transparent)]
     Device(#[from] DeviceError),
     #[error("the embedded default needs `signaling.mode = \"embedded\"`")]

@@ -6,7 +6,7 @@
 //! picture moves, audio packets decode to sound, the data channel echoes bytes intact, and an
 //! offer beyond the viewer limit is refused with a reason while the first viewer keeps going.
 
-use kvs_app::{DeviceConfig, SignalingConfig};
+use kvs_app::{AudioSourceConfig, DeviceConfig, SignalingConfig, VideoSourceConfig};
 use kvs_peer::viewer::{Viewer, ViewerEvent, ViewerHandle};
 use kvs_signaling::{
     data_plane_url, IceCandidateInit, MessageKind, MessagePayload, Role, SignalingClient,
@@ -20,11 +20,25 @@ use tokio::time::timeout;
 const WAIT: Duration = Duration::from_secs(30);
 
 fn config(max_viewers: usize) -> DeviceConfig {
+    config_with_sources(
+        max_viewers,
+        VideoSourceConfig::default(),
+        AudioSourceConfig::default(),
+    )
+}
+
+fn config_with_sources(
+    max_viewers: usize,
+    video: VideoSourceConfig,
+    audio: AudioSourceConfig,
+) -> DeviceConfig {
     let mut config = DeviceConfig {
         signaling: SignalingConfig::Embedded {
             channel: "rust-viewer-test".into(),
             listen: "127.0.0.1:0".parse().unwrap(),
         },
+        video,
+        audio,
         ..DeviceConfig::default()
     };
     config.session.max_viewers = max_viewers;
@@ -226,4 +240,134 @@ async fn rust_viewer_decodes_moving_video_and_audio_and_a_second_viewer_is_refus
         "session count returns to 0 after the viewer closes"
     );
     running.shutdown().await;
+}
+
+/// Writes a 2 s Annex-B H.264 clip of the test pattern and a 2 s Ogg/Opus tone into `dir`.
+fn write_fixture_files(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    use kvs_media::ogg::{OggOpusWriter, OpusHead};
+    use kvs_media::sources::{TestPatternCamera, TestPatternConfig, ToneConfig, ToneMicrophone};
+    use kvs_platform::{AudioCapture, VideoCapture};
+
+    std::fs::create_dir_all(dir).unwrap();
+    let mut camera = TestPatternCamera::new(TestPatternConfig {
+        paced: false,
+        ..Default::default()
+    })
+    .unwrap();
+    camera.start().unwrap();
+    let mut h264 = Vec::new();
+    for _ in 0..60 {
+        h264.extend_from_slice(&camera.next_frame().unwrap().unwrap().data);
+    }
+    let video = dir.join("clip.h264");
+    std::fs::write(&video, h264).unwrap();
+
+    let mut mic = ToneMicrophone::new(ToneConfig {
+        paced: false,
+        ..Default::default()
+    })
+    .unwrap();
+    mic.start().unwrap();
+    let head = OpusHead {
+        version: 1,
+        channels: 1,
+        pre_skip: 312,
+        input_sample_rate: 48_000,
+        output_gain: 0,
+        mapping_family: 0,
+    };
+    let mut writer = OggOpusWriter::new(Vec::new(), 0x6b7673, &head).unwrap();
+    for i in 0..100 {
+        writer
+            .write_packet(&mic.next_frame().unwrap().unwrap().data, i == 99)
+            .unwrap();
+    }
+    let audio = dir.join("tone.opus");
+    std::fs::write(&audio, writer.into_inner()).unwrap();
+    (video, audio)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_sources_stream_looped_to_a_rust_viewer() {
+    let dir = std::env::temp_dir().join(format!("kvs-file-sources-{}", std::process::id()));
+    let (video, audio) = write_fixture_files(&dir);
+    let config = config_with_sources(
+        2,
+        VideoSourceConfig::H264File {
+            path: video,
+            fps: 30,
+        },
+        AudioSourceConfig::OggOpus { path: audio },
+    );
+    let running = kvs_app::embedded::start(config, None)
+        .await
+        .expect("starts with file sources");
+    let mut viewer = join(&running.signaling_url, &running.channel_arn, "file-viewer").await;
+    let mut obs = Observed::default();
+    // 70 frames > the 60-frame clip: the file loops and keeps decoding.
+    drive(&mut viewer, &mut obs, |o| {
+        o.decoded_lumas.len() >= 70 && o.audio_packets >= 110
+    })
+    .await;
+    assert_eq!(
+        obs.first_video_decoded,
+        Some(true),
+        "the first frame from a file is its keyframe"
+    );
+    assert!(
+        obs.audio_peak > 0.1,
+        "the Ogg/Opus tone decodes (peak {})",
+        obs.audio_peak
+    );
+    running.shutdown().await;
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[tokio::test]
+async fn bad_source_files_fail_at_start_with_a_clear_error() {
+    let dir = std::env::temp_dir().join(format!("kvs-bad-sources-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let not_h264 = dir.join("not.h264");
+    std::fs::write(&not_h264, b"\x89PNG\r\n\x1a\n definitely not video").unwrap();
+    let (_, good_audio) = write_fixture_files(&dir);
+    let bytes = std::fs::read(&good_audio).unwrap();
+    let truncated_ogg = dir.join("truncated.opus");
+    std::fs::write(&truncated_ogg, &bytes[..bytes.len() / 2 - 7]).unwrap();
+
+    let cases = [
+        (
+            VideoSourceConfig::H264File {
+                path: dir.join("missing.h264"),
+                fps: 30,
+            },
+            AudioSourceConfig::None,
+            "missing.h264",
+        ),
+        (
+            VideoSourceConfig::H264File {
+                path: not_h264,
+                fps: 30,
+            },
+            AudioSourceConfig::None,
+            "invalid media input",
+        ),
+        (
+            VideoSourceConfig::None,
+            AudioSourceConfig::OggOpus {
+                path: truncated_ogg,
+            },
+            "invalid media input",
+        ),
+    ];
+    for (video, audio, expected) in cases {
+        let err = match kvs_app::embedded::start(config_with_sources(1, video, audio), None).await {
+            Ok(_) => panic!("a bad source file must not start"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains(expected),
+            "error {err:?} should mention {expected:?}"
+        );
+    }
+    std::fs::remove_dir_all(dir).ok();
 }
