@@ -47,6 +47,9 @@ fn run(cmd: &mut Command) -> (bool, String) {
     (status.success(), out)
 }
 
+/// Arguments, environment overrides, and what the error must mention.
+type BadInputCase = (Vec<String>, Vec<(&'static str, &'static str)>, &'static str);
+
 #[test]
 fn bad_files_and_values_are_clear_errors() {
     let dir = std::env::temp_dir().join(format!("kvs-cli-{}", std::process::id()));
@@ -56,7 +59,7 @@ fn bad_files_and_values_are_clear_errors() {
     let bad_toml = dir.join("device.toml");
     std::fs::write(&bad_toml, "[session]\nmax_viewers = \"many\"\n").unwrap();
 
-    let cases: Vec<(Vec<String>, Vec<(&str, &str)>, &str)> = vec![
+    let cases: Vec<BadInputCase> = vec![
         (
             vec![
                 "--h264-file".into(),
