@@ -100,9 +100,8 @@ impl PeerConfig {
     /// `max(128, ceil(resend_window_s × video_bitrate_bps / 8 / 1100))`.
     /// 500 ms at 2 Mbit/s → 128 packets (~150 kB), instead of str0m's fixed 1000 (~1.2 MB).
     pub fn send_buffer_video_packets(&self) -> usize {
-        let bytes = self.resend_window.as_micros() as u64 * self.video_bitrate_bps as u64
-            / 8
-            / 1_000_000;
+        let bytes =
+            self.resend_window.as_micros() as u64 * self.video_bitrate_bps as u64 / 8 / 1_000_000;
         let packets = bytes.div_ceil(RTP_PAYLOAD_BYTES) as usize;
         packets.max(MIN_VIDEO_PACKETS)
     }
@@ -135,7 +134,11 @@ pub enum PeerCommand {
     /// channel. Answered by [`PeerEvent::LocalOffer`].
     CreateOffer { peer_id: String },
     /// Send a message on the peer's data channel (queued until the channel is open).
-    SendData { peer_id: String, data: Bytes, binary: bool },
+    SendData {
+        peer_id: String,
+        data: Bytes,
+        binary: bool,
+    },
     /// Close the peer's session; answered by [`PeerEvent::Closed`].
     CloseSession { peer_id: String },
 }
@@ -170,9 +173,17 @@ pub struct SessionStats {
 #[derive(Debug, Clone, PartialEq)]
 pub enum PeerEvent {
     /// A new viewer's offer was accepted for a session.
-    Requested { peer_id: String },
-    LocalAnswer { peer_id: String, sdp: String },
-    LocalOffer { peer_id: String, sdp: String },
+    Requested {
+        peer_id: String,
+    },
+    LocalAnswer {
+        peer_id: String,
+        sdp: String,
+    },
+    LocalOffer {
+        peer_id: String,
+        sdp: String,
+    },
     /// One of our candidates, `candidate:...` without `a=`.
     LocalCandidate {
         peer_id: String,
@@ -180,22 +191,52 @@ pub enum PeerEvent {
         sdp_mid: Option<String>,
         sdp_m_line_index: Option<u16>,
     },
-    GatheringComplete { peer_id: String },
-    OfferRefused { peer_id: String, reason: String },
-    Connecting { peer_id: String },
+    GatheringComplete {
+        peer_id: String,
+    },
+    OfferRefused {
+        peer_id: String,
+        reason: String,
+    },
+    Connecting {
+        peer_id: String,
+    },
     /// ICE and DTLS are up; SRTP is ready.
-    Connected { peer_id: String },
+    Connected {
+        peer_id: String,
+    },
     /// ICE lost the path (it may come back).
-    Disconnected { peer_id: String },
-    Failed { peer_id: String, reason: String },
-    DataChannelOpen { peer_id: String },
-    DataMessage { peer_id: String, data: Bytes, binary: bool },
+    Disconnected {
+        peer_id: String,
+    },
+    Failed {
+        peer_id: String,
+        reason: String,
+    },
+    DataChannelOpen {
+        peer_id: String,
+    },
+    DataMessage {
+        peer_id: String,
+        data: Bytes,
+        binary: bool,
+    },
     /// Force an IDR: a session became ready, the viewer sent PLI/FIR, or its queue overflowed.
     /// Rate-limited per session.
-    KeyframeRequested { peer_id: String },
-    FirstKeyframeSent { peer_id: String },
-    SessionTiming { peer_id: String, timing: SessionTiming },
-    Closed { peer_id: String, stats: SessionStats },
+    KeyframeRequested {
+        peer_id: String,
+    },
+    FirstKeyframeSent {
+        peer_id: String,
+    },
+    SessionTiming {
+        peer_id: String,
+        timing: SessionTiming,
+    },
+    Closed {
+        peer_id: String,
+        stats: SessionStats,
+    },
 }
 
 impl PeerEvent {
@@ -224,7 +265,10 @@ impl PeerEvent {
     /// Events the engine may drop when the application does not keep up (see
     /// [`crate::engine`]): everything else is kept.
     pub fn is_droppable(&self) -> bool {
-        matches!(self, PeerEvent::DataMessage { .. } | PeerEvent::SessionTiming { .. })
+        matches!(
+            self,
+            PeerEvent::DataMessage { .. } | PeerEvent::SessionTiming { .. }
+        )
     }
 }
 

@@ -60,16 +60,25 @@ mod tests {
     #[test]
     fn ignores_mdns_tcp_and_end_of_candidates() {
         let mdns = "candidate:1 1 udp 2113929471 4f1c-aa.local 5000 typ host";
-        assert!(matches!(parse_candidate(mdns), Ok(ParsedCandidate::Ignored(_))));
+        assert!(matches!(
+            parse_candidate(mdns),
+            Ok(ParsedCandidate::Ignored(_))
+        ));
         let tcp = "candidate:1 1 tcp 2113929471 127.0.0.1 9 typ host tcptype active";
-        assert!(matches!(parse_candidate(tcp), Ok(ParsedCandidate::Ignored(_))));
-        assert!(matches!(parse_candidate(""), Ok(ParsedCandidate::Ignored(_))));
+        assert!(matches!(
+            parse_candidate(tcp),
+            Ok(ParsedCandidate::Ignored(_))
+        ));
+        assert!(matches!(
+            parse_candidate(""),
+            Ok(ParsedCandidate::Ignored(_))
+        ));
     }
 
     #[test]
     fn rejects_garbage() {
         assert!(parse_candidate("candidate:1 1 udp").is_err());
         assert!(parse_candidate("candidate:1 1 udp x 1.2.3.4 70000 typ host").is_err());
-        assert!(parse_candidate("\u{0}\u{1} ÿ ÿ ÿ ÿ ÿ ÿ ÿ ÿ").is_err());
+        assert!(parse_candidate("\u{0}\u{1} ÿ udp ÿ ÿ ÿ ÿ ÿ").is_err());
     }
 }

@@ -50,6 +50,8 @@ const H264_PROFILES: [u32; 2] = [0x42e01f, 0x42001f];
 
 /// Builds the `RtcConfig` every session uses.
 pub fn rtc_config(config: &PeerConfig, cert: Option<DtlsCert>) -> RtcConfig {
+    // Idempotent: the first installed provider stays.
+    str0m::crypto::from_feature_flags().install_process_default();
     let mut rc = RtcConfig::new()
         .clear_codecs()
         .set_send_buffer_video(config.send_buffer_video_packets())
@@ -164,7 +166,11 @@ struct Outputs {
 impl Outputs {
     fn event(&mut self, e: PeerEvent) {
         if self.events.len() >= MAX_CORE_EVENTS && e.is_droppable() {
-            warn!(peer = e.peer_id(), "event queue full, dropping {:?}", event_name(&e));
+            warn!(
+                peer = e.peer_id(),
+                "event queue full, dropping {:?}",
+                event_name(&e)
+            );
             return;
         }
         self.events.push_back(e);
@@ -238,13 +244,15 @@ impl PeerCore {
         let result = match cmd {
             PeerCommand::RemoteOffer { peer_id, sdp } => self.remote_offer(now, peer_id, &sdp),
             PeerCommand::RemoteAnswer { peer_id, sdp } => self.remote_answer(now, peer_id, &sdp),
-            PeerCommand::RemoteCandidate { peer_id, candidate, .. } => {
-                self.remote_candidate(now, peer_id, candidate)
-            }
+            PeerCommand::RemoteCandidate {
+                peer_id, candidate, ..
+            } => self.remote_candidate(now, peer_id, candidate),
             PeerCommand::CreateOffer { peer_id } => self.create_offer(now, peer_id),
-            PeerCommand::SendData { peer_id, data, binary } => {
-                self.send_data(now, &peer_id, data, binary)
-            }
+            PeerCommand::SendData {
+                peer_id,
+                data,
+                binary,
+            } => self.send_data(now, &peer_id, data, binary),
             PeerCommand::CloseSession { peer_id } => self.close_session(now, &peer_id),
         };
         self.reap(now);
@@ -263,12 +271,24 @@ impl PeerCore {
             debug!(%source, len = data.len(), "ignoring datagram that is no WebRTC protocol");
             return;
         };
-        let input = Input::Receive(now, Receive { proto: Protocol::Udp, source, destination, contents });
+        let input = Input::Receive(
+            now,
+            Receive {
+                proto: Protocol::Udp,
+                source,
+                destination,
+                contents,
+            },
+        );
 
         let cached = self
             .addr_cache
             .get(&source)
-            .filter(|id| self.sessions.get(*id).is_some_and(|s| s.rtc.accepts(&input)))
+            .filter(|id| {
+                self.sessions
+                    .get(*id)
+                    .is_some_and(|s| s.rtc.accepts(&input))
+            })
             .cloned();
         let peer_id = match cached {
             Some(id) => Some(id),
@@ -291,7 +311,9 @@ impl PeerCore {
             debug!(%source, "no session accepts datagram");
             return;
         };
-        let Some(s) = self.sessions.get_mut(&peer_id) else { return };
+        let Some(s) = self.sessions.get_mut(&peer_id) else {
+            return;
+        };
         if let Err(e) = s.rtc.handle_input(input) {
             s.fail(format!("input rejected: {e}"));
         }
@@ -310,7 +332,10 @@ impl PeerCore {
             if !s.connected
                 && now.saturating_duration_since(s.started) > self.config.connect_timeout
             {
-                s.fail(format!("not connected within {:?}", self.config.connect_timeout));
+                s.fail(format!(
+                    "not connected within {:?}",
+                    self.config.connect_timeout
+                ));
             }
             if let Some(since) = s.disconnected_since {
                 if now.saturating_duration_since(since) > self.config.disconnected_timeout {
@@ -394,10 +419,14 @@ impl PeerCore {
         // Renegotiation of a live session.
         if let Some(s) = self.sessions.get_mut(&peer_id) {
             if s.is_live() && s.pending_offer.is_none() {
-                let answer = s.rtc.sdp_api().accept_offer(offer).map_err(|e| PeerError::Rtc {
-                    peer_id: peer_id.clone(),
-                    reason: e.to_string(),
-                })?;
+                let answer = s
+                    .rtc
+                    .sdp_api()
+                    .accept_offer(offer)
+                    .map_err(|e| PeerError::Rtc {
+                        peer_id: peer_id.clone(),
+                        reason: e.to_string(),
+                    })?;
                 s.video_pt = None;
                 s.audio_pt = None;
                 self.out.event(PeerEvent::LocalAnswer {
@@ -422,14 +451,22 @@ impl PeerCore {
 
         let mut s = self.new_session(now, &peer_id);
         let answer: SdpAnswer =
-            s.rtc.sdp_api().accept_offer(offer).map_err(|e| PeerError::Rtc {
-                peer_id: peer_id.clone(),
-                reason: e.to_string(),
-            })?;
+            s.rtc
+                .sdp_api()
+                .accept_offer(offer)
+                .map_err(|e| PeerError::Rtc {
+                    peer_id: peer_id.clone(),
+                    reason: e.to_string(),
+                })?;
         let sdp = answer.to_sdp_string();
         s.timing.answer_sent = Some(now.saturating_duration_since(s.started));
-        self.out.event(PeerEvent::Requested { peer_id: peer_id.clone() });
-        self.out.event(PeerEvent::LocalAnswer { peer_id: peer_id.clone(), sdp: sdp.clone() });
+        self.out.event(PeerEvent::Requested {
+            peer_id: peer_id.clone(),
+        });
+        self.out.event(PeerEvent::LocalAnswer {
+            peer_id: peer_id.clone(),
+            sdp: sdp.clone(),
+        });
         self.emit_local_candidates(&peer_id, &sdp);
         self.apply_held_candidates(&mut s);
         service(&mut s, now, &self.config, &mut self.out);
@@ -453,20 +490,28 @@ impl PeerCore {
         let mut s = self.new_session(now, &peer_id);
         let mut api = s.rtc.sdp_api();
         if self.config.video.is_some() {
-            s.video_mid = Some(api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None));
+            s.video_mid =
+                Some(api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None));
         }
         if self.config.audio.is_some() {
-            s.audio_mid = Some(api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None));
+            s.audio_mid =
+                Some(api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None));
         }
         if self.config.data_channel {
             api.add_channel(self.config.data_channel_label.clone());
         }
         let Some((offer, pending)) = api.apply() else {
-            return Err(PeerError::Rtc { peer_id, reason: "nothing to offer".to_string() });
+            return Err(PeerError::Rtc {
+                peer_id,
+                reason: "nothing to offer".to_string(),
+            });
         };
         s.pending_offer = Some(pending);
         let sdp = offer.to_sdp_string();
-        self.out.event(PeerEvent::LocalOffer { peer_id: peer_id.clone(), sdp: sdp.clone() });
+        self.out.event(PeerEvent::LocalOffer {
+            peer_id: peer_id.clone(),
+            sdp: sdp.clone(),
+        });
         self.emit_local_candidates(&peer_id, &sdp);
         service(&mut s, now, &self.config, &mut self.out);
         self.sessions.insert(peer_id, s);
@@ -488,7 +533,10 @@ impl PeerCore {
         if let Err(e) = s.rtc.sdp_api().accept_answer(pending, answer) {
             s.fail(format!("answer rejected: {e}"));
             self.sessions.insert(peer_id.clone(), s);
-            return Err(PeerError::Rtc { peer_id, reason: e.to_string() });
+            return Err(PeerError::Rtc {
+                peer_id,
+                reason: e.to_string(),
+            });
         }
         s.timing.answer_sent = Some(now.saturating_duration_since(s.started));
         self.apply_held_candidates(&mut s);
@@ -516,7 +564,10 @@ impl PeerCore {
                 q.pop_front();
             }
             debug!(peer = %peer_id, "holding candidate until the offer arrives");
-            q.push_back(PendingCandidate { received: now, candidate });
+            q.push_back(PendingCandidate {
+                received: now,
+                candidate,
+            });
             return Ok(());
         };
         match parse_candidate(&candidate) {
@@ -534,7 +585,9 @@ impl PeerCore {
     }
 
     fn apply_held_candidates(&mut self, s: &mut Session) {
-        let Some(held) = self.pending_candidates.remove(&s.peer_id) else { return };
+        let Some(held) = self.pending_candidates.remove(&s.peer_id) else {
+            return;
+        };
         for c in held {
             match parse_candidate(&c.candidate) {
                 Ok(ParsedCandidate::Candidate(c)) => {
@@ -562,7 +615,9 @@ impl PeerCore {
                 });
             }
         }
-        self.out.event(PeerEvent::GatheringComplete { peer_id: peer_id.to_string() });
+        self.out.event(PeerEvent::GatheringComplete {
+            peer_id: peer_id.to_string(),
+        });
     }
 
     fn send_data(
@@ -576,7 +631,10 @@ impl PeerCore {
             return Err(PeerError::UnknownPeer(peer_id.to_string()));
         };
         if data.len() > MAX_DATA_MESSAGE {
-            return Err(PeerError::DataTooLarge { peer_id: peer_id.to_string(), len: data.len() });
+            return Err(PeerError::DataTooLarge {
+                peer_id: peer_id.to_string(),
+                len: data.len(),
+            });
         }
         if s.data_out.len() >= MAX_DATA_QUEUE {
             return Err(PeerError::DataQueueFull(peer_id.to_string()));
@@ -602,13 +660,22 @@ impl PeerCore {
 
     /// Remove sessions that are no longer alive, reporting why and their counters.
     fn reap(&mut self, now: Instant) {
-        let dead: Vec<String> =
-            self.sessions.iter().filter(|(_, s)| !s.is_live()).map(|(k, _)| k.clone()).collect();
+        let dead: Vec<String> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| !s.is_live())
+            .map(|(k, _)| k.clone())
+            .collect();
         for id in dead {
-            let Some(s) = self.sessions.remove(&id) else { continue };
+            let Some(s) = self.sessions.remove(&id) else {
+                continue;
+            };
             self.addr_cache.retain(|_, v| *v != id);
             if let Some(reason) = s.failure.clone() {
-                self.out.event(PeerEvent::Failed { peer_id: id.clone(), reason });
+                self.out.event(PeerEvent::Failed {
+                    peer_id: id.clone(),
+                    reason,
+                });
             }
             let stats = s.final_stats(now);
             info!(peer = %id, ?stats, "session closed");
@@ -660,6 +727,7 @@ fn on_event(
     out: &mut Outputs,
 ) -> bool {
     let peer_id = s.peer_id.clone();
+    tracing::trace!(peer = %peer_id, "str0m event {e:?}");
     let since = now.saturating_duration_since(s.started);
     match e {
         Event::IceConnectionStateChange(state) => {
@@ -756,7 +824,9 @@ fn request_keyframe(s: &mut Session, now: Instant, config: &PeerConfig, out: &mu
     s.keyframe_request_pending = false;
     s.last_keyframe_request = Some(now);
     s.stats.keyframe_requests += 1;
-    out.event(PeerEvent::KeyframeRequested { peer_id: s.peer_id.clone() });
+    out.event(PeerEvent::KeyframeRequested {
+        peer_id: s.peer_id.clone(),
+    });
 }
 
 /// Write whatever the fan-out queues let through to the RTP packetizer.
@@ -808,10 +878,11 @@ fn send_queued_media(s: &mut Session, now: Instant, out: &mut Outputs) {
             Ok(()) => {
                 if frame.is_key() && !s.first_keyframe_sent {
                     s.first_keyframe_sent = true;
-                    s.timing.first_keyframe_sent =
-                        Some(now.saturating_duration_since(s.started));
+                    s.timing.first_keyframe_sent = Some(now.saturating_duration_since(s.started));
                     info!(peer = %s.peer_id, timing = ?s.timing, "first keyframe sent");
-                    out.event(PeerEvent::FirstKeyframeSent { peer_id: s.peer_id.clone() });
+                    out.event(PeerEvent::FirstKeyframeSent {
+                        peer_id: s.peer_id.clone(),
+                    });
                     out.event(PeerEvent::SessionTiming {
                         peer_id: s.peer_id.clone(),
                         timing: s.timing,
@@ -837,8 +908,10 @@ fn send_queued_media(s: &mut Session, now: Instant, out: &mut Outputs) {
         let pt = match s.audio_pt {
             Some(pt) => pt,
             None => {
-                let Some(pt) =
-                    writer.payload_params().find(|p| p.spec().codec == Codec::Opus).map(|p| p.pt())
+                let Some(pt) = writer
+                    .payload_params()
+                    .find(|p| p.spec().codec == Codec::Opus)
+                    .map(|p| p.pt())
                 else {
                     s.audio.record_dropped();
                     break;
@@ -847,8 +920,10 @@ fn send_queued_media(s: &mut Session, now: Instant, out: &mut Outputs) {
                 pt
             }
         };
-        let rtp_time =
-            MediaTime::new(frame.timestamp_us.wrapping_mul(48) / 1000, Frequency::FORTY_EIGHT_KHZ);
+        let rtp_time = MediaTime::new(
+            frame.timestamp_us.wrapping_mul(48) / 1000,
+            Frequency::FORTY_EIGHT_KHZ,
+        );
         if let Err(e) = writer.write(pt, now, rtp_time, &frame.data[..]) {
             warn!(peer = %s.peer_id, "audio write failed: {e}");
             s.audio.record_dropped();
@@ -862,7 +937,9 @@ fn send_queued_media(s: &mut Session, now: Instant, out: &mut Outputs) {
 fn flush_data(s: &mut Session) {
     let Some(id) = s.channel else { return };
     while let Some((data, binary)) = s.data_out.front() {
-        let Some(mut ch) = s.rtc.channel(id) else { return };
+        let Some(mut ch) = s.rtc.channel(id) else {
+            return;
+        };
         match ch.write(*binary, data) {
             Ok(true) => {
                 s.data_out.pop_front();

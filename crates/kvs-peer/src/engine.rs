@@ -132,7 +132,11 @@ impl PeerEngine {
             .await
             .map_err(|_| PeerError::Certificate)??;
 
-        let ips = if config.bind_addrs.is_empty() { usable_addresses()? } else { config.bind_addrs.clone() };
+        let ips = if config.bind_addrs.is_empty() {
+            usable_addresses()?
+        } else {
+            config.bind_addrs.clone()
+        };
         let mut sockets: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
         for ip in ips {
             match UdpSocket::bind(SocketAddr::new(ip, config.udp_port)).await {
@@ -157,7 +161,11 @@ impl PeerEngine {
 
         let mut recv_tasks = Vec::new();
         for (addr, sock) in &sockets {
-            recv_tasks.push(tokio::spawn(receive_loop(*addr, sock.clone(), net_tx.clone())));
+            recv_tasks.push(tokio::spawn(receive_loop(
+                *addr,
+                sock.clone(),
+                net_tx.clone(),
+            )));
         }
         drop(net_tx);
 
@@ -179,8 +187,14 @@ impl PeerEngine {
 
         let handle = PeerHandle {
             commands: cmd_tx,
-            video: FrameSink { tx: video_tx, dropped: Arc::default() },
-            audio: FrameSink { tx: audio_tx, dropped: Arc::default() },
+            video: FrameSink {
+                tx: video_tx,
+                dropped: Arc::default(),
+            },
+            audio: FrameSink {
+                tx: audio_tx,
+                dropped: Arc::default(),
+            },
             sessions,
             local_addrs: Arc::new(local_addrs),
         };
@@ -192,7 +206,10 @@ impl PeerEngine {
 pub(crate) fn generate_certificate() -> Result<str0m::config::DtlsCert, PeerError> {
     str0m::crypto::from_feature_flags().install_process_default();
     let provider = str0m::config::CryptoProvider::get_default().ok_or(PeerError::Certificate)?;
-    provider.dtls_provider.generate_certificate().ok_or(PeerError::Certificate)
+    provider
+        .dtls_provider
+        .generate_certificate()
+        .ok_or(PeerError::Certificate)
 }
 
 /// Every usable interface address: loopback included, IPv6 link-local skipped.
@@ -216,8 +233,12 @@ async fn receive_loop(local: SocketAddr, sock: Arc<UdpSocket>, tx: mpsc::Sender<
     loop {
         match sock.recv_from(&mut buf).await {
             Ok((n, source)) => {
-                let msg =
-                    Received { at: Instant::now(), source, destination: local, data: buf[..n].to_vec() };
+                let msg = Received {
+                    at: Instant::now(),
+                    source,
+                    destination: local,
+                    data: buf[..n].to_vec(),
+                };
                 if tx.send(msg).await.is_err() {
                     return;
                 }
@@ -248,6 +269,7 @@ impl Driver {
         mut net: mpsc::Receiver<Received>,
     ) {
         let mut shutdown_reply = None;
+        let mut orphaned = false;
         loop {
             let deadline = self.core.poll_timeout(Instant::now());
             let events = self.events.clone();
@@ -256,12 +278,14 @@ impl Driver {
                 msg = commands.recv() => match msg {
                     Some(EngineMsg::Command(cmd, reply)) => {
                         let r = self.core.handle_command(Instant::now(), cmd);
+                        self.sessions.store(self.core.session_count(), Ordering::Relaxed);
                         let _ = reply.send(r);
                     }
                     Some(EngineMsg::Shutdown(reply)) => {
                         shutdown_reply = Some(reply);
                     }
-                    None => {}
+                    // Every handle was dropped: nobody can command the engine any more.
+                    None => orphaned = true,
                 },
                 Some(f) = video.recv() => self.core.push_frame(Instant::now(), FanoutKind::Video, &f),
                 Some(f) = audio.recv() => self.core.push_frame(Instant::now(), FanoutKind::Audio, &f),
@@ -282,13 +306,12 @@ impl Driver {
                     self.core.handle_timeout(Instant::now());
                 }
             }
-            if commands.is_closed() && shutdown_reply.is_none() && self.sessions_idle_and_orphaned() {
-                break;
-            }
             self.flush_transmits();
+            // Count first: an application that sees `Closed` must see the new count.
+            self.sessions
+                .store(self.core.session_count(), Ordering::Relaxed);
             self.flush_events();
-            self.sessions.store(self.core.session_count(), Ordering::Relaxed);
-            if shutdown_reply.is_some() {
+            if shutdown_reply.is_some() || orphaned {
                 break;
             }
         }
@@ -302,13 +325,13 @@ impl Driver {
         }
     }
 
-    /// Every handle was dropped: nobody can command the engine any more.
-    fn sessions_idle_and_orphaned(&self) -> bool {
-        true
-    }
-
     fn flush_transmits(&mut self) {
-        while let Some(Datagram { source, destination, data }) = self.core.poll_transmit() {
+        while let Some(Datagram {
+            source,
+            destination,
+            data,
+        }) = self.core.poll_transmit()
+        {
             let Some(sock) = self.sockets.get(&source) else {
                 debug!(%source, "no socket for transmit source");
                 continue;
@@ -322,7 +345,10 @@ impl Driver {
     fn flush_events(&mut self) {
         while let Some(e) = self.core.poll_event() {
             if self.backlog.len() >= EVENT_BACKLOG_LIMIT && e.is_droppable() {
-                warn!(peer = e.peer_id(), "application not reading events; dropped one");
+                warn!(
+                    peer = e.peer_id(),
+                    "application not reading events; dropped one"
+                );
                 continue;
             }
             self.backlog.push_back(e);

@@ -1,13 +1,16 @@
-//! # Core layer: WebRTC peer connections
+//! # Core layer: WebRTC peer connections on str0m, one engine owning every session.
 //!
-//! One engine owns every viewer session. [`core::PeerCore`] is sans-IO: it holds every str0m
-//! `Rtc`, takes commands, datagrams, frames and time as inputs and yields datagrams to send,
-//! events and its next timeout. [`engine::PeerEngine`] is the thin tokio driver around it: it
-//! owns the UDP sockets (one per bind address, shared by all sessions) and the task.
+//! - [`core`]: the sans-IO [`PeerCore`] holding every session's str0m `Rtc`, the per-session
+//!   fan-out gates/queues ([`kvs_media::fanout`]), held early candidates and timers. Inputs
+//!   carry `now`; outputs (datagrams, events, next timeout) are polled.
+//! - [`engine`]: the tokio driver ([`PeerEngine`], [`PeerHandle`], [`FrameSink`]): UDP sockets
+//!   (one per bind address, shared by all sessions), the engine task, bounded channels.
+//! - [`viewer`]: a Rust viewer peer (sans-IO core + small driver) for tests and benchmarks.
+//! - [`api`]: configuration, commands, events, timings, stats, errors.
 //!
-//! It owns ICE, DTLS, SRTP, RTP packetisation and data channels (through str0m), the per-session
-//! fan-out gates and timing. It must not talk to signaling (the application relays SDP and
-//! candidates as [`PeerCommand`]s and [`PeerEvent`]s) nor open media devices.
+//! This crate owns transport and session state. It must not know about signaling protocols
+//! (SDP and candidates arrive as strings from the application), capture devices or encoders
+//! (frames arrive as [`kvs_platform::EncodedFrame`]s; keyframes are *requested* by event).
 
 pub mod api;
 pub mod candidate;
@@ -19,4 +22,6 @@ pub use api::{
     AudioCodec, Datagram, IceServer, PeerCommand, PeerConfig, PeerError, PeerEvent, SessionStats,
     SessionTiming, VideoCodec,
 };
+pub use core::PeerCore;
 pub use engine::{FrameSink, PeerEngine, PeerHandle};
+pub use viewer::{ReceivedFrame, Viewer, ViewerCore, ViewerEvent, ViewerHandle};

@@ -1,20 +1,15 @@
-//! A Rust WebRTC viewer on str0m: the receiving end of a device's stream, for tests,
-//! benchmarks and tools (a headless "browser").
+//! A Rust viewer peer on str0m, for tests and benchmarks: offers recvonly video + audio and
+//! a data channel, accepts the answer and trickled candidates, and yields received media as
+//! complete frames (H.264 access units in Annex-B, Opus packets) with arrival times.
 //!
-//! It creates the offer a browser viewer would (receive-only video and audio, plus a data
-//! channel), takes the answer and trickled candidates, and yields what arrives: depacketised
-//! H.264 access units (Annex-B) and Opus packets with their arrival times, and data-channel
-//! messages. One UDP socket on one address (loopback by default) and one task.
-//!
-//! Events go through a bounded channel; when the consumer falls behind, *media* events are
-//! dropped (and counted in [`ViewerStats`]) so the task never stalls; other events wait.
+//! [`ViewerCore`] is sans-IO; [`Viewer::start`] is a small tokio driver bound to 127.0.0.1.
 
-use crate::api::PeerError;
+use crate::api::{Datagram, PeerError};
+use crate::candidate::{parse_candidate, ParsedCandidate};
 use bytes::Bytes;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Instant;
+use std::collections::VecDeque;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::channel::ChannelId;
 use str0m::media::{Direction, MediaKind, Mid};
@@ -23,309 +18,408 @@ use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
-/// Events waiting for the consumer.
-const EVENT_QUEUE: usize = 1024;
+const PEER: &str = "viewer";
+const MAX_DATA_QUEUE: usize = 64;
 
-/// What the viewer asks for.
+/// One received media frame.
 #[derive(Debug, Clone)]
-pub struct ViewerConfig {
-    /// Address of the viewer's one UDP socket (its only host candidate).
-    pub bind: IpAddr,
-    pub video: bool,
-    pub audio: bool,
-    /// Label of the data channel the viewer opens, or none.
-    pub data_channel: Option<String>,
-}
-
-impl Default for ViewerConfig {
-    fn default() -> Self {
-        Self {
-            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            video: true,
-            audio: true,
-            data_channel: Some("kvsDataChannel".to_owned()),
-        }
-    }
-}
-
-/// Which track a received frame came on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TrackKind {
-    Video,
-    Audio,
-}
-
-/// One depacketised frame.
-#[derive(Debug, Clone)]
-pub struct ReceivedMedia {
-    pub kind: TrackKind,
-    /// An H.264 access unit in Annex-B form, or one Opus packet.
-    pub data: Arc<[u8]>,
-    /// RTP timestamp (90 kHz video, 48 kHz audio).
+pub struct ReceivedFrame {
+    /// H.264 access unit (Annex-B) or Opus packet.
+    pub data: Bytes,
+    /// RTP time in the codec's clock (90 kHz video, 48 kHz audio).
     pub rtp_time: u64,
-    /// When its first packet arrived.
-    pub arrived: Instant,
+    /// When the first packet of the frame arrived.
+    pub arrival: Instant,
+    /// H.264: the access unit holds an IDR.
+    pub keyframe: bool,
     /// False after a gap in RTP sequence numbers.
     pub contiguous: bool,
 }
 
-/// What happens on the viewer's side.
+/// What the viewer observes.
 #[derive(Debug, Clone)]
 pub enum ViewerEvent {
-    /// ICE and DTLS are up.
     Connected,
-    DataChannelOpen,
-    Media(ReceivedMedia),
+    Video(ReceivedFrame),
+    Audio(ReceivedFrame),
+    ChannelOpen,
     Data { data: Bytes, binary: bool },
-    /// The session ended (remote close, failure or [`Viewer::close`]).
-    Closed { reason: String },
+    Closed,
 }
 
-/// Counters of a viewer.
-#[derive(Debug, Default)]
-pub struct ViewerStats {
-    /// Media events dropped because the consumer was behind.
-    pub media_events_dropped: AtomicU64,
-}
-
-enum Command {
-    Answer(String, oneshot::Sender<Result<(), PeerError>>),
-    Candidate(String, oneshot::Sender<Result<(), PeerError>>),
-    Send(Bytes, bool, oneshot::Sender<Result<(), PeerError>>),
-    Close,
-}
-
-/// A running viewer.
-pub struct Viewer {
-    offer: String,
-    local_candidates: Vec<String>,
-    commands: mpsc::Sender<Command>,
-    events: mpsc::Receiver<ViewerEvent>,
-    stats: Arc<ViewerStats>,
-}
-
-impl Viewer {
-    /// Bind the socket, build the offer and start the task.
-    pub async fn start(config: ViewerConfig) -> Result<Self, PeerError> {
-        let cert = tokio::task::spawn_blocking(crate::engine::generate_certificate)
-            .await
-            .map_err(|_| PeerError::Certificate)??;
-        let socket = UdpSocket::bind(SocketAddr::new(config.bind, 0)).await?;
-        let local = socket.local_addr()?;
-        let mut rtc = RtcConfig::new().set_dtls_cert(cert).build(Instant::now());
-        let candidate = Candidate::host(local, "udp").map_err(|e| PeerError::Rtc {
-            peer_id: "viewer".into(),
-            reason: e.to_string(),
-        })?;
-        let local_candidates = vec![candidate.to_sdp_string()];
-        rtc.add_local_candidate(candidate);
-
-        let mut api = rtc.sdp_api();
-        let video_mid = config.video.then(|| api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None));
-        let audio_mid = config.audio.then(|| api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None));
-        if let Some(label) = &config.data_channel {
-            api.add_channel(label.clone());
-        }
-        let (offer, pending) = api.apply().ok_or_else(|| PeerError::Rtc {
-            peer_id: "viewer".into(),
-            reason: "nothing to offer".into(),
-        })?;
-        let offer_sdp = offer.to_sdp_string();
-
-        let (cmd_tx, cmd_rx) = mpsc::channel(32);
-        let (event_tx, event_rx) = mpsc::channel(EVENT_QUEUE);
-        let stats = Arc::new(ViewerStats::default());
-        let task = ViewerTask {
-            rtc,
-            socket,
-            local,
-            pending: Some(pending),
-            video_mid,
-            audio_mid,
-            channel: None,
-            events: event_tx,
-            stats: stats.clone(),
-        };
-        tokio::spawn(task.run(cmd_rx));
-        Ok(Self { offer: offer_sdp, local_candidates, commands: cmd_tx, events: event_rx, stats })
-    }
-
-    /// The offer to send to the device.
-    pub fn offer_sdp(&self) -> &str {
-        &self.offer
-    }
-
-    /// Our candidates (`candidate:…`), to trickle to the device.
-    pub fn local_candidates(&self) -> &[String] {
-        &self.local_candidates
-    }
-
-    /// Apply the device's answer.
-    pub async fn apply_answer(&self, sdp: impl Into<String>) -> Result<(), PeerError> {
-        self.request(|tx| Command::Answer(sdp.into(), tx)).await
-    }
-
-    /// Add a candidate the device trickled.
-    pub async fn add_remote_candidate(&self, candidate: impl Into<String>) -> Result<(), PeerError> {
-        self.request(|tx| Command::Candidate(candidate.into(), tx)).await
-    }
-
-    /// Send on the data channel (it must be open).
-    pub async fn send_data(&self, data: impl Into<Bytes>, binary: bool) -> Result<(), PeerError> {
-        self.request(|tx| Command::Send(data.into(), binary, tx)).await
-    }
-
-    /// The next event; `None` once the task has ended and every event was read.
-    pub async fn next_event(&mut self) -> Option<ViewerEvent> {
-        self.events.recv().await
-    }
-
-    pub fn stats(&self) -> &ViewerStats {
-        &self.stats
-    }
-
-    /// Close the session.
-    pub async fn close(self) {
-        let _ = self.commands.send(Command::Close).await;
-    }
-
-    async fn request(
-        &self,
-        make: impl FnOnce(oneshot::Sender<Result<(), PeerError>>) -> Command,
-    ) -> Result<(), PeerError> {
-        let (tx, rx) = oneshot::channel();
-        self.commands.send(make(tx)).await.map_err(|_| PeerError::EngineStopped)?;
-        rx.await.map_err(|_| PeerError::EngineStopped)?
-    }
-}
-
-fn viewer_error(reason: impl ToString) -> PeerError {
-    PeerError::Rtc { peer_id: "viewer".into(), reason: reason.to_string() }
-}
-
-struct ViewerTask {
+/// The sans-IO viewer.
+pub struct ViewerCore {
     rtc: Rtc,
-    socket: UdpSocket,
     local: SocketAddr,
     pending: Option<SdpPendingOffer>,
     video_mid: Option<Mid>,
     audio_mid: Option<Mid>,
     channel: Option<ChannelId>,
-    events: mpsc::Sender<ViewerEvent>,
-    stats: Arc<ViewerStats>,
+    data_out: VecDeque<(Bytes, bool)>,
+    transmits: VecDeque<Datagram>,
+    events: VecDeque<ViewerEvent>,
+    next_timeout: Instant,
+    closed_reported: bool,
 }
 
-impl ViewerTask {
-    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
-        let mut buf = vec![0u8; 2048];
-        let reason = loop {
-            let timeout = match self.drain().await {
-                Ok(t) => t,
-                Err(reason) => break reason,
-            };
-            if !self.rtc.is_alive() {
-                break "session closed by the remote peer".to_owned();
-            }
-            tokio::select! {
-                cmd = commands.recv() => match cmd {
-                    Some(Command::Answer(sdp, reply)) => { let r = self.apply_answer(&sdp); let _ = reply.send(r); }
-                    Some(Command::Candidate(c, reply)) => { let r = self.add_candidate(&c); let _ = reply.send(r); }
-                    Some(Command::Send(data, binary, reply)) => { let r = self.send(&data, binary); let _ = reply.send(r); }
-                    Some(Command::Close) | None => {
-                        self.rtc.disconnect();
-                        let _ = self.drain().await;
-                        break "closed by the viewer".to_owned();
-                    }
-                },
-                received = self.socket.recv_from(&mut buf) => {
-                    let Ok((n, source)) = received else { continue };
-                    let Ok(contents) = buf[..n].try_into() else { continue };
-                    let input = Input::Receive(Instant::now(), Receive { proto: Protocol::Udp, source, destination: self.local, contents });
-                    if let Err(e) = self.rtc.handle_input(input) {
-                        break format!("input rejected: {e}");
-                    }
-                }
-                _ = tokio::time::sleep_until(timeout.into()) => {
-                    if let Err(e) = self.rtc.handle_input(Input::Timeout(Instant::now())) {
-                        break format!("timeout handling failed: {e}");
-                    }
-                }
-            }
-        };
-        let _ = self.events.send(ViewerEvent::Closed { reason }).await;
-    }
-
-    /// Drain str0m's output until it asks for a timeout.
-    async fn drain(&mut self) -> Result<Instant, String> {
-        loop {
-            match self.rtc.poll_output() {
-                Ok(Output::Timeout(t)) => return Ok(t),
-                Ok(Output::Transmit(t)) => {
-                    let _ = self.socket.try_send_to(&t.contents, t.destination);
-                }
-                Ok(Output::Event(e)) => self.on_event(e).await,
-                Err(e) => return Err(format!("poll failed: {e}")),
-            }
+impl ViewerCore {
+    /// A viewer whose one host candidate is `local`.
+    pub fn new(now: Instant, local: SocketAddr, cert: Option<str0m::config::DtlsCert>) -> Self {
+        let mut config = RtcConfig::new()
+            .clear_codecs()
+            .enable_h264(true)
+            .enable_opus(true, false);
+        if let Some(cert) = cert {
+            config = config.set_dtls_cert(cert);
+        }
+        let mut rtc = config.build(now);
+        if let Ok(c) = Candidate::host(local, "udp") {
+            rtc.add_local_candidate(c);
+        }
+        Self {
+            rtc,
+            local,
+            pending: None,
+            video_mid: None,
+            audio_mid: None,
+            channel: None,
+            data_out: VecDeque::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            next_timeout: now,
+            closed_reported: false,
         }
     }
 
-    async fn on_event(&mut self, event: Event) {
-        let out = match event {
-            Event::Connected => ViewerEvent::Connected,
-            Event::ChannelOpen(id, _) => {
-                self.channel = Some(id);
-                ViewerEvent::DataChannelOpen
+    /// Our host candidate line (`candidate:...`).
+    pub fn local_candidate(&self) -> String {
+        Candidate::host(self.local, "udp")
+            .map(|c| c.to_sdp_string())
+            .unwrap_or_default()
+    }
+
+    /// Create the offer: recvonly video and audio, one data channel.
+    pub fn create_offer(&mut self, now: Instant) -> Result<String, PeerError> {
+        let mut api = self.rtc.sdp_api();
+        self.video_mid =
+            Some(api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None));
+        self.audio_mid =
+            Some(api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None));
+        api.add_channel("kvsDataChannel".to_string());
+        let (offer, pending) = api.apply().ok_or_else(|| rtc_err("nothing to offer"))?;
+        self.pending = Some(pending);
+        self.service(now);
+        Ok(offer.to_sdp_string())
+    }
+
+    pub fn accept_answer(&mut self, now: Instant, sdp: &str) -> Result<(), PeerError> {
+        let answer = SdpAnswer::from_sdp_string(sdp).map_err(|e| PeerError::InvalidSdp {
+            peer_id: PEER.into(),
+            reason: e.to_string(),
+        })?;
+        let pending = self
+            .pending
+            .take()
+            .ok_or_else(|| PeerError::NoPendingOffer(PEER.into()))?;
+        self.rtc
+            .sdp_api()
+            .accept_answer(pending, answer)
+            .map_err(|e| rtc_err(&e.to_string()))?;
+        self.service(now);
+        Ok(())
+    }
+
+    pub fn add_remote_candidate(&mut self, now: Instant, candidate: &str) -> Result<(), PeerError> {
+        match parse_candidate(candidate) {
+            Ok(ParsedCandidate::Candidate(c)) => self.rtc.add_remote_candidate(c),
+            Ok(ParsedCandidate::Ignored(_)) => {}
+            Err(reason) => {
+                return Err(PeerError::InvalidCandidate {
+                    peer_id: PEER.into(),
+                    reason,
+                })
             }
-            Event::ChannelData(d) => ViewerEvent::Data { data: Bytes::from(d.data), binary: d.binary },
-            Event::MediaData(d) => {
-                let kind = if Some(d.mid) == self.video_mid {
-                    TrackKind::Video
-                } else if Some(d.mid) == self.audio_mid {
-                    TrackKind::Audio
-                } else {
+        }
+        self.service(now);
+        Ok(())
+    }
+
+    /// Send a data channel message (queued until the channel opens).
+    pub fn send_data(&mut self, now: Instant, data: Bytes, binary: bool) -> Result<(), PeerError> {
+        if self.data_out.len() >= MAX_DATA_QUEUE {
+            return Err(PeerError::DataQueueFull(PEER.into()));
+        }
+        self.data_out.push_back((data, binary));
+        self.service(now);
+        Ok(())
+    }
+
+    pub fn handle_datagram(&mut self, now: Instant, source: SocketAddr, data: &[u8]) {
+        let Ok(contents) = data.try_into() else {
+            return;
+        };
+        let input = Input::Receive(
+            now,
+            Receive {
+                proto: Protocol::Udp,
+                source,
+                destination: self.local,
+                contents,
+            },
+        );
+        if self.rtc.accepts(&input) && self.rtc.handle_input(input).is_err() {
+            self.rtc.disconnect();
+        }
+        self.service(now);
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.rtc.is_alive()
+            && now >= self.next_timeout
+            && self.rtc.handle_input(Input::Timeout(now)).is_err()
+        {
+            self.rtc.disconnect();
+        }
+        self.service(now);
+    }
+
+    pub fn close(&mut self, now: Instant) {
+        let _ = self.rtc.close();
+        self.service(now);
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.rtc.is_alive()
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Datagram> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<ViewerEvent> {
+        self.events.pop_front()
+    }
+
+    pub fn poll_timeout(&self, now: Instant) -> Instant {
+        self.next_timeout.clamp(now, now + Duration::from_secs(1))
+    }
+
+    fn service(&mut self, _now: Instant) {
+        for _ in 0..4 {
+            self.flush_data();
+            let mut again = false;
+            loop {
+                if !self.rtc.is_alive() {
+                    if !self.closed_reported {
+                        self.closed_reported = true;
+                        self.events.push_back(ViewerEvent::Closed);
+                    }
                     return;
-                };
-                let media = ReceivedMedia {
-                    kind,
-                    data: d.data,
-                    rtp_time: d.time.numer() as u64,
-                    arrived: d.network_time,
-                    contiguous: d.contiguous,
-                };
-                if self.events.try_send(ViewerEvent::Media(media)).is_err() {
-                    self.stats.media_events_dropped.fetch_add(1, Ordering::Relaxed);
                 }
+                match self.rtc.poll_output() {
+                    Ok(Output::Timeout(t)) => {
+                        self.next_timeout = t;
+                        break;
+                    }
+                    Ok(Output::Transmit(t)) => self.transmits.push_back(Datagram {
+                        source: t.source,
+                        destination: t.destination,
+                        data: t.contents.to_vec(),
+                    }),
+                    Ok(Output::Event(e)) => again |= self.on_event(e),
+                    Err(_) => {
+                        self.rtc.disconnect();
+                    }
+                }
+            }
+            if !again {
                 return;
             }
-            _ => return,
-        };
-        let _ = self.events.send(out).await;
-    }
-
-    fn apply_answer(&mut self, sdp: &str) -> Result<(), PeerError> {
-        let answer = SdpAnswer::from_sdp_string(sdp).map_err(|e| viewer_error(e))?;
-        let pending = self.pending.take().ok_or_else(|| viewer_error("no offer pending"))?;
-        self.rtc.sdp_api().accept_answer(pending, answer).map_err(|e| viewer_error(e))
-    }
-
-    fn add_candidate(&mut self, candidate: &str) -> Result<(), PeerError> {
-        match crate::candidate::parse_candidate(candidate) {
-            Ok(crate::candidate::ParsedCandidate::Candidate(c)) => {
-                self.rtc.add_remote_candidate(c);
-                Ok(())
-            }
-            Ok(crate::candidate::ParsedCandidate::Ignored(_)) => Ok(()),
-            Err(reason) => Err(PeerError::InvalidCandidate { peer_id: "viewer".into(), reason }),
         }
     }
 
-    fn send(&mut self, data: &[u8], binary: bool) -> Result<(), PeerError> {
-        let id = self.channel.ok_or_else(|| viewer_error("data channel not open"))?;
-        let mut channel = self.rtc.channel(id).ok_or_else(|| viewer_error("data channel gone"))?;
-        match channel.write(binary, data) {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(PeerError::DataQueueFull("viewer".into())),
-            Err(e) => Err(viewer_error(e)),
+    fn on_event(&mut self, e: Event) -> bool {
+        match e {
+            Event::Connected => self.events.push_back(ViewerEvent::Connected),
+            Event::MediaData(d) => {
+                let frame = ReceivedFrame {
+                    keyframe: d.is_keyframe(),
+                    data: Bytes::copy_from_slice(&d.data),
+                    rtp_time: d.time.numer(),
+                    arrival: d.network_time,
+                    contiguous: d.contiguous,
+                };
+                if Some(d.mid) == self.video_mid {
+                    self.events.push_back(ViewerEvent::Video(frame));
+                } else if Some(d.mid) == self.audio_mid {
+                    self.events.push_back(ViewerEvent::Audio(frame));
+                }
+            }
+            Event::ChannelOpen(id, _) => {
+                self.channel = Some(id);
+                self.events.push_back(ViewerEvent::ChannelOpen);
+                return true;
+            }
+            Event::ChannelData(d) => self.events.push_back(ViewerEvent::Data {
+                data: Bytes::from(d.data),
+                binary: d.binary,
+            }),
+            Event::ChannelBufferedAmountLow(_) => return true,
+            _ => {}
+        }
+        false
+    }
+
+    fn flush_data(&mut self) {
+        let Some(id) = self.channel else { return };
+        while let Some((data, binary)) = self.data_out.front() {
+            let Some(mut ch) = self.rtc.channel(id) else {
+                return;
+            };
+            match ch.write(*binary, data) {
+                Ok(true) => {
+                    self.data_out.pop_front();
+                }
+                Ok(false) => {
+                    ch.set_buffered_amount_low_threshold(32 * 1024);
+                    return;
+                }
+                Err(_) => {
+                    self.data_out.pop_front();
+                }
+            }
+        }
+    }
+}
+
+fn rtc_err(reason: &str) -> PeerError {
+    PeerError::Rtc {
+        peer_id: PEER.into(),
+        reason: reason.to_string(),
+    }
+}
+
+enum ViewerMsg {
+    CreateOffer(oneshot::Sender<Result<String, PeerError>>),
+    Answer(String, oneshot::Sender<Result<(), PeerError>>),
+    Candidate(String, oneshot::Sender<Result<(), PeerError>>),
+    Send(Bytes, bool, oneshot::Sender<Result<(), PeerError>>),
+    Close(oneshot::Sender<()>),
+}
+
+/// Handle on a running viewer.
+#[derive(Clone)]
+pub struct ViewerHandle {
+    tx: mpsc::Sender<ViewerMsg>,
+    local_candidate: String,
+}
+
+/// Starts viewers.
+pub struct Viewer;
+
+impl Viewer {
+    /// Bind 127.0.0.1 and start the viewer task. Events are delivered through a bounded
+    /// channel; the viewer waits (does not drop) when it is full.
+    pub async fn start() -> Result<(ViewerHandle, mpsc::Receiver<ViewerEvent>), PeerError> {
+        let cert = tokio::task::spawn_blocking(crate::engine::generate_certificate)
+            .await
+            .map_err(|_| PeerError::Certificate)??;
+        let sock = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let local = sock.local_addr()?;
+        let mut core = ViewerCore::new(Instant::now(), local, Some(cert));
+        let local_candidate = core.local_candidate();
+        let (tx, mut rx) = mpsc::channel::<ViewerMsg>(16);
+        let (ev_tx, ev_rx) = mpsc::channel(4096);
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            loop {
+                let deadline = core.poll_timeout(Instant::now());
+                tokio::select! {
+                    msg = rx.recv() => {
+                        let now = Instant::now();
+                        match msg {
+                            Some(ViewerMsg::CreateOffer(r)) => { let _ = r.send(core.create_offer(now)); }
+                            Some(ViewerMsg::Answer(s, r)) => { let _ = r.send(core.accept_answer(now, &s)); }
+                            Some(ViewerMsg::Candidate(s, r)) => { let _ = r.send(core.add_remote_candidate(now, &s)); }
+                            Some(ViewerMsg::Send(d, b, r)) => { let _ = r.send(core.send_data(now, d, b)); }
+                            Some(ViewerMsg::Close(r)) => {
+                                core.close(now);
+                                flush(&sock, &mut core);
+                                let _ = r.send(());
+                                return;
+                            }
+                            None => return,
+                        }
+                    }
+                    res = sock.recv_from(&mut buf) => {
+                        if let Ok((n, src)) = res {
+                            core.handle_datagram(Instant::now(), src, &buf[..n]);
+                        }
+                    }
+                    _ = tokio::time::sleep_until(deadline.into()) => core.handle_timeout(Instant::now()),
+                }
+                flush(&sock, &mut core);
+                while let Some(e) = core.poll_event() {
+                    if ev_tx.send(e).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok((
+            ViewerHandle {
+                tx,
+                local_candidate,
+            },
+            ev_rx,
+        ))
+    }
+}
+
+fn flush(sock: &UdpSocket, core: &mut ViewerCore) {
+    while let Some(d) = core.poll_transmit() {
+        let _ = sock.try_send_to(&d.data, d.destination);
+    }
+}
+
+impl ViewerHandle {
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, PeerError>>) -> ViewerMsg,
+    ) -> Result<T, PeerError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(make(tx))
+            .await
+            .map_err(|_| PeerError::EngineStopped)?;
+        rx.await.map_err(|_| PeerError::EngineStopped)?
+    }
+
+    pub async fn create_offer(&self) -> Result<String, PeerError> {
+        self.call(ViewerMsg::CreateOffer).await
+    }
+
+    pub async fn accept_answer(&self, sdp: String) -> Result<(), PeerError> {
+        self.call(|r| ViewerMsg::Answer(sdp, r)).await
+    }
+
+    pub async fn add_candidate(&self, candidate: String) -> Result<(), PeerError> {
+        self.call(|r| ViewerMsg::Candidate(candidate, r)).await
+    }
+
+    pub async fn send_data(&self, data: Bytes, binary: bool) -> Result<(), PeerError> {
+        self.call(|r| ViewerMsg::Send(data, binary, r)).await
+    }
+
+    /// The viewer's host candidate, to trickle to the device.
+    pub fn local_candidate(&self) -> &str {
+        &self.local_candidate
+    }
+
+    pub async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(ViewerMsg::Close(tx)).await.is_ok() {
+            let _ = rx.await;
         }
     }
 }
