@@ -5,6 +5,8 @@
 #   3. the release build of the program the browser tests run
 #   4. every Rust test in the workspace
 #   5. the browser tests: real headless Chromium viewing the real program
+#   6. the fuzz targets still build
+#   7. lint: rustfmt and clippy with warnings as errors
 # Stops at the first failure and says which step failed; prints a summary either way.
 #
 # Usage: bash scripts/test.sh          (what .ci/run and the README call)
@@ -131,11 +133,24 @@ browser_tests() {
   node --test --test-concurrency=1 tests/browser/
 }
 
-step "1/5 system packages" install_system_packages
-step "2/5 npm ci (tests/browser)" npm_install
-step "3/5 cargo build --release -p kvs-webrtc" build_release
-step "4/5 cargo test --workspace" rust_tests
-step "5/5 browser tests (node --test tests/browser/)" browser_tests
+fuzz_build() {
+  # The fuzz crate is its own workspace (libFuzzer instrumentation); checking it keeps every
+  # target compiling. Running them is described in docs/TESTING.md.
+  (cd fuzz && CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}/fuzz" cargo check --bins)
+}
+
+lint() {
+  cargo fmt --all -- --check
+  cargo clippy --workspace --all-targets -- -D warnings
+}
+
+step "1/7 system packages" install_system_packages
+step "2/7 npm ci (tests/browser)" npm_install
+step "3/7 cargo build --release -p kvs-webrtc" build_release
+step "4/7 cargo test --workspace" rust_tests
+step "5/7 browser tests (node --test tests/browser/)" browser_tests
+step "6/7 fuzz targets build (cargo check in fuzz/)" fuzz_build
+step "7/7 lint (cargo fmt --check, clippy -D warnings)" lint
 
 trap - ERR
 summary "all steps succeeded"
