@@ -37,7 +37,11 @@ pub struct EncodedFrame {
 impl EncodedFrame {
     /// A frame of `kind` at `timestamp_us`.
     pub fn new(data: impl Into<Bytes>, timestamp_us: u64, kind: FrameKind) -> Self {
-        Self { data: data.into(), timestamp_us, kind }
+        Self {
+            data: data.into(),
+            timestamp_us,
+            kind,
+        }
     }
 
     /// True for frames a decoder can start from.

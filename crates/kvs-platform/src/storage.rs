@@ -10,7 +10,9 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     /// Keys are restricted so they can be file names on any host.
-    #[error("invalid storage key {0:?}: use 1-64 characters of [A-Za-z0-9._-], not starting with '.'")]
+    #[error(
+        "invalid storage key {0:?}: use 1-64 characters of [A-Za-z0-9._-], not starting with '.'"
+    )]
     InvalidKey(String),
     #[error("storage I/O error for key {key:?}: {source}")]
     Io { key: String, source: io::Error },
@@ -61,14 +63,20 @@ impl Storage for DirStorage {
         match fs::read(path) {
             Ok(v) => Ok(Some(v)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(StorageError::Io { key: key.into(), source }),
+            Err(source) => Err(StorageError::Io {
+                key: key.into(),
+                source,
+            }),
         }
     }
 
     fn put(&self, key: &str, value: &[u8]) -> Result<(), StorageError> {
         let path = self.path(key)?;
         let tmp = self.dir.join(format!(".{key}.tmp"));
-        let io = |source| StorageError::Io { key: key.into(), source };
+        let io = |source| StorageError::Io {
+            key: key.into(),
+            source,
+        };
         fs::write(&tmp, value).map_err(io)?;
         fs::rename(&tmp, &path).map_err(io)
     }
@@ -78,7 +86,10 @@ impl Storage for DirStorage {
         match fs::remove_file(path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(StorageError::Io { key: key.into(), source }),
+            Err(source) => Err(StorageError::Io {
+                key: key.into(),
+                source,
+            }),
         }
     }
 }
@@ -99,7 +110,10 @@ mod tests {
         s.remove("cert.pem").unwrap();
         s.remove("cert.pem").unwrap();
         assert_eq!(s.get("cert.pem").unwrap(), None);
-        assert!(matches!(s.get("../etc/passwd"), Err(StorageError::InvalidKey(_))));
+        assert!(matches!(
+            s.get("../etc/passwd"),
+            Err(StorageError::InvalidKey(_))
+        ));
         assert!(matches!(s.put("", b""), Err(StorageError::InvalidKey(_))));
         fs::remove_dir_all(dir).unwrap();
     }
