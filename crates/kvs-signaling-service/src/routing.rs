@@ -49,7 +49,10 @@ pub struct ChannelInfo {
     /// `arn:aws:kinesisvideo:<region>:<account>:channel/<name>/<13-digit creation ms>`.
     pub arn: String,
     pub created_at: SystemTime,
+    /// How long undelivered messages for this channel are kept (MessageTtlSeconds, 5–120 s).
     pub message_ttl: Duration,
+    /// Opaque version string; DeleteSignalingChannel may require it (`CurrentVersion`).
+    pub version: String,
 }
 
 /// Why a channel cannot be created.
@@ -59,7 +62,16 @@ pub enum ChannelError {
     InvalidName(&'static str),
     #[error("channel `{}` already exists", .0.name)]
     AlreadyExists(Box<ChannelInfo>),
+    #[error("no channel with ARN `{0}`")]
+    NotFound(String),
+    #[error("the channel's version is `{current}`, not `{given}`")]
+    VersionMismatch { current: String, given: String },
+    #[error("MessageTtlSeconds must be between 5 and 120")]
+    InvalidTtl,
 }
+
+/// The range KVS accepts for `MessageTtlSeconds`.
+pub const MESSAGE_TTL_RANGE: std::ops::RangeInclusive<u64> = 5..=120;
 
 /// Why a connection is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -155,13 +167,28 @@ impl RoutingCore {
         &self.config
     }
 
-    /// Creates a channel; `now` becomes its creation time (and the ARN's 13-digit suffix).
+    /// Creates a channel with the service's default message TTL; `now` becomes its creation
+    /// time (and the ARN's 13-digit suffix).
     pub fn create_channel(
         &mut self,
         name: &str,
         now: SystemTime,
     ) -> Result<ChannelInfo, ChannelError> {
+        let ttl = self.config.message_ttl;
+        self.create_channel_with_ttl(name, ttl, now)
+    }
+
+    /// Creates a channel whose undelivered messages are kept for `message_ttl` (5–120 s).
+    pub fn create_channel_with_ttl(
+        &mut self,
+        name: &str,
+        message_ttl: Duration,
+        now: SystemTime,
+    ) -> Result<ChannelInfo, ChannelError> {
         validate_channel_name(name)?;
+        if !MESSAGE_TTL_RANGE.contains(&message_ttl.as_secs()) || message_ttl.subsec_nanos() != 0 {
+            return Err(ChannelError::InvalidTtl);
+        }
         if let Some(existing) = self.channel_by_name(name) {
             return Err(ChannelError::AlreadyExists(Box::new(existing)));
         }
@@ -176,23 +203,78 @@ impl RoutingCore {
         );
         let info = ChannelInfo {
             name: name.to_string(),
-            arn: arn.clone(),
-            created_at: now,
-            message_ttl: self.config.message_ttl,
-        };
-        self.arn_by_name.insert(name.to_string(), arn.clone());
-        self.channels.insert(
             arn,
+            created_at: now,
+            message_ttl,
+            version: channel_version(now, self.next_id),
+        };
+        self.insert_channel(info.clone());
+        info!(channel = %info.name, arn = %info.arn, "signaling channel created");
+        Ok(info)
+    }
+
+    /// Puts back a channel known from before (persisted across restarts). Replaces a channel
+    /// of the same name.
+    pub fn restore_channel(&mut self, info: ChannelInfo) -> Result<(), ChannelError> {
+        validate_channel_name(&info.name)?;
+        if let Some(old) = self.arn_by_name.get(&info.name).cloned() {
+            self.delete_channel(&old, None)?;
+        }
+        self.insert_channel(info);
+        Ok(())
+    }
+
+    fn insert_channel(&mut self, info: ChannelInfo) {
+        self.arn_by_name.insert(info.name.clone(), info.arn.clone());
+        self.channels.insert(
+            info.arn.clone(),
             Channel {
-                info: info.clone(),
+                info,
                 master: None,
                 viewers: HashMap::new(),
                 pending: HashMap::new(),
                 known_viewers: HashMap::new(),
             },
         );
-        info!(channel = %info.name, arn = %info.arn, "signaling channel created");
-        Ok(info)
+    }
+
+    /// Deletes a channel, closing its connections. With `current_version`, the channel's
+    /// version must match.
+    pub fn delete_channel(
+        &mut self,
+        arn: &str,
+        current_version: Option<&str>,
+    ) -> Result<ChannelInfo, ChannelError> {
+        let channel = self
+            .channels
+            .get(arn)
+            .ok_or_else(|| ChannelError::NotFound(arn.to_string()))?;
+        if let Some(given) = current_version {
+            if given != channel.info.version {
+                return Err(ChannelError::VersionMismatch {
+                    current: channel.info.version.clone(),
+                    given: given.to_string(),
+                });
+            }
+        }
+        let channel = self.channels.remove(arn).expect("checked above");
+        self.arn_by_name.remove(&channel.info.name);
+        let mut conns: Vec<ConnectionId> = self
+            .connections
+            .iter()
+            .filter(|(_, (a, _))| a == arn)
+            .map(|(c, _)| *c)
+            .collect();
+        conns.sort();
+        for conn in conns {
+            self.connections.remove(&conn);
+            self.outputs.push_back(Output::Close {
+                conn,
+                reason: "channel deleted".into(),
+            });
+        }
+        info!(channel = %channel.info.name, arn, "signaling channel deleted");
+        Ok(channel.info)
     }
 
     pub fn channel_by_name(&self, name: &str) -> Option<ChannelInfo> {
@@ -381,6 +463,7 @@ impl RoutingCore {
         let Some(channel) = self.channels.get_mut(&arn) else {
             return;
         };
+        let ttl = channel.info.message_ttl;
         let live = match &to {
             Endpoint::Master => channel.master,
             Endpoint::Viewer(id) => channel.viewers.get(id).copied(),
@@ -417,7 +500,7 @@ impl RoutingCore {
         }
         debug!(?to, action = ?frame.action, "recipient not connected; message stored");
         queue.push_back(Pending {
-            expires: now + self.config.message_ttl,
+            expires: now + ttl,
             sender,
             text,
         });
@@ -457,8 +540,8 @@ impl RoutingCore {
 
     /// Drops expired stored messages and forgets viewers not seen within the TTL.
     pub fn purge(&mut self, now: Instant) {
-        let ttl = self.config.message_ttl;
         for channel in self.channels.values_mut() {
+            let ttl = channel.info.message_ttl;
             channel.pending.retain(|_, q| {
                 q.retain(|p| p.expires > now);
                 !q.is_empty()
@@ -504,6 +587,12 @@ impl RoutingCore {
 }
 
 /// Marks a viewer as seen now, keeping the set bounded (oldest forgotten first).
+/// A version string that changes with every channel created (time and a counter).
+fn channel_version(now: SystemTime, counter: u64) -> String {
+    let micros = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_micros();
+    format!("{:x}{:04x}", micros, counter & 0xffff)
+}
+
 fn remember_viewer(channel: &mut Channel, id: &str, now: Instant, max_viewers: usize) {
     channel.known_viewers.insert(id.to_string(), now);
     let cap = max_viewers.saturating_mul(8).max(16);

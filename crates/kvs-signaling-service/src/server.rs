@@ -4,9 +4,12 @@
 //! refusal), running one task per connection that feeds received frames to the core and sends
 //! what the core outputs, idle timeouts, and serving the router.
 //!
+//! Also: the REST control plane's HTTP side (body limit, CORS, request ids, rest-json error
+//! responses) around the sans-IO [`crate::control`] core, SigV4 verification (via
+//! `kvs_aws::Verifier`) of every REST call and every WebSocket connect when access keys are
+//! configured, and saving the channel list after changes.
+//!
 //! Must not touch: routing decisions (the core makes them) or the wire format (the codec).
-//! Not here yet (issue #3): the REST control plane, SigV4 verification of the presigned
-//! query, TLS — the router is built so those routes and layers can be added.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -17,19 +20,23 @@ use std::time::{Instant, SystemTime};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::any;
+use axum::routing::{any, post};
 use axum::{Json, Router};
+use kvs_aws::{IncomingRequest, StaticKeys, Verifier, VerifierConfig};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use crate::control::{self, ControlContext, ControlResponse, Endpoints, Operation};
 use crate::routing::{
     ChannelError, ChannelInfo, ConnectError, ConnectRole, ConnectionId, Output, RoutingCore,
 };
+use crate::store::{ChannelStore, StoreError};
 use crate::ServiceConfig;
 
 /// What the core asks a connection task to do.
@@ -49,6 +56,15 @@ struct Shared {
 pub struct ServiceState {
     shared: Arc<Mutex<Shared>>,
     config: Arc<ServiceConfig>,
+    auth: Option<Arc<Auth>>,
+    store: Option<ChannelStore>,
+    /// Whether clients reach us over TLS (endpoints are then `wss://` / `https://`).
+    tls: Arc<std::sync::atomic::AtomicBool>,
+}
+
+struct Auth {
+    verifier: Verifier,
+    keys: StaticKeys,
 }
 
 impl std::fmt::Debug for ServiceState {
@@ -60,13 +76,68 @@ impl std::fmt::Debug for ServiceState {
 }
 
 impl ServiceState {
+    /// A service with no channels. `config.state_dir` is not read (see [`ServiceState::open`]).
     pub fn new(config: ServiceConfig) -> Self {
+        let auth = (!config.access_keys.is_empty()).then(|| {
+            let mut keys = StaticKeys::new();
+            for k in &config.access_keys {
+                keys.insert(
+                    k.access_key_id.clone(),
+                    k.secret_access_key.clone(),
+                    k.session_token.iter().cloned().collect(),
+                );
+            }
+            Arc::new(Auth {
+                verifier: Verifier::new(VerifierConfig {
+                    max_skew: config.max_clock_skew,
+                    service: Some("kinesisvideo".into()),
+                    region: Some(config.region.clone()),
+                }),
+                keys,
+            })
+        });
         ServiceState {
             shared: Arc::new(Mutex::new(Shared {
                 core: RoutingCore::new(config.clone()),
                 senders: HashMap::new(),
             })),
             config: Arc::new(config),
+            auth,
+            store: None,
+            tls: Arc::default(),
+        }
+    }
+
+    /// A service that keeps its channels in `config.state_dir` (when set): the saved channels
+    /// are loaded now and the list is saved after every create and delete.
+    pub fn open(config: ServiceConfig) -> Result<Self, StoreError> {
+        let store = config.state_dir.as_deref().map(ChannelStore::new);
+        let mut state = ServiceState::new(config);
+        if let Some(store) = store {
+            let channels = store.load()?;
+            let mut shared = state.lock();
+            for info in channels {
+                if let Err(e) = shared.core.restore_channel(info.clone()) {
+                    warn!(channel = %info.name, error = %e, "skipping a saved channel");
+                }
+            }
+            info!(path = %store.path().display(), count = shared.core.channels().len(), "channels loaded");
+            drop(shared);
+            state.store = Some(store);
+        }
+        Ok(state)
+    }
+
+    /// Marks the service as reached over TLS: endpoints handed out become `wss://`/`https://`.
+    pub fn set_tls(&self, tls: bool) {
+        self.tls.store(tls, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn save_channels(&self, channels: &[ChannelInfo]) {
+        if let Some(store) = &self.store {
+            if let Err(e) = store.save(channels) {
+                warn!(error = %e, "cannot save the channel list; it will be lost on restart");
+            }
         }
     }
 
@@ -82,7 +153,12 @@ impl ServiceState {
 
     /// Creates a channel (error if the name is invalid or taken).
     pub fn create_channel(&self, name: &str) -> Result<ChannelInfo, ChannelError> {
-        self.lock().core.create_channel(name, SystemTime::now())
+        let mut shared = self.lock();
+        let info = shared.core.create_channel(name, SystemTime::now())?;
+        let all = shared.core.channels();
+        drop(shared);
+        self.save_channels(&all);
+        Ok(info)
     }
 
     /// Returns the channel of that name, creating it if needed.
@@ -190,9 +266,151 @@ impl Drop for ConnGuard {
     }
 }
 
-/// The service's router: the WebSocket data plane at `/`. Merge further routes into it.
+/// The service's router: the WebSocket data plane at `/` and the REST control plane at its
+/// operation paths, with CORS for browser callers. Merge further routes into it.
 pub fn router(state: ServiceState) -> Router {
-    Router::new().route("/", any(data_plane)).with_state(state)
+    let mut app = Router::new().route("/", any(data_plane));
+    for path in Operation::PATHS {
+        app = app.route(path, post(control_plane).options(preflight));
+    }
+    app.layer(DefaultBodyLimit::max(control::MAX_CONTROL_BODY_BYTES))
+        .layer(axum::middleware::map_response(add_cors_headers))
+        .with_state(state)
+}
+
+/// CORS: any origin may call (requests are authenticated by signature, not by origin).
+async fn add_cors_headers(mut response: Response) -> Response {
+    let h = response.headers_mut();
+    h.insert("access-control-allow-origin", HeaderValue::from_static("*"));
+    h.insert(
+        "access-control-expose-headers",
+        HeaderValue::from_static("x-amzn-ErrorType, x-amzn-RequestId, Date"),
+    );
+    response
+}
+
+async fn preflight() -> Response {
+    (
+        StatusCode::OK,
+        [
+            ("access-control-allow-methods", "POST, GET, OPTIONS"),
+            ("access-control-allow-headers", "*"),
+            ("access-control-max-age", "86400"),
+        ],
+    )
+        .into_response()
+}
+
+/// A request id in the shape AWS uses (a random UUID).
+fn request_id() -> String {
+    let v: u128 = rand::random();
+    let h = format!("{v:032x}");
+    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+}
+
+fn control_response(r: ControlResponse) -> Response {
+    let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = (status, Json(r.body)).into_response();
+    let h = response.headers_mut();
+    if let Some(t) = r.error_type {
+        h.insert("x-amzn-ErrorType", HeaderValue::from_static(t));
+    }
+    if let Ok(v) = HeaderValue::from_str(&request_id()) {
+        h.insert("x-amzn-RequestId", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(SystemTime::now())) {
+        h.insert("date", v);
+    }
+    response
+}
+
+/// Checks the request's SigV4 signature when access keys are configured.
+fn authenticate(
+    state: &ServiceState,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(), ControlResponse> {
+    let Some(auth) = &state.auth else {
+        return Ok(());
+    };
+    let mut pairs: Vec<(&str, &str)> = Vec::with_capacity(headers.len());
+    for (name, value) in headers {
+        let Ok(value) = value.to_str() else {
+            return Err(ControlResponse::error(
+                400,
+                "InvalidArgumentException",
+                format!("header {name} is not valid text"),
+            ));
+        };
+        pairs.push((name.as_str(), value));
+    }
+    let req = IncomingRequest {
+        method: method.as_str(),
+        path: uri.path(),
+        query: uri.query().unwrap_or(""),
+        headers: &pairs,
+        body,
+    };
+    auth.verifier
+        .verify(&req, &auth.keys, SystemTime::now())
+        .map(|_| ())
+        .map_err(|e| {
+            debug!(error = ?e, "SigV4 verification failed");
+            ControlResponse::error(e.http_status(), e.error_code(), e.to_string())
+        })
+}
+
+/// Where clients reach us, from the `Host` they used.
+fn endpoints(state: &ServiceState, headers: &HeaderMap) -> Endpoints {
+    let host = headers
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty() && h.len() <= 255)
+        .unwrap_or("localhost");
+    let tls = state.tls.load(std::sync::atomic::Ordering::Relaxed);
+    let (ws, http) = if tls { ("wss", "https") } else { ("ws", "http") };
+    Endpoints {
+        wss: format!("{ws}://{host}"),
+        https: format!("{http}://{host}"),
+    }
+}
+
+async fn control_plane(
+    State(state): State<ServiceState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(op) = Operation::from_path(uri.path()) else {
+        return control_response(ControlResponse::error(
+            404,
+            "UnknownOperationException",
+            "unknown operation",
+        ));
+    };
+    if let Err(e) = authenticate(&state, &method, &uri, &headers, &body) {
+        return control_response(e);
+    }
+    let endpoints = endpoints(&state, &headers);
+    let ctx = ControlContext {
+        now: SystemTime::now(),
+        endpoints: &endpoints,
+        ice: &state.config.ice_servers,
+    };
+    let mut shared = state.lock();
+    let (response, change) = control::handle(&mut shared.core, op, &body, &ctx);
+    // A deleted channel's connections are closed by the core's outputs.
+    dispatch(&mut shared);
+    let channels = (change == control::Change::ChannelsChanged).then(|| shared.core.channels());
+    drop(shared);
+    if let Some(all) = channels {
+        state.save_channels(&all);
+    }
+    debug!(?op, status = response.status, "control-plane call");
+    control_response(response)
 }
 
 /// An error response in the rest-json convention: `x-amzn-ErrorType` and `{"message":…}`.
@@ -215,6 +433,9 @@ fn query_param<'a>(params: &'a [(String, String)], key: &str) -> Option<&'a str>
 
 async fn data_plane(
     State(state): State<ServiceState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
@@ -237,6 +458,10 @@ async fn data_plane(
             "expected a WebSocket upgrade".into(),
         );
     };
+    if let Err(e) = authenticate(&state, &method, &uri, &headers, &[]) {
+        warn!(status = e.status, error = ?e.error_type, "refusing an unauthenticated signaling connection");
+        return control_response(e);
+    }
     let Some(arn) = query_param(&params, "X-Amz-ChannelARN") else {
         return error_response(
             StatusCode::BAD_REQUEST,
@@ -374,9 +599,24 @@ impl ServiceHandle {
         self.local_addr
     }
 
-    /// The data-plane endpoint, `ws://<addr>/`.
+    /// The data-plane endpoint, `ws://<addr>/` (`wss://` when served over TLS).
     pub fn ws_endpoint(&self) -> Option<String> {
-        self.local_addr.map(|a| format!("ws://{a}/"))
+        let scheme = if self.state.tls.load(std::sync::atomic::Ordering::Relaxed) {
+            "wss"
+        } else {
+            "ws"
+        };
+        self.local_addr.map(|a| format!("{scheme}://{a}/"))
+    }
+
+    /// The control-plane endpoint, `http://<addr>` (`https://` when served over TLS).
+    pub fn http_endpoint(&self) -> Option<String> {
+        let scheme = if self.state.tls.load(std::sync::atomic::Ordering::Relaxed) {
+            "https"
+        } else {
+            "http"
+        };
+        self.local_addr.map(|a| format!("{scheme}://{a}"))
     }
 
     /// Sends GO_AWAY to all clients, stops serving and waits for the server task.
@@ -404,6 +644,36 @@ pub fn spawn(
         app = app.merge(extra);
     }
     spawn_router(listener, app, state)
+}
+
+/// Like [`spawn_router`] but over TLS (HTTPS and WSS) with `tls`; endpoints handed out by
+/// GetSignalingChannelEndpoint become `wss://` / `https://`.
+pub fn spawn_tls(
+    listener: TcpListener,
+    app: Router,
+    state: ServiceState,
+    tls: &crate::tls::ServiceTls,
+) -> std::io::Result<ServiceHandle> {
+    let listener = crate::tls::TlsListener::new(listener, tls.server_config.clone())?;
+    let local_addr = axum::serve::Listener::local_addr(&listener).ok();
+    state.set_tls(true);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let shutdown_state = state.clone();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+                shutdown_state.shutdown();
+            })
+            .await
+    });
+    info!(?local_addr, "signaling service listening (TLS)");
+    Ok(ServiceHandle {
+        state,
+        local_addr,
+        stop,
+        task,
+    })
 }
 
 /// Like [`spawn`] but serves a router the caller built from [`router`]`(state)`.

@@ -5,10 +5,11 @@
 //! loopback port. Options and a TOML file (`--config`, with `KVS_WEBRTC_*` environment
 //! overrides) choose other sources, limits and signaling.
 
+mod service_cmd;
 mod web;
 
 use anyhow::{Context, Result};
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use kvs_app::{
     AudioSourceConfig, Device, DeviceConfig, DeviceParts, EventBus, EventKind, SignalingConfig,
     VideoSourceConfig,
@@ -24,6 +25,9 @@ use std::sync::Arc;
     about = "Stream live video and audio to WebRTC viewers (KVS signaling)."
 )]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
     /// TOML configuration file; KVS_WEBRTC_<SECTION>__<KEY> variables override it.
     #[arg(short, long, env = "KVS_WEBRTC_CONFIG")]
     config: Option<PathBuf>,
@@ -75,6 +79,13 @@ struct Cli {
     /// Send no video.
     #[arg(long, conflicts_with_all = ["h264_file", "h264_stdin"])]
     no_video: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the local KVS-compatible signaling service on its own (REST control plane,
+    /// WebSocket data plane, SigV4, TLS).
+    Service(service_cmd::ServiceArgs),
 }
 
 impl Cli {
@@ -137,7 +148,11 @@ async fn main() -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let config = Cli::parse().into_config()?;
+    let mut cli = Cli::parse();
+    if let Some(Command::Service(args)) = cli.command.take() {
+        return service_cmd::run(args).await;
+    }
+    let config = cli.into_config()?;
     match config.signaling.clone() {
         SignalingConfig::Embedded { .. } => run_embedded(config).await,
         SignalingConfig::Url { url, channel_arn } => run_external(config, url, channel_arn).await,
@@ -233,7 +248,7 @@ async fn report_events(mut events: tokio::sync::broadcast::Receiver<kvs_app::App
 }
 
 /// Ctrl-C or SIGTERM.
-async fn wait_for_stop() {
+pub(crate) async fn wait_for_stop() {
     #[cfg(unix)]
     {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -1,0 +1,531 @@
+//! The sans-IO REST control plane of the local service (rest-json, SigV4 service `kinesisvideo`).
+//!
+//! Owns: parsing the JSON bodies of CreateSignalingChannel, DescribeSignalingChannel,
+//! ListSignalingChannels, DeleteSignalingChannel, GetSignalingChannelEndpoint and
+//! GetIceServerConfig, validating them the way KVS does, applying them to the
+//! [`RoutingCore`]'s channel registry, and rendering the responses and rest-json errors
+//! (`x-amzn-ErrorType` + `{"message"}`) with the real service's status codes.
+//!
+//! Must not touch: HTTP framing, sockets, clocks, authentication (the edge in
+//! [`crate::server`] verifies SigV4 first and passes the time in).
+//! Shapes: `shared/reference/kvs-signaling.md` §1 and the botocore `kinesisvideo` model.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::routing::{ChannelError, ChannelInfo, RoutingCore, MESSAGE_TTL_RANGE};
+use crate::turn::{mint_turn_credentials, IceServerSettings};
+
+/// Largest control-plane request body we read (the real model's largest request is a few KB).
+pub const MAX_CONTROL_BODY_BYTES: usize = 64 * 1024;
+/// ListSignalingChannels' `MaxResults` range and default.
+const LIST_MAX_RESULTS: usize = 10_000;
+const LIST_DEFAULT_RESULTS: usize = 10_000;
+/// Tags a channel may carry (KVS: 50).
+const MAX_TAGS: usize = 50;
+
+/// The control-plane operations, by their request path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    CreateSignalingChannel,
+    DescribeSignalingChannel,
+    ListSignalingChannels,
+    DeleteSignalingChannel,
+    GetSignalingChannelEndpoint,
+    /// On the HTTPS endpoint: `/v1/get-ice-server-config`.
+    GetIceServerConfig,
+}
+
+impl Operation {
+    /// The operation served at `path` (paths are case-sensitive, as in KVS).
+    pub fn from_path(path: &str) -> Option<Self> {
+        Some(match path {
+            "/createSignalingChannel" => Self::CreateSignalingChannel,
+            "/describeSignalingChannel" => Self::DescribeSignalingChannel,
+            "/listSignalingChannels" => Self::ListSignalingChannels,
+            "/deleteSignalingChannel" => Self::DeleteSignalingChannel,
+            "/getSignalingChannelEndpoint" => Self::GetSignalingChannelEndpoint,
+            "/v1/get-ice-server-config" => Self::GetIceServerConfig,
+            _ => return None,
+        })
+    }
+
+    /// Every path served, for the router.
+    pub const PATHS: [&'static str; 6] = [
+        "/createSignalingChannel",
+        "/describeSignalingChannel",
+        "/listSignalingChannels",
+        "/deleteSignalingChannel",
+        "/getSignalingChannelEndpoint",
+        "/v1/get-ice-server-config",
+    ];
+}
+
+/// A rendered response: status, error type (for `x-amzn-ErrorType`) and JSON body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControlResponse {
+    pub status: u16,
+    /// Set on errors; the edge writes it into `x-amzn-ErrorType`.
+    pub error_type: Option<&'static str>,
+    pub body: Value,
+}
+
+impl ControlResponse {
+    fn ok(body: Value) -> Self {
+        ControlResponse {
+            status: 200,
+            error_type: None,
+            body,
+        }
+    }
+
+    /// A rest-json error: `{"message": …}` with the given status and error type.
+    pub fn error(status: u16, error_type: &'static str, message: impl Into<String>) -> Self {
+        ControlResponse {
+            status,
+            error_type: Some(error_type),
+            body: json!({ "message": message.into() }),
+        }
+    }
+
+    fn invalid(message: impl Into<String>) -> Self {
+        Self::error(400, "InvalidArgumentException", message)
+    }
+
+    fn not_found(message: impl Into<String>) -> Self {
+        Self::error(404, "ResourceNotFoundException", message)
+    }
+}
+
+/// Where clients reach this service, as the edge saw the request arrive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoints {
+    /// The data plane, e.g. `wss://127.0.0.1:8443` (no trailing slash, as KVS).
+    pub wss: String,
+    /// The HTTPS endpoint for GetIceServerConfig, e.g. `https://127.0.0.1:8443`.
+    pub https: String,
+}
+
+/// What one control-plane call needs besides its body.
+#[derive(Debug, Clone, Copy)]
+pub struct ControlContext<'a> {
+    pub now: SystemTime,
+    pub endpoints: &'a Endpoints,
+    pub ice: &'a IceServerSettings,
+}
+
+/// What a successful call changed, so the edge can persist the channel list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    None,
+    ChannelsChanged,
+}
+
+/// Runs one control-plane call against `core`.
+pub fn handle(
+    core: &mut RoutingCore,
+    op: Operation,
+    body: &[u8],
+    ctx: &ControlContext<'_>,
+) -> (ControlResponse, Change) {
+    if body.len() > MAX_CONTROL_BODY_BYTES {
+        return (
+            ControlResponse::invalid("request body is too large"),
+            Change::None,
+        );
+    }
+    // An empty body counts as `{}` (the SDKs send `{}`, curl users often send nothing).
+    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        body
+    };
+    let result = match op {
+        Operation::CreateSignalingChannel => parse(body).map(|r| create(core, r, ctx)),
+        Operation::DescribeSignalingChannel => parse(body).map(|r| describe(core, r)),
+        Operation::ListSignalingChannels => parse(body).map(|r| list(core, r)),
+        Operation::DeleteSignalingChannel => parse(body).map(|r| delete(core, r)),
+        Operation::GetSignalingChannelEndpoint => parse(body).map(|r| endpoint(core, r, ctx)),
+        Operation::GetIceServerConfig => parse(body).map(|r| ice_config(core, r, ctx)),
+    };
+    result.unwrap_or_else(|e| (e, Change::None))
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ControlResponse> {
+    serde_json::from_slice(body).map_err(|e| {
+        // serde's message names the field and the expected type; it never echoes the body.
+        ControlResponse::error(
+            400,
+            "SerializationException",
+            format!("invalid request body: {e}"),
+        )
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct CreateRequest {
+    channel_name: String,
+    channel_type: Option<String>,
+    single_master_configuration: Option<SingleMasterConfiguration>,
+    tags: Option<Vec<Tag>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct SingleMasterConfiguration {
+    message_ttl_seconds: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Tag {
+    key: String,
+    #[allow(dead_code)] // validated by type only; tags are not stored
+    value: String,
+}
+
+fn create(
+    core: &mut RoutingCore,
+    req: CreateRequest,
+    ctx: &ControlContext<'_>,
+) -> (ControlResponse, Change) {
+    match req.channel_type.as_deref() {
+        None | Some("SINGLE_MASTER") => {}
+        Some("FULL_MESH") => {
+            return (
+                ControlResponse::invalid("ChannelType FULL_MESH is not supported"),
+                Change::None,
+            )
+        }
+        Some(_) => {
+            return (
+                ControlResponse::invalid("ChannelType must be SINGLE_MASTER or FULL_MESH"),
+                Change::None,
+            )
+        }
+    }
+    let ttl_secs = req
+        .single_master_configuration
+        .and_then(|c| c.message_ttl_seconds)
+        .unwrap_or(core.config().message_ttl.as_secs() as i64);
+    let ttl = match u64::try_from(ttl_secs) {
+        Ok(s) if MESSAGE_TTL_RANGE.contains(&s) => Duration::from_secs(s),
+        _ => {
+            return (
+                ControlResponse::invalid("MessageTtlSeconds must be between 5 and 120"),
+                Change::None,
+            )
+        }
+    };
+    if let Some(tags) = &req.tags {
+        if tags.len() > MAX_TAGS {
+            return (
+                ControlResponse::error(400, "TagsPerResourceExceededLimitException", "too many tags"),
+                Change::None,
+            );
+        }
+        if tags.iter().any(|t| t.key.is_empty() || t.key.len() > 128) {
+            return (
+                ControlResponse::invalid("tag keys must be 1 to 128 characters"),
+                Change::None,
+            );
+        }
+    }
+    match core.create_channel_with_ttl(&req.channel_name, ttl, ctx.now) {
+        Ok(info) => (
+            ControlResponse::ok(json!({ "ChannelARN": info.arn })),
+            Change::ChannelsChanged,
+        ),
+        Err(e) => (channel_error(e), Change::None),
+    }
+}
+
+fn channel_error(e: ChannelError) -> ControlResponse {
+    match &e {
+        ChannelError::AlreadyExists(_) => {
+            ControlResponse::error(400, "ResourceInUseException", e.to_string())
+        }
+        ChannelError::NotFound(_) => ControlResponse::not_found(e.to_string()),
+        ChannelError::VersionMismatch { .. } => {
+            ControlResponse::error(400, "VersionMismatchException", e.to_string())
+        }
+        ChannelError::InvalidName(_) | ChannelError::InvalidTtl => {
+            ControlResponse::invalid(e.to_string())
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DescribeRequest {
+    channel_name: Option<String>,
+    #[serde(rename = "ChannelARN")]
+    channel_arn: Option<String>,
+}
+
+/// Finds a channel by exactly one of name or ARN, as KVS requires.
+fn lookup(
+    core: &RoutingCore,
+    name: Option<&str>,
+    arn: Option<&str>,
+) -> Result<ChannelInfo, ControlResponse> {
+    match (name, arn) {
+        (Some(_), Some(_)) => Err(ControlResponse::invalid(
+            "specify either ChannelName or ChannelARN, not both",
+        )),
+        (None, None) => Err(ControlResponse::invalid(
+            "ChannelName or ChannelARN is required",
+        )),
+        (Some(name), None) => core
+            .channel_by_name(name)
+            .ok_or_else(|| ControlResponse::not_found(format!("The requested channel is not found or not active: {name}"))),
+        (None, Some(arn)) => core
+            .channel_by_arn(arn)
+            .ok_or_else(|| ControlResponse::not_found(format!("The requested channel is not found or not active: {arn}"))),
+    }
+}
+
+/// A channel in the model's `ChannelInfo` shape. `CreationTime` is epoch seconds, the
+/// rest-json timestamp format.
+pub fn channel_info_json(info: &ChannelInfo) -> Value {
+    let created = info
+        .created_at
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as f64
+        / 1000.0;
+    json!({
+        "ChannelName": info.name,
+        "ChannelARN": info.arn,
+        "ChannelType": "SINGLE_MASTER",
+        "ChannelStatus": "ACTIVE",
+        "CreationTime": created,
+        "SingleMasterConfiguration": { "MessageTtlSeconds": info.message_ttl.as_secs() },
+        "Version": info.version,
+    })
+}
+
+fn describe(core: &mut RoutingCore, req: DescribeRequest) -> (ControlResponse, Change) {
+    match lookup(core, req.channel_name.as_deref(), req.channel_arn.as_deref()) {
+        Ok(info) => (
+            ControlResponse::ok(json!({ "ChannelInfo": channel_info_json(&info) })),
+            Change::None,
+        ),
+        Err(e) => (e, Change::None),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ListRequest {
+    max_results: Option<i64>,
+    next_token: Option<String>,
+    channel_name_condition: Option<NameCondition>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct NameCondition {
+    comparison_operator: Option<String>,
+    comparison_value: Option<String>,
+}
+
+fn list(core: &mut RoutingCore, req: ListRequest) -> (ControlResponse, Change) {
+    let max = match req.max_results {
+        None => LIST_DEFAULT_RESULTS,
+        Some(n) if (1..=LIST_MAX_RESULTS as i64).contains(&n) => n as usize,
+        Some(_) => {
+            return (
+                ControlResponse::invalid("MaxResults must be between 1 and 10000"),
+                Change::None,
+            )
+        }
+    };
+    let prefix = match req.channel_name_condition {
+        None => None,
+        Some(c) => {
+            if c.comparison_operator.as_deref().unwrap_or("BEGINS_WITH") != "BEGINS_WITH" {
+                return (
+                    ControlResponse::invalid("ComparisonOperator must be BEGINS_WITH"),
+                    Change::None,
+                );
+            }
+            c.comparison_value
+        }
+    };
+    let mut channels = core.channels();
+    channels.sort_by(|a, b| a.name.cmp(&b.name));
+    if let Some(p) = &prefix {
+        channels.retain(|c| c.name.starts_with(p.as_str()));
+    }
+    // The token is the name to continue from; channel names never contain ':' so a token
+    // that does is not ours.
+    let start = match &req.next_token {
+        None => 0,
+        Some(t) => match t.strip_prefix("after:") {
+            Some(after) => channels.partition_point(|c| c.name.as_str() <= after),
+            None => {
+                return (
+                    ControlResponse::invalid("NextToken is not valid"),
+                    Change::None,
+                )
+            }
+        },
+    };
+    let page: Vec<&ChannelInfo> = channels.iter().skip(start).take(max).collect();
+    let mut body = json!({
+        "ChannelInfoList": page.iter().map(|c| channel_info_json(c)).collect::<Vec<_>>(),
+    });
+    if start + page.len() < channels.len() {
+        if let Some(last) = page.last() {
+            body["NextToken"] = json!(format!("after:{}", last.name));
+        }
+    }
+    (ControlResponse::ok(body), Change::None)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DeleteRequest {
+    #[serde(rename = "ChannelARN")]
+    channel_arn: String,
+    current_version: Option<String>,
+}
+
+fn delete(core: &mut RoutingCore, req: DeleteRequest) -> (ControlResponse, Change) {
+    match core.delete_channel(&req.channel_arn, req.current_version.as_deref()) {
+        Ok(_) => (ControlResponse::ok(json!({})), Change::ChannelsChanged),
+        Err(e) => (channel_error(e), Change::None),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct EndpointRequest {
+    #[serde(rename = "ChannelARN")]
+    channel_arn: String,
+    single_master_channel_endpoint_configuration: Option<EndpointConfiguration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct EndpointConfiguration {
+    protocols: Option<Vec<String>>,
+    role: Option<String>,
+}
+
+fn endpoint(
+    core: &mut RoutingCore,
+    req: EndpointRequest,
+    ctx: &ControlContext<'_>,
+) -> (ControlResponse, Change) {
+    if let Err(e) = lookup(core, None, Some(&req.channel_arn)) {
+        return (e, Change::None);
+    }
+    let config = req.single_master_channel_endpoint_configuration;
+    let (protocols, role) = match config {
+        Some(c) => (c.protocols, c.role),
+        None => (None, None),
+    };
+    match role.as_deref() {
+        None | Some("MASTER") | Some("VIEWER") => {}
+        Some(_) => {
+            return (
+                ControlResponse::invalid("Role must be MASTER or VIEWER"),
+                Change::None,
+            )
+        }
+    }
+    let protocols = protocols.unwrap_or_else(|| vec!["WSS".into(), "HTTPS".into()]);
+    if protocols.is_empty() || protocols.len() > 5 {
+        return (
+            ControlResponse::invalid("Protocols must list 1 to 5 protocols"),
+            Change::None,
+        );
+    }
+    let mut list = Vec::new();
+    for p in &protocols {
+        let endpoint = match p.as_str() {
+            "WSS" => &ctx.endpoints.wss,
+            "HTTPS" => &ctx.endpoints.https,
+            // Storage sessions (WebRTC ingestion) are not offered by the local service.
+            "WEBRTC" => {
+                return (
+                    ControlResponse::invalid(
+                        "the WEBRTC protocol (storage sessions) is not supported by this service",
+                    ),
+                    Change::None,
+                )
+            }
+            _ => {
+                return (
+                    ControlResponse::invalid("Protocols may contain WSS, HTTPS and WEBRTC"),
+                    Change::None,
+                )
+            }
+        };
+        list.push(json!({ "Protocol": p, "ResourceEndpoint": endpoint }));
+    }
+    (
+        ControlResponse::ok(json!({ "ResourceEndpointList": list })),
+        Change::None,
+    )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct IceConfigRequest {
+    #[serde(rename = "ChannelARN")]
+    channel_arn: String,
+    client_id: Option<String>,
+    service: Option<String>,
+    username: Option<String>,
+}
+
+fn ice_config(
+    core: &mut RoutingCore,
+    req: IceConfigRequest,
+    ctx: &ControlContext<'_>,
+) -> (ControlResponse, Change) {
+    if let Err(e) = lookup(core, None, Some(&req.channel_arn)) {
+        return (e, Change::None);
+    }
+    if !matches!(req.service.as_deref(), None | Some("TURN")) {
+        return (
+            ControlResponse::invalid("Service must be TURN"),
+            Change::None,
+        );
+    }
+    for (what, v) in [("ClientId", &req.client_id), ("Username", &req.username)] {
+        if let Some(v) = v {
+            if v.is_empty() || v.len() > 256 {
+                return (
+                    ControlResponse::invalid(format!("{what} must be 1 to 256 characters")),
+                    Change::None,
+                );
+            }
+        }
+    }
+    let name = req
+        .username
+        .or(req.client_id)
+        .unwrap_or_else(|| "kvs-webrtc".into());
+    let servers: Vec<Value> = mint_turn_credentials(ctx.ice, &name, ctx.now)
+        .into_iter()
+        .map(|s| {
+            json!({
+                "Uris": s.uris,
+                "Username": s.username,
+                "Password": s.password,
+                "Ttl": s.ttl.as_secs(),
+            })
+        })
+        .collect();
+    (
+        ControlResponse::ok(json!({ "IceServerList": servers })),
+        Change::None,
+    )
+}
