@@ -5,8 +5,10 @@
 #   3. the release build of the program the browser tests run
 #   4. every Rust test in the workspace
 #   5. the browser tests: real headless Chromium viewing the real program
-#   6. the fuzz targets still build
-#   7. lint: rustfmt and clippy with warnings as errors
+#   6. conformance: the official AWS clients (JS SDK v3, the KVS WebRTC JS SDK, boto3) against
+#      the local signaling service
+#   7. the fuzz targets still build
+#   8. lint: rustfmt and clippy with warnings as errors
 # Stops at the first failure and says which step failed; prints a summary either way.
 #
 # Usage: bash scripts/test.sh          (what .ci/run and the README call)
@@ -133,6 +135,17 @@ browser_tests() {
   node --test --test-concurrency=1 tests/browser/
 }
 
+conformance_tests() {
+  # Pinned by tests/conformance/package-lock.json and requirements.txt.
+  (cd tests/conformance && npm ci --no-audit --no-fund)
+  if [[ ! -x .venv/bin/python ]]; then
+    python3 -m venv .venv
+  fi
+  .venv/bin/pip install --quiet --disable-pip-version-check -r tests/conformance/requirements.txt
+  node --test --test-concurrency=1 tests/conformance/
+  .venv/bin/python -m unittest discover -s tests/conformance -p 'test_*.py' -v
+}
+
 fuzz_build() {
   # The fuzz crate is its own workspace (libFuzzer instrumentation); checking it keeps every
   # target compiling. Running them is described in docs/TESTING.md.
@@ -144,13 +157,14 @@ lint() {
   cargo clippy --workspace --all-targets -- -D warnings
 }
 
-step "1/7 system packages" install_system_packages
-step "2/7 npm ci (tests/browser)" npm_install
-step "3/7 cargo build --release -p kvs-webrtc" build_release
-step "4/7 cargo test --workspace" rust_tests
-step "5/7 browser tests (node --test tests/browser/)" browser_tests
-step "6/7 fuzz targets build (cargo check in fuzz/)" fuzz_build
-step "7/7 lint (cargo fmt --check, clippy -D warnings)" lint
+step "1/8 system packages" install_system_packages
+step "2/8 npm ci (tests/browser)" npm_install
+step "3/8 cargo build --release -p kvs-webrtc" build_release
+step "4/8 cargo test --workspace" rust_tests
+step "5/8 browser tests (node --test tests/browser/)" browser_tests
+step "6/8 conformance (official AWS clients vs the local service)" conformance_tests
+step "7/8 fuzz targets build (cargo check in fuzz/)" fuzz_build
+step "8/8 lint (cargo fmt --check, clippy -D warnings)" lint
 
 trap - ERR
 summary "all steps succeeded"

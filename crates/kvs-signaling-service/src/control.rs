@@ -223,7 +223,11 @@ fn create(
     if let Some(tags) = &req.tags {
         if tags.len() > MAX_TAGS {
             return (
-                ControlResponse::error(400, "TagsPerResourceExceededLimitException", "too many tags"),
+                ControlResponse::error(
+                    400,
+                    "TagsPerResourceExceededLimitException",
+                    "too many tags",
+                ),
                 Change::None,
             );
         }
@@ -279,12 +283,16 @@ fn lookup(
         (None, None) => Err(ControlResponse::invalid(
             "ChannelName or ChannelARN is required",
         )),
-        (Some(name), None) => core
-            .channel_by_name(name)
-            .ok_or_else(|| ControlResponse::not_found(format!("The requested channel is not found or not active: {name}"))),
-        (None, Some(arn)) => core
-            .channel_by_arn(arn)
-            .ok_or_else(|| ControlResponse::not_found(format!("The requested channel is not found or not active: {arn}"))),
+        (Some(name), None) => core.channel_by_name(name).ok_or_else(|| {
+            ControlResponse::not_found(format!(
+                "The requested channel is not found or not active: {name}"
+            ))
+        }),
+        (None, Some(arn)) => core.channel_by_arn(arn).ok_or_else(|| {
+            ControlResponse::not_found(format!(
+                "The requested channel is not found or not active: {arn}"
+            ))
+        }),
     }
 }
 
@@ -309,7 +317,11 @@ pub fn channel_info_json(info: &ChannelInfo) -> Value {
 }
 
 fn describe(core: &mut RoutingCore, req: DescribeRequest) -> (ControlResponse, Change) {
-    match lookup(core, req.channel_name.as_deref(), req.channel_arn.as_deref()) {
+    match lookup(
+        core,
+        req.channel_name.as_deref(),
+        req.channel_arn.as_deref(),
+    ) {
         Ok(info) => (
             ControlResponse::ok(json!({ "ChannelInfo": channel_info_json(&info) })),
             Change::None,
@@ -448,25 +460,24 @@ fn endpoint(
     }
     let mut list = Vec::new();
     for p in &protocols {
-        let endpoint = match p.as_str() {
-            "WSS" => &ctx.endpoints.wss,
-            "HTTPS" => &ctx.endpoints.https,
-            // Storage sessions (WebRTC ingestion) are not offered by the local service.
-            "WEBRTC" => {
-                return (
+        let endpoint =
+            match p.as_str() {
+                "WSS" => &ctx.endpoints.wss,
+                "HTTPS" => &ctx.endpoints.https,
+                // Storage sessions (WebRTC ingestion) are not offered by the local service.
+                "WEBRTC" => return (
                     ControlResponse::invalid(
                         "the WEBRTC protocol (storage sessions) is not supported by this service",
                     ),
                     Change::None,
-                )
-            }
-            _ => {
-                return (
-                    ControlResponse::invalid("Protocols may contain WSS, HTTPS and WEBRTC"),
-                    Change::None,
-                )
-            }
-        };
+                ),
+                _ => {
+                    return (
+                        ControlResponse::invalid("Protocols may contain WSS, HTTPS and WEBRTC"),
+                        Change::None,
+                    )
+                }
+            };
         list.push(json!({ "Protocol": p, "ResourceEndpoint": endpoint }));
     }
     (
@@ -528,4 +539,214 @@ fn ice_config(
         ControlResponse::ok(json!({ "IceServerList": servers })),
         Change::None,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::turn::TurnServer;
+    use crate::ServiceConfig;
+
+    struct Fixture {
+        core: RoutingCore,
+        endpoints: Endpoints,
+        ice: IceServerSettings,
+        now: SystemTime,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            Fixture {
+                core: RoutingCore::new(ServiceConfig::default()),
+                endpoints: Endpoints {
+                    wss: "wss://127.0.0.1:8443".into(),
+                    https: "https://127.0.0.1:8443".into(),
+                },
+                ice: IceServerSettings {
+                    turn_servers: vec![TurnServer {
+                        uris: vec!["turn:127.0.0.1:3478".into()],
+                        shared_secret: "s".into(),
+                    }],
+                    credential_ttl: Duration::from_secs(300),
+                },
+                now: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+            }
+        }
+
+        fn call(&mut self, op: Operation, body: &str) -> ControlResponse {
+            let ctx = ControlContext {
+                now: self.now,
+                endpoints: &self.endpoints,
+                ice: &self.ice,
+            };
+            handle(&mut self.core, op, body.as_bytes(), &ctx).0
+        }
+    }
+
+    #[test]
+    fn create_describe_delete_with_versions() {
+        let mut f = Fixture::new();
+        let r = f.call(
+            Operation::CreateSignalingChannel,
+            r#"{"ChannelName":"cam","SingleMasterConfiguration":{"MessageTtlSeconds":5}}"#,
+        );
+        assert_eq!(r.status, 200, "{r:?}");
+        let arn = r.body["ChannelARN"].as_str().unwrap().to_string();
+        assert_eq!(
+            arn,
+            "arn:aws:kinesisvideo:us-west-2:000000000000:channel/cam/1700000000000"
+        );
+        let d = f.call(
+            Operation::DescribeSignalingChannel,
+            r#"{"ChannelName":"cam"}"#,
+        );
+        assert_eq!(d.body["ChannelInfo"]["ChannelARN"], arn.as_str());
+        assert_eq!(
+            d.body["ChannelInfo"]["SingleMasterConfiguration"]["MessageTtlSeconds"],
+            5
+        );
+        assert_eq!(d.body["ChannelInfo"]["CreationTime"], 1_700_000_000.0);
+        let version = d.body["ChannelInfo"]["Version"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let both = f.call(
+            Operation::DescribeSignalingChannel,
+            &format!(r#"{{"ChannelName":"cam","ChannelARN":"{arn}"}}"#),
+        );
+        assert_eq!(both.error_type, Some("InvalidArgumentException"));
+        let stale = f.call(
+            Operation::DeleteSignalingChannel,
+            &format!(r#"{{"ChannelARN":"{arn}","CurrentVersion":"old"}}"#),
+        );
+        assert_eq!(
+            (stale.status, stale.error_type),
+            (400, Some("VersionMismatchException"))
+        );
+        let ok = f.call(
+            Operation::DeleteSignalingChannel,
+            &format!(r#"{{"ChannelARN":"{arn}","CurrentVersion":"{version}"}}"#),
+        );
+        assert_eq!(ok.status, 200);
+        let gone = f.call(
+            Operation::DescribeSignalingChannel,
+            r#"{"ChannelName":"cam"}"#,
+        );
+        assert_eq!(
+            (gone.status, gone.error_type),
+            (404, Some("ResourceNotFoundException"))
+        );
+    }
+
+    #[test]
+    fn bad_bodies_are_rest_json_errors() {
+        let mut f = Fixture::new();
+        for (op, body, code) in [
+            (
+                Operation::CreateSignalingChannel,
+                "not json",
+                "SerializationException",
+            ),
+            (
+                Operation::CreateSignalingChannel,
+                "{}",
+                "SerializationException",
+            ),
+            (
+                Operation::CreateSignalingChannel,
+                r#"{"ChannelName":"a b"}"#,
+                "InvalidArgumentException",
+            ),
+            (
+                Operation::CreateSignalingChannel,
+                r#"{"ChannelName":"a","SingleMasterConfiguration":{"MessageTtlSeconds":4}}"#,
+                "InvalidArgumentException",
+            ),
+            (
+                Operation::CreateSignalingChannel,
+                r#"{"ChannelName":"a","ChannelType":"FULL_MESH"}"#,
+                "InvalidArgumentException",
+            ),
+            (
+                Operation::ListSignalingChannels,
+                r#"{"MaxResults":0}"#,
+                "InvalidArgumentException",
+            ),
+            (
+                Operation::ListSignalingChannels,
+                r#"{"NextToken":"zzz"}"#,
+                "InvalidArgumentException",
+            ),
+            (
+                Operation::DescribeSignalingChannel,
+                "{}",
+                "InvalidArgumentException",
+            ),
+            (
+                Operation::GetSignalingChannelEndpoint,
+                r#"{"ChannelARN":"nope"}"#,
+                "ResourceNotFoundException",
+            ),
+            (
+                Operation::GetIceServerConfig,
+                r#"{"ChannelARN":"nope"}"#,
+                "ResourceNotFoundException",
+            ),
+        ] {
+            let r = f.call(op, body);
+            assert_eq!(r.error_type, Some(code), "{op:?} {body}: {r:?}");
+            assert!(r.status >= 400 && r.status < 500);
+            assert!(r.body["message"].is_string());
+        }
+        let huge = "x".repeat(MAX_CONTROL_BODY_BYTES + 1);
+        assert_eq!(
+            f.call(Operation::CreateSignalingChannel, &huge).error_type,
+            Some("InvalidArgumentException")
+        );
+    }
+
+    #[test]
+    fn list_pages_endpoints_and_ice_servers() {
+        let mut f = Fixture::new();
+        for n in ["c", "a", "b"] {
+            f.call(
+                Operation::CreateSignalingChannel,
+                &format!(r#"{{"ChannelName":"{n}"}}"#),
+            );
+        }
+        let p1 = f.call(Operation::ListSignalingChannels, r#"{"MaxResults":2}"#);
+        let names: Vec<_> = p1.body["ChannelInfoList"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["ChannelName"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(names, ["a", "b"]);
+        let token = p1.body["NextToken"].as_str().unwrap();
+        let p2 = f.call(
+            Operation::ListSignalingChannels,
+            &format!(r#"{{"MaxResults":2,"NextToken":"{token}"}}"#),
+        );
+        assert_eq!(p2.body["ChannelInfoList"][0]["ChannelName"], "c");
+        assert!(p2.body.get("NextToken").is_none());
+
+        let arn = f.core.channel_by_name("a").unwrap().arn;
+        let e = f.call(
+            Operation::GetSignalingChannelEndpoint,
+            &format!(
+                r#"{{"ChannelARN":"{arn}","SingleMasterChannelEndpointConfiguration":{{"Protocols":["HTTPS","WSS"],"Role":"VIEWER"}}}}"#
+            ),
+        );
+        assert_eq!(
+            e.body["ResourceEndpointList"][0]["ResourceEndpoint"],
+            "https://127.0.0.1:8443"
+        );
+        assert_eq!(e.body["ResourceEndpointList"][1]["Protocol"], "WSS");
+        let ice = f.call(
+            Operation::GetIceServerConfig,
+            &format!(r#"{{"ChannelARN":"{arn}","ClientId":"v1"}}"#),
+        );
+        assert_eq!(ice.body["IceServerList"][0]["Username"], "1700000300:v1");
+        assert_eq!(ice.body["IceServerList"][0]["Ttl"], 300);
+    }
 }

@@ -589,7 +589,10 @@ impl RoutingCore {
 /// Marks a viewer as seen now, keeping the set bounded (oldest forgotten first).
 /// A version string that changes with every channel created (time and a counter).
 fn channel_version(now: SystemTime, counter: u64) -> String {
-    let micros = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_micros();
+    let micros = now
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros();
     format!("{:x}{:04x}", micros, counter & 0xffff)
 }
 

@@ -17,10 +17,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
 
+use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -305,7 +305,14 @@ async fn preflight() -> Response {
 fn request_id() -> String {
     let v: u128 = rand::random();
     let h = format!("{v:032x}");
-    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
 }
 
 fn control_response(r: ControlResponse) -> Response {
@@ -370,7 +377,11 @@ fn endpoints(state: &ServiceState, headers: &HeaderMap) -> Endpoints {
         .filter(|h| !h.is_empty() && h.len() <= 255)
         .unwrap_or("localhost");
     let tls = state.tls.load(std::sync::atomic::Ordering::Relaxed);
-    let (ws, http) = if tls { ("wss", "https") } else { ("ws", "http") };
+    let (ws, http) = if tls {
+        ("wss", "https")
+    } else {
+        ("ws", "http")
+    };
     Endpoints {
         wss: format!("{ws}://{host}"),
         https: format!("{http}://{host}"),

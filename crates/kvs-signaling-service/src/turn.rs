@@ -108,7 +108,10 @@ mod tests {
         // RFC 2202 test case 2: key "Jefe", data "what do ya want for nothing?".
         let expected = base64::engine::general_purpose::STANDARD
             .encode(hex("effcdf6ae5eb2fa2d27416d5f184df9c259a7c79"));
-        assert_eq!(turn_password("Jefe", "what do ya want for nothing?"), expected);
+        assert_eq!(
+            turn_password("Jefe", "what do ya want for nothing?"),
+            expected
+        );
     }
 
     fn hex(s: &str) -> Vec<u8> {
@@ -123,7 +126,9 @@ mod tests {
         let settings = IceServerSettings {
             turn_servers: (0..7)
                 .map(|i| TurnServer {
-                    uris: (0..6).map(|u| format!("turn:10.0.0.{i}:{}", 3478 + u)).collect(),
+                    uris: (0..6)
+                        .map(|u| format!("turn:10.0.0.{i}:{}", 3478 + u))
+                        .collect(),
                     shared_secret: format!("s{i}"),
                 })
                 .collect(),

@@ -37,7 +37,11 @@ pub struct ServiceArgs {
     account_id: String,
 
     /// Access key id whose signatures are accepted.
-    #[arg(long, env = "KVS_SERVICE_ACCESS_KEY_ID", requires = "secret_access_key")]
+    #[arg(
+        long,
+        env = "KVS_SERVICE_ACCESS_KEY_ID",
+        requires = "secret_access_key"
+    )]
     access_key_id: Option<String>,
 
     /// Secret of --access-key-id (prefer the environment variable: command lines are visible).
@@ -146,7 +150,10 @@ pub async fn run(args: ServiceArgs) -> Result<()> {
         "Control plane: {}",
         handle.http_endpoint().unwrap_or_default()
     );
-    println!("Data plane:    {}", handle.ws_endpoint().unwrap_or_default());
+    println!(
+        "Data plane:    {}",
+        handle.ws_endpoint().unwrap_or_default()
+    );
     println!("State:         {}", state_dir.display());
     if args.no_auth {
         println!("Authentication: none (--no-auth)");
