@@ -8,8 +8,9 @@ use std::time::Duration;
 
 pub use kvs_platform::{AudioCodec, VideoCodec};
 
-/// A STUN/TURN server as given by signaling. Accepted and kept; not used yet (host and
-/// peer-reflexive candidates only).
+/// A STUN/TURN server as given by signaling. Kept for new sessions; candidates are gathered
+/// from host addresses only so far (peers reach us through peer-reflexive candidates), so the
+/// servers are not contacted yet.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct IceServer {
     pub urls: Vec<String>,
@@ -141,6 +142,9 @@ pub enum PeerCommand {
     },
     /// Close the peer's session; answered by [`PeerEvent::Closed`].
     CloseSession { peer_id: String },
+    /// Replace the STUN/TURN servers given to sessions created from now on (fresh TURN
+    /// credentials from signaling). Live sessions keep what they have.
+    SetIceServers { servers: Vec<IceServer> },
 }
 
 /// Milestones of one session, as durations since the offer was received (or created).

@@ -212,6 +212,11 @@ impl PeerCore {
         }
     }
 
+    /// The STUN/TURN servers new sessions are given (see [`PeerCommand::SetIceServers`]).
+    pub fn ice_servers(&self) -> &[crate::api::IceServer] {
+        &self.config.ice_servers
+    }
+
     /// Live sessions (closed and failed ones are removed as soon as they are seen).
     pub fn session_count(&self) -> usize {
         self.sessions.len()
@@ -254,6 +259,10 @@ impl PeerCore {
                 binary,
             } => self.send_data(now, &peer_id, data, binary),
             PeerCommand::CloseSession { peer_id } => self.close_session(now, &peer_id),
+            PeerCommand::SetIceServers { servers } => {
+                self.config.ice_servers = servers;
+                Ok(())
+            }
         };
         self.reap(now);
         result
