@@ -4,8 +4,9 @@
 //! on loopback, a 640x480 30 fps H.264 test pattern, a 48 kHz Opus tone, up to 10 viewers.
 //! A TOML file changes what it names and nothing else; environment variables override the
 //! file: `KVS_WEBRTC_<SECTION>__<KEY>=<value>` (for example `KVS_WEBRTC_SESSION__MAX_VIEWERS=3`
-//! or `KVS_WEBRTC_VIDEO__SOURCE=h264-stdin`), the value read as a TOML value when it parses as
-//! one and as a string otherwise.
+//! or `KVS_WEBRTC_VIDEO__SOURCE=h264-stdin`; nested tables take one more part, as in
+//! `KVS_WEBRTC_SIGNALING__CREDENTIALS__SOURCE=env`), the value read as a TOML value when it
+//! parses as one and as a string otherwise.
 
 use crate::backoff::BackoffConfig;
 use serde::{Deserialize, Serialize};
@@ -49,13 +50,51 @@ pub struct DeviceConfig {
 #[serde(tag = "mode", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum SignalingConfig {
     /// Run a local KVS-compatible signaling service in this process (no AWS account needed).
+    /// The device reaches it the way it reaches real KVS — REST control plane and WSS over
+    /// TLS, every call SigV4-signed with a key made up at start-up — while the viewer page
+    /// uses plain WebSocket on `listen` (loopback, no credentials in the page).
     Embedded {
         /// Signaling channel name.
         #[serde(default = "default_channel")]
         channel: String,
-        /// Where the service (and the viewer page) listens. Port 0 picks a free port.
+        /// Where the viewer page and its plain WebSocket listen. Port 0 picks a free port.
         #[serde(default = "default_listen")]
         listen: SocketAddr,
+        /// Where the TLS endpoint (HTTPS control plane, WSS data plane) listens.
+        #[serde(default = "default_tls_listen")]
+        tls_listen: SocketAddr,
+        /// Where the local CA and the channel list are kept; default
+        /// `$XDG_DATA_HOME/kvs-webrtc/embedded` (or `~/.local/share/kvs-webrtc/embedded`).
+        #[serde(default)]
+        state_dir: Option<PathBuf>,
+    },
+    /// Amazon Kinesis Video Streams (or a service with its API, via `endpoint`).
+    Kvs {
+        /// Channel name, or its ARN (`arn:aws:kinesisvideo:…`).
+        channel: String,
+        /// AWS region, e.g. `us-west-2`.
+        region: String,
+        /// Control-plane endpoint override, e.g. `https://127.0.0.1:8443`.
+        #[serde(default)]
+        endpoint: Option<String>,
+        /// Create the channel (by name) if it does not exist.
+        #[serde(default = "yes")]
+        create_channel: bool,
+        /// Use the FIPS endpoints.
+        #[serde(default)]
+        fips: bool,
+        /// Use the dual-stack (IPv4 + IPv6) endpoints.
+        #[serde(default)]
+        dual_stack: bool,
+        /// Extra CA certificate(s) (PEM) to trust for the endpoints, e.g. a local service's.
+        #[serde(default)]
+        ca_file: Option<PathBuf>,
+        /// Ask for TURN servers (GetIceServerConfig); off: STUN only.
+        #[serde(default = "yes")]
+        use_turn: bool,
+        /// Where AWS credentials come from.
+        #[serde(default)]
+        credentials: CredentialsConfig,
     },
     /// Connect to a KVS-protocol WebSocket endpoint that needs no signing (e.g. a local
     /// service started on its own).
@@ -75,11 +114,131 @@ fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
 }
 
+fn default_tls_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl SignalingConfig {
+    /// The embedded default on `listen`, other settings at their defaults.
+    pub fn embedded(channel: impl Into<String>, listen: SocketAddr) -> Self {
+        Self::Embedded {
+            channel: channel.into(),
+            listen,
+            tls_listen: default_tls_listen(),
+            state_dir: None,
+        }
+    }
+
+    /// Amazon KVS in `region`, creating the channel when missing, credentials from the
+    /// environment or profile files.
+    pub fn kvs(channel: impl Into<String>, region: impl Into<String>) -> Self {
+        Self::Kvs {
+            channel: channel.into(),
+            region: region.into(),
+            endpoint: None,
+            create_channel: true,
+            fips: false,
+            dual_stack: false,
+            ca_file: None,
+            use_turn: true,
+            credentials: CredentialsConfig::Default,
+        }
+    }
+}
+
 impl Default for SignalingConfig {
     fn default() -> Self {
         Self::Embedded {
             channel: default_channel(),
             listen: default_listen(),
+            tls_listen: default_tls_listen(),
+            state_dir: None,
+        }
+    }
+}
+
+/// Where AWS credentials come from (`[signaling.credentials]`, key `source`).
+///
+/// Prefer `default`, `env`, `profile` or `iot` to writing keys into a file; `static` exists
+/// for tests and for keys handed over by other means (environment overrides such as
+/// `KVS_WEBRTC_SIGNALING__CREDENTIALS__SECRET_ACCESS_KEY`).
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "source", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum CredentialsConfig {
+    /// `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`/`AWS_SESSION_TOKEN`, then the shared
+    /// `~/.aws/credentials` and `~/.aws/config` files (`AWS_PROFILE`).
+    #[default]
+    Default,
+    /// Only the `AWS_*` environment variables.
+    Env,
+    /// Only the shared profile files.
+    Profile {
+        /// Profile name; `AWS_PROFILE` or `default` when absent.
+        #[serde(default)]
+        profile: Option<String>,
+    },
+    /// Fixed keys.
+    Static {
+        access_key_id: String,
+        secret_access_key: String,
+        #[serde(default)]
+        session_token: Option<String>,
+    },
+    /// The AWS IoT credentials provider (mutual TLS with the device certificate).
+    Iot {
+        /// e.g. `c1abcdef.credentials.iot.us-west-2.amazonaws.com`.
+        endpoint: String,
+        role_alias: String,
+        thing_name: String,
+        cert_file: PathBuf,
+        key_file: PathBuf,
+        /// CA to trust for the credentials endpoint; the public roots when absent.
+        #[serde(default)]
+        ca_file: Option<PathBuf>,
+    },
+}
+
+impl std::fmt::Debug for CredentialsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Default => f.write_str("Default"),
+            Self::Env => f.write_str("Env"),
+            Self::Profile { profile } => {
+                f.debug_struct("Profile").field("profile", profile).finish()
+            }
+            Self::Static {
+                access_key_id,
+                session_token,
+                ..
+            } => f
+                .debug_struct("Static")
+                .field("access_key_id", access_key_id)
+                .field("secret_access_key", &"<redacted>")
+                .field(
+                    "session_token",
+                    &session_token.as_ref().map(|_| "<redacted>"),
+                )
+                .finish(),
+            Self::Iot {
+                endpoint,
+                role_alias,
+                thing_name,
+                cert_file,
+                key_file,
+                ca_file,
+            } => f
+                .debug_struct("Iot")
+                .field("endpoint", endpoint)
+                .field("role_alias", role_alias)
+                .field("thing_name", thing_name)
+                .field("cert_file", cert_file)
+                .field("key_file", key_file)
+                .field("ca_file", ca_file)
+                .finish(),
         }
     }
 }
@@ -295,7 +454,22 @@ impl DeviceConfig {
                 return Err(format!("video.fps must be 1..=120, got {fps}"));
             }
         }
-        if let SignalingConfig::Embedded { channel, .. } = &self.signaling {
+        let channel_name = match &self.signaling {
+            SignalingConfig::Embedded { channel, .. } => Some(channel),
+            SignalingConfig::Kvs {
+                channel, region, ..
+            } => {
+                if !kvs_signaling::kvs::api::is_valid_region(region) {
+                    return Err(format!(
+                        "signaling.region must be an AWS region such as us-west-2, got {region:?}"
+                    ));
+                }
+                // An ARN is checked by the client; a name must be a valid channel name.
+                (!channel.starts_with("arn:")).then_some(channel)
+            }
+            SignalingConfig::Url { .. } => None,
+        };
+        if let Some(channel) = channel_name {
             let ok = !channel.is_empty()
                 && channel.len() <= 256
                 && channel
@@ -324,10 +498,11 @@ fn apply_env_overrides(
             continue;
         };
         let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
-        if path.len() != 2 || path.iter().any(String::is_empty) {
+        if path.len() < 2 || path.len() > 4 || path.iter().any(String::is_empty) {
             return Err(ConfigError::Env {
                 name,
-                message: "expected KVS_WEBRTC_<SECTION>__<KEY>".into(),
+                message: "expected KVS_WEBRTC_<SECTION>__<KEY> (or <SECTION>__<TABLE>__<KEY>)"
+                    .into(),
             });
         }
         // A value that parses as TOML keeps its type (numbers, booleans, arrays); anything else
@@ -337,16 +512,21 @@ fn apply_env_overrides(
             .ok()
             .and_then(|mut t| t.remove("v"))
             .unwrap_or(toml::Value::String(raw));
-        let section = table
-            .entry(path[0].clone())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        let Some(section) = section.as_table_mut() else {
-            return Err(ConfigError::Env {
-                name,
-                message: format!("{} is not a section", path[0]),
-            });
-        };
-        section.insert(path[1].clone(), value);
+        let (key, tables) = path.split_last().expect("at least two parts");
+        let mut current = &mut *table;
+        for part in tables {
+            let entry = current
+                .entry(part.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let Some(next) = entry.as_table_mut() else {
+                return Err(ConfigError::Env {
+                    name,
+                    message: format!("{part} is not a section"),
+                });
+            };
+            current = next;
+        }
+        current.insert(key.clone(), value);
     }
     Ok(())
 }

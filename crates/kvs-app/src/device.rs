@@ -15,7 +15,8 @@ use kvs_peer::{
 };
 use kvs_platform::{AudioCapture, AudioCodec, EncodedFrame, VideoCapture, VideoCodec};
 use kvs_signaling::{
-    MessageKind, Payload, SignalingClient, SignalingEvent, SignalingLink, SignalingMessage,
+    IceServer, MessageKind, Payload, SignalingClient, SignalingEvent, SignalingLink,
+    SignalingMessage,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -163,6 +164,7 @@ impl Device {
             viewers: HashMap::new(),
             video_thread,
             audio_thread,
+            ice: IceRefresh::default(),
         };
         let task = tokio::spawn(runtime.run(peer_events, shutdown_rx));
         Ok(DeviceHandle {
@@ -211,10 +213,33 @@ struct Runtime {
     viewers: HashMap<String, ViewerInfo>,
     video_thread: Option<CaptureThread>,
     audio_thread: Option<CaptureThread>,
+    ice: IceRefresh,
 }
 
 /// How a connect attempt ended.
 type ConnectResult = Result<SignalingLink, String>;
+/// How an ICE server fetch ended.
+type IceResult = Result<Vec<IceServer>, String>;
+
+/// Background refresh of the ICE servers (their TURN credentials expire): fetched once
+/// signaling is up, again when 80% of the shortest TTL has passed or when the service sends
+/// RECONNECT_ICE_SERVER, retried with backoff on failure. Never blocks signaling or media.
+#[derive(Default)]
+struct IceRefresh {
+    task: Option<JoinHandle<IceResult>>,
+    /// When to fetch next; `None` while a fetch runs or when nothing expires.
+    next: Option<Instant>,
+    /// The next fetch must bypass the client's cache.
+    force: bool,
+    failures: u32,
+    /// A list was handed to the peer engine at least once.
+    fetched: bool,
+}
+
+/// Refresh at this share of the shortest TTL.
+const ICE_REFRESH_AT_PERCENT: u32 = 80;
+const ICE_RETRY_MIN: Duration = Duration::from_secs(5);
+const ICE_RETRY_MAX: Duration = Duration::from_secs(60);
 
 impl Runtime {
     async fn run(
@@ -244,6 +269,9 @@ impl Runtime {
                             self.link = Some(link);
                             self.events.publish(AppEvent::new(EventKind::SignalingConnected, "signaling connected"));
                             self.set_ready();
+                            if !self.ice.fetched && self.ice.task.is_none() {
+                                self.ice.next = Some(Instant::now());
+                            }
                         }
                         Err(reason) => {
                             self.events.publish(AppEvent::new(EventKind::SignalingError, reason).with_status(1));
@@ -252,12 +280,22 @@ impl Runtime {
                     }
                 }
                 _ = sleep_until_opt(next_attempt), if self.link.is_none() && connecting.is_none() => {}
+                _ = sleep_until_opt(self.ice.next), if self.ice.task.is_none() => {
+                    self.spawn_ice_fetch();
+                }
+                result = join_ice(&mut self.ice.task) => {
+                    self.ice.task = None;
+                    self.on_ice_result(result).await;
+                }
                 event = recv_link(&mut self.link) => match event {
                     SignalingEvent::Message(msg) => {
                         if self.on_signaling_message(msg).await == LinkAction::ReconnectNow {
                             self.link = None;
                             next_attempt = Some(Instant::now());
                         }
+                    }
+                    SignalingEvent::Renewed { reason } => {
+                        self.events.publish(AppEvent::new(EventKind::SignalingRenewed, reason));
                     }
                     SignalingEvent::Disconnected { reason } => {
                         self.link = None;
@@ -275,6 +313,9 @@ impl Runtime {
             }
         }
         if let Some(task) = connecting {
+            task.abort();
+        }
+        if let Some(task) = self.ice.task.take() {
             task.abort();
         }
         self.stop().await;
@@ -298,6 +339,80 @@ impl Runtime {
                 )),
             }
         })
+    }
+
+    fn spawn_ice_fetch(&mut self) {
+        self.ice.next = None;
+        let force = std::mem::take(&mut self.ice.force) || self.ice.fetched;
+        let client = self.signaling.clone();
+        self.ice.task = Some(tokio::spawn(async move {
+            let fetched = if force {
+                client.refresh_ice_servers().await
+            } else {
+                client.ice_servers().await
+            };
+            fetched.map_err(|e| e.to_string())
+        }));
+    }
+
+    async fn on_ice_result(&mut self, result: IceResult) {
+        match result {
+            Ok(servers) => {
+                self.ice.failures = 0;
+                self.ice.fetched = true;
+                let shortest_ttl = servers.iter().filter_map(|s| s.ttl).min();
+                self.ice.next = shortest_ttl.map(|ttl| {
+                    Instant::now() + (ttl * ICE_REFRESH_AT_PERCENT / 100).max(ICE_RETRY_MIN)
+                });
+                let turn = servers
+                    .iter()
+                    .filter(|s| s.urls.iter().any(|u| u.starts_with("turn")))
+                    .count();
+                let message = match shortest_ttl {
+                    Some(ttl) => format!(
+                        "{} ICE servers ({turn} TURN), valid {} s",
+                        servers.len(),
+                        ttl.as_secs()
+                    ),
+                    None => format!("{} ICE servers ({turn} TURN)", servers.len()),
+                };
+                let servers = servers
+                    .into_iter()
+                    .map(|s| kvs_peer::IceServer {
+                        urls: s.urls,
+                        username: s.username,
+                        credential: s.credential,
+                    })
+                    .collect();
+                if let Err(e) = self
+                    .peer
+                    .command(PeerCommand::SetIceServers { servers })
+                    .await
+                {
+                    tracing::warn!(error = %e, "peer engine did not take the ICE servers");
+                }
+                self.events
+                    .publish(AppEvent::new(EventKind::SignalingGetIce, message));
+            }
+            Err(reason) => {
+                self.ice.failures += 1;
+                let delay = ICE_RETRY_MIN
+                    .saturating_mul(1 << self.ice.failures.min(4).saturating_sub(1))
+                    .min(ICE_RETRY_MAX);
+                self.ice.force = true;
+                self.ice.next = Some(Instant::now() + delay);
+                self.events.publish(
+                    AppEvent::new(
+                        EventKind::SignalingError,
+                        format!(
+                            "fetching ICE servers failed ({reason}); retrying in {} s",
+                            delay.as_secs()
+                        ),
+                    )
+                    .with_status(1),
+                );
+            }
+        }
     }
 
     fn schedule_retry(&mut self) -> Instant {
@@ -396,6 +511,10 @@ impl Runtime {
                     EventKind::SignalingGetIce,
                     "signaling asked for an ICE server refresh",
                 ));
+                self.ice.force = true;
+                if self.ice.task.is_none() {
+                    self.ice.next = Some(Instant::now());
+                }
                 return LinkAction::Keep;
             }
             (MessageKind::StatusResponse, Payload::Status(status)) => {
@@ -623,6 +742,15 @@ async fn join_opt(task: &mut Option<JoinHandle<ConnectResult>>) -> ConnectResult
         Some(t) => t
             .await
             .unwrap_or_else(|e| Err(format!("signaling connect task failed: {e}"))),
+        None => std::future::pending().await,
+    }
+}
+
+async fn join_ice(task: &mut Option<JoinHandle<IceResult>>) -> IceResult {
+    match task.as_mut() {
+        Some(t) => t
+            .await
+            .unwrap_or_else(|e| Err(format!("ICE server task failed: {e}"))),
         None => std::future::pending().await,
     }
 }

@@ -1,17 +1,26 @@
 //! The embedded default: everything on one machine, no AWS account.
 //!
 //! Starts the local KVS-compatible signaling service (from `kvs-signaling-service`) in this
-//! process, creates the channel, and starts the device as the channel's master connected to
-//! it. The caller may add HTTP routes (the program adds the viewer web page) that are served on
-//! the same port as signaling.
+//! process with two listeners on one shared state:
+//! - a TLS endpoint (HTTPS control plane + WSS data plane) that checks SigV4 against a key
+//!   made up at start-up, with a CA kept in the state directory — the device reaches it with
+//!   the same [`KvsSignalingClient`] it uses for real KVS (Describe/Create channel, endpoints,
+//!   ICE servers, presigned WSS), so the embedded default exercises the real path;
+//! - a plain loopback endpoint for the viewer page: its WebSocket data plane (no credentials
+//!   in a web page) plus the routes the caller adds (the program adds the page itself).
 
 use crate::config::{DeviceConfig, SignalingConfig};
 use crate::device::{Device, DeviceError, DeviceHandle, DeviceParts};
 use crate::events::EventBus;
-use kvs_signaling::{Role, WsSignalingClient};
-use kvs_signaling_service::{ServiceConfig, ServiceHandle};
-use std::net::SocketAddr;
+use kvs_aws::{Credentials, StaticProvider};
+use kvs_signaling::{ChannelRef, KvsClientConfig, KvsSignalingClient, Role};
+use kvs_signaling_service::{AccessKey, ServiceConfig, ServiceHandle, ServiceState};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
+
+/// The region written into the local service's ARNs and signatures.
+pub const EMBEDDED_REGION: &str = "us-west-2";
 
 /// Errors starting the embedded default.
 #[derive(Debug, thiserror::Error)]
@@ -27,18 +36,30 @@ pub enum EmbeddedError {
     Device(#[from] DeviceError),
     #[error("the embedded default needs `signaling.mode = \"embedded\"`")]
     NotEmbedded,
-    #[error("cannot create the signaling channel: {0}")]
-    Channel(#[from] kvs_signaling_service::ChannelError),
+    #[error("no state directory: set signaling.state_dir, XDG_DATA_HOME or HOME")]
+    NoStateDir,
+    #[error("local signaling state in {dir}: {reason}")]
+    State { dir: PathBuf, reason: String },
+    #[error("the device cannot reach the local signaling service: {0}")]
+    Signaling(#[from] kvs_signaling::SignalingError),
 }
 
 /// A running embedded setup.
 pub struct Embedded {
     pub device: DeviceHandle,
+    /// The plain loopback listener (viewer page and its WebSocket).
     pub service: ServiceHandle,
-    /// `ws://…/` of the signaling data plane.
+    /// The TLS listener the device uses (HTTPS + WSS, SigV4).
+    pub tls_service: ServiceHandle,
+    /// `ws://…/` of the page's data plane.
     pub signaling_url: String,
+    /// `https://…` of the control plane (the device's way in).
+    pub control_plane: String,
+    /// The CA certificate that signs the TLS endpoint's certificate.
+    pub ca_path: PathBuf,
     pub channel_name: String,
     pub channel_arn: String,
+    /// The plain listener's address.
     pub addr: SocketAddr,
 }
 
@@ -52,6 +73,7 @@ impl Embedded {
     pub async fn shutdown(self) {
         self.device.shutdown().await;
         self.service.shutdown().await;
+        self.tls_service.shutdown().await;
     }
 }
 
@@ -63,59 +85,154 @@ pub async fn start(
     start_with_events(config, extra_routes, EventBus::new()).await
 }
 
+async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), EmbeddedError> {
+    let listen_err = |source| EmbeddedError::Listen { addr, source };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(listen_err)?;
+    let local = listener.local_addr().map_err(listen_err)?;
+    Ok((listener, local))
+}
+
+/// A key nobody else knows, made up for this run: the TLS endpoint accepts only it.
+fn run_key() -> AccessKey {
+    use rand::distr::{Alphanumeric, SampleString};
+    let mut rng = rand::rng();
+    AccessKey {
+        access_key_id: format!(
+            "AKIDLOCAL{}",
+            Alphanumeric.sample_string(&mut rng, 11).to_uppercase()
+        ),
+        secret_access_key: Alphanumeric.sample_string(&mut rng, 40),
+        session_token: None,
+    }
+}
+
+/// Where a client on this machine reaches a listener bound to `addr`.
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => (Ipv4Addr::LOCALHOST, addr.port()).into(),
+        IpAddr::V6(ip) if ip.is_unspecified() => (Ipv6Addr::LOCALHOST, addr.port()).into(),
+        _ => addr,
+    }
+}
+
 /// Like [`start`], publishing the device's events on `events` (subscribe first to see all).
 pub async fn start_with_events(
     config: DeviceConfig,
     extra_routes: Option<axum::Router>,
     events: EventBus,
 ) -> Result<Embedded, EmbeddedError> {
-    let SignalingConfig::Embedded { channel, listen } = config.signaling.clone() else {
+    let SignalingConfig::Embedded {
+        channel,
+        listen,
+        tls_listen,
+        state_dir,
+    } = config.signaling.clone()
+    else {
         return Err(EmbeddedError::NotEmbedded);
     };
     // Open sources first: a bad file is reported before anything listens.
     let camera = crate::sources::open_camera(&config.video)?;
     let microphone = crate::sources::open_microphone(&config.audio)?;
 
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|source| EmbeddedError::Listen {
-            addr: listen,
-            source,
-        })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|source| EmbeddedError::Listen {
-            addr: listen,
-            source,
-        })?;
+    let state_dir = match state_dir {
+        Some(d) => d,
+        None => kvs_signaling_service::store::default_state_dir("embedded")
+            .ok_or(EmbeddedError::NoStateDir)?,
+    };
+    let state_err = |reason: String| EmbeddedError::State {
+        dir: state_dir.clone(),
+        reason,
+    };
+    let (page_listener, addr) = bind(listen).await?;
+    let (tls_listener, tls_addr) = bind(tls_listen).await?;
+    let tls = kvs_signaling_service::tls::load_or_create(&state_dir, &[])
+        .map_err(|e| state_err(e.to_string()))?;
+
+    let key = run_key();
     // The device enforces its own viewer limit with a clear refusal; the service allows a few
     // more connections so refused viewers can still hear why.
     let service_config = ServiceConfig {
+        region: EMBEDDED_REGION.into(),
         max_viewers_per_channel: config.session.max_viewers.max(1) + 5,
         landing_page: extra_routes.as_ref().map(|_| "/index.html".to_owned()),
+        access_keys: vec![key.clone()],
+        state_dir: Some(state_dir.clone()),
         ..ServiceConfig::default()
     };
-    let service = kvs_signaling_service::spawn(listener, service_config, extra_routes);
-    let info = service.state().ensure_channel(&channel)?;
-    let signaling_url = format!("ws://{addr}/");
-    let client = WsSignalingClient::new(
-        format!("{signaling_url}?X-Amz-ChannelARN={}", urlencode(&info.arn)),
+    let state = ServiceState::open(service_config).map_err(|e| state_err(e.to_string()))?;
+    let tls_state = state.edge(true, true);
+    let tls_service = kvs_signaling_service::spawn_tls(
+        tls_listener,
+        kvs_signaling_service::router(tls_state.clone()),
+        tls_state,
+        &tls,
+    )
+    .map_err(|source| EmbeddedError::Listen {
+        addr: tls_addr,
+        source,
+    })?;
+    // The page's edge: loopback, unauthenticated, plain.
+    let page_state = state.edge(false, false);
+    let mut page_app = kvs_signaling_service::router(page_state.clone());
+    if let Some(extra) = extra_routes {
+        page_app = page_app.merge(extra);
+    }
+    let service = kvs_signaling_service::spawn_router(page_listener, page_app, page_state);
+
+    let control_plane = format!("https://{}", reachable(tls_addr));
+    let credentials = Arc::new(StaticProvider::new(Credentials::new(
+        key.access_key_id,
+        key.secret_access_key,
+        None,
+        None,
+    )));
+    let mut kvs = KvsClientConfig::new(
+        EMBEDDED_REGION,
+        ChannelRef::Name(channel.clone()),
         Role::Master,
-    );
-    tracing::info!(channel = %info.arn, "embedded signaling service on {signaling_url}");
-    let parts = DeviceParts {
-        config,
-        signaling: Arc::new(client),
-        camera,
-        microphone,
+        credentials,
+    )?;
+    kvs.control_endpoint = Some(control_plane.clone());
+    kvs.create_channel = true;
+    kvs.stun_url = None; // no STUN server on this machine; peers meet on host candidates
+    kvs.tls = kvs_aws::https::client_tls_config(Some(tls.ca_pem.as_bytes()), true)
+        .map_err(|e| state_err(e.to_string()))?;
+    let started = async {
+        let client = KvsSignalingClient::new(kvs)?;
+        // Describe (create on first run) and get the endpoints now, so a broken set-up fails
+        // here with a clear error rather than as a device that keeps retrying.
+        let (channel_arn, _endpoints) = client.channel().await?;
+        let parts = DeviceParts {
+            config,
+            signaling: Arc::new(client),
+            camera,
+            microphone,
+        };
+        let device = Device::start_with_events(parts, events).await?;
+        Ok::<_, EmbeddedError>((device, channel_arn))
+    }
+    .await;
+    let (device, channel_arn) = match started {
+        Ok(pair) => pair,
+        Err(e) => {
+            service.shutdown().await;
+            tls_service.shutdown().await;
+            return Err(e);
+        }
     };
-    let device = Device::start_with_events(parts, events).await?;
+    let signaling_url = format!("ws://{}/", reachable(addr));
+    tracing::info!(channel = %channel_arn, %control_plane, "embedded signaling service; page data plane on {signaling_url}");
     Ok(Embedded {
         device,
         service,
+        tls_service,
         signaling_url,
+        control_plane,
+        ca_path: tls.ca_path,
         channel_name: channel,
-        channel_arn: info.arn,
+        channel_arn,
         addr,
     })
 }

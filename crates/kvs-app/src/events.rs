@@ -19,6 +19,9 @@ pub enum EventKind {
     SignalingConnecting,
     SignalingConnected,
     SignalingDisconnected,
+    /// The signaling connection was replaced by a fresh one before the service's connection
+    /// age limit; nothing was interrupted.
+    SignalingRenewed,
     SignalingDescribe,
     SignalingGetEndpoint,
     SignalingGetIce,

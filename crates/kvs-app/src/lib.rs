@@ -23,11 +23,13 @@ pub mod config;
 pub mod device;
 pub mod embedded;
 pub mod events;
+pub mod signaling;
 pub mod sources;
 
 pub use backoff::{Backoff, BackoffConfig};
 pub use config::{
-    AudioSourceConfig, ConfigError, DeviceConfig, SessionConfig, SignalingConfig, VideoSourceConfig,
+    AudioSourceConfig, ConfigError, CredentialsConfig, DeviceConfig, SessionConfig,
+    SignalingConfig, VideoSourceConfig,
 };
 pub use device::{Device, DeviceError, DeviceHandle, DeviceParts, DeviceState};
 pub use events::{AppEvent, EventBus, EventKind};

@@ -36,6 +36,10 @@ fn config_with_sources(
         signaling: SignalingConfig::Embedded {
             channel: "rust-viewer-test".into(),
             listen: "127.0.0.1:0".parse().unwrap(),
+            tls_listen: "127.0.0.1:0".parse().unwrap(),
+            state_dir: Some(
+                std::env::temp_dir().join(format!("kvs-rust-viewer-{}", std::process::id())),
+            ),
         },
         video,
         audio,
@@ -128,6 +132,7 @@ async fn drive(j: &mut JoinedViewer, obs: &mut Observed, done: impl Fn(&Observed
                 (kind, payload) => panic!("unexpected signaling message {kind:?} {payload:?}"),
             },
             Err(SignalingEvent::Disconnected { reason }) => panic!("signaling lost: {reason}"),
+            Err(SignalingEvent::Renewed { .. }) => {}
             Ok(ViewerEvent::Connected) => obs.connected = true,
             Ok(ViewerEvent::ChannelOpen) => obs.channel_open = true,
             Ok(ViewerEvent::Data { data, binary }) => obs.echoes.push((data.to_vec(), binary)),

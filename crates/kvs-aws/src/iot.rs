@@ -12,11 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore};
 use serde::Deserialize;
 use tracing::debug;
@@ -150,56 +147,36 @@ impl IotCredentialsProvider {
     }
 
     async fn fetch(&self) -> Result<Credentials, CredentialsError> {
-        let transport = |e: &dyn std::fmt::Display| CredentialsError::Transport(e.to_string());
-        let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
-            .await
-            .map_err(|e| transport(&format!("connect {}:{}: {e}", self.host, self.port)))?;
-        let server_name = ServerName::try_from(self.host.clone())
-            .map_err(|e| CredentialsError::Tls(format!("server name '{}': {e}", self.host)))?;
-        let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
-            .connect(server_name, tcp)
-            .await
-            .map_err(|e| CredentialsError::Tls(format!("handshake with {}: {e}", self.host)))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .map_err(|e| transport(&e))?;
-        let conn_task = tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                debug!(error = %e, "IoT credentials connection ended");
-            }
-        });
-        let host_header = if self.port == 443 {
-            self.host.clone()
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
         } else {
-            format!("{}:{}", self.host, self.port)
+            self.host.clone()
         };
-        let request = http::Request::get(format!(
-            "/role-aliases/{}/credentials",
-            self.config.role_alias
-        ))
-        .header(http::header::HOST, host_header)
-        .header("x-amzn-iot-thingname", &self.config.thing_name)
-        .header(http::header::ACCEPT, "application/json")
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| transport(&e))?;
-        let result = async {
-            let response = sender
-                .send_request(request)
-                .await
-                .map_err(|e| transport(&e))?;
-            let status = response.status().as_u16();
-            let body = Limited::new(response.into_body(), MAX_BODY)
-                .collect()
-                .await
-                .map_err(|e| transport(&format!("reading answer: {e}")))?
-                .to_bytes();
-            Ok::<_, CredentialsError>((status, body))
-        }
-        .await;
-        conn_task.abort();
-        let (status, body) = result?;
-        debug!(status, "IoT credentials provider answered");
-        parse_answer(status, &body)
+        let url = format!(
+            "https://{host}:{}/role-aliases/{}/credentials",
+            self.port, self.config.role_alias
+        );
+        let request = crate::https::Request {
+            method: "GET",
+            url: &url,
+            headers: &[
+                ("x-amzn-iot-thingname", &self.config.thing_name),
+                ("accept", "application/json"),
+            ],
+            body: &[],
+        };
+        // The caller bounds the whole call with the configured timeout.
+        let response = crate::https::send(Some(&self.tls), &request, MAX_BODY, self.config.timeout)
+            .await
+            .map_err(|e| match e {
+                crate::https::HttpError::Tls { .. } => CredentialsError::Tls(e.to_string()),
+                other => CredentialsError::Transport(other.to_string()),
+            })?;
+        debug!(
+            status = response.status,
+            "IoT credentials provider answered"
+        );
+        parse_answer(response.status, &response.body)
     }
 }
 

@@ -8,9 +8,11 @@
 //!   application callback, caching, chain); [`iot`]: the AWS IoT credentials provider (mutual TLS).
 //! - [`sigv4`]: signing REST requests and presigning URLs (through the `aws-sigv4` crate).
 //! - [`verify`]: server-side verification with typed errors worded like the real service.
+//! - [`https`]: the small HTTP/1.1 + rustls client used for the control plane and IoT calls.
 //! - [`skew`]: clock-offset correction from "Signature expired" answers.
 
 pub mod credentials;
+pub mod https;
 pub mod iot;
 pub mod sigv4;
 pub mod skew;

@@ -53,6 +53,8 @@ pub struct ServiceConfig {
     pub connection_queue: usize,
     /// A connection that receives nothing for this long is closed (KVS: 10 min).
     pub idle_timeout: Duration,
+    /// Every connection is closed after this long (KVS: 1 hour); clients reconnect.
+    pub max_connection_age: Duration,
     /// Where a plain browser `GET /` (no WebSocket upgrade, no channel ARN) is redirected, so a
     /// web page can share the data plane's address. `None` answers such requests with the
     /// rest-json 400 the real service gives.
@@ -101,6 +103,7 @@ impl Default for ServiceConfig {
             max_pending_per_recipient: 64,
             connection_queue: 256,
             idle_timeout: Duration::from_secs(600),
+            max_connection_age: Duration::from_secs(3600),
             landing_page: None,
             access_keys: Vec::new(),
             max_clock_skew: Duration::from_secs(300),

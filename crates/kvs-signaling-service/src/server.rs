@@ -58,8 +58,18 @@ pub struct ServiceState {
     config: Arc<ServiceConfig>,
     auth: Option<Arc<Auth>>,
     store: Option<ChannelStore>,
-    /// Whether clients reach us over TLS (endpoints are then `wss://` / `https://`).
-    tls: Arc<std::sync::atomic::AtomicBool>,
+    /// How clients reach this edge (one listener): shared by the clones a router holds.
+    edge: Arc<Edge>,
+}
+
+/// What one listener is: TLS or plain, authenticated or not. One service can have several
+/// (the embedded default: TLS + SigV4 for the device, plain loopback for the viewer page).
+#[derive(Debug)]
+struct Edge {
+    /// Clients reach us over TLS (endpoints handed out are then `wss://` / `https://`).
+    tls: std::sync::atomic::AtomicBool,
+    /// Check SigV4 signatures (when access keys are configured).
+    authenticate: bool,
 }
 
 struct Auth {
@@ -104,8 +114,28 @@ impl ServiceState {
             config: Arc::new(config),
             auth,
             store: None,
-            tls: Arc::default(),
+            edge: Arc::new(Edge {
+                tls: false.into(),
+                authenticate: true,
+            }),
         }
+    }
+
+    /// A view of the same service (channels, connections, keys) for another listener:
+    /// `tls` sets the endpoints' schemes, `authenticate` whether SigV4 is checked there.
+    /// An unauthenticated edge is meant for loopback only.
+    pub fn edge(&self, tls: bool, authenticate: bool) -> ServiceState {
+        ServiceState {
+            edge: Arc::new(Edge {
+                tls: tls.into(),
+                authenticate,
+            }),
+            ..self.clone()
+        }
+    }
+
+    fn is_tls(&self) -> bool {
+        self.edge.tls.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A service that keeps its channels in `config.state_dir` (when set): the saved channels
@@ -130,7 +160,9 @@ impl ServiceState {
 
     /// Marks the service as reached over TLS: endpoints handed out become `wss://`/`https://`.
     pub fn set_tls(&self, tls: bool) {
-        self.tls.store(tls, std::sync::atomic::Ordering::Relaxed);
+        self.edge
+            .tls
+            .store(tls, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn save_channels(&self, channels: &[ChannelInfo]) {
@@ -339,7 +371,7 @@ fn authenticate(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<(), ControlResponse> {
-    let Some(auth) = &state.auth else {
+    let Some(auth) = state.auth.as_ref().filter(|_| state.edge.authenticate) else {
         return Ok(());
     };
     let mut pairs: Vec<(&str, &str)> = Vec::with_capacity(headers.len());
@@ -376,8 +408,7 @@ fn endpoints(state: &ServiceState, headers: &HeaderMap) -> Endpoints {
         .and_then(|h| h.to_str().ok())
         .filter(|h| !h.is_empty() && h.len() <= 255)
         .unwrap_or("localhost");
-    let tls = state.tls.load(std::sync::atomic::Ordering::Relaxed);
-    let (ws, http) = if tls {
+    let (ws, http) = if state.is_tls() {
         ("wss", "https")
     } else {
         ("ws", "http")
@@ -514,12 +545,21 @@ async fn data_plane(
         state: state.clone(),
         conn,
     };
-    let idle_timeout = state.config.idle_timeout;
+    let limits = ConnLimits {
+        idle: state.config.idle_timeout,
+        max_age: state.config.max_connection_age,
+    };
     let max_frame = kvs_signaling::codec::MAX_FRAME_BYTES;
     ws.protocols(["wss"])
         .max_message_size(max_frame)
         .max_frame_size(max_frame)
-        .on_upgrade(move |socket| run_connection(socket, guard, commands, idle_timeout))
+        .on_upgrade(move |socket| run_connection(socket, guard, commands, limits))
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ConnLimits {
+    idle: std::time::Duration,
+    max_age: std::time::Duration,
 }
 
 /// One connection: core outputs go out, received frames go into the core.
@@ -527,9 +567,11 @@ async fn run_connection(
     mut socket: WebSocket,
     guard: ConnGuard,
     mut commands: mpsc::Receiver<ConnCommand>,
-    idle_timeout: std::time::Duration,
+    limits: ConnLimits,
 ) {
     let conn = guard.conn;
+    let idle_timeout = limits.idle;
+    let end_of_life = tokio::time::Instant::now() + limits.max_age;
     let mut deadline = tokio::time::Instant::now() + idle_timeout;
     let reason: String = loop {
         tokio::select! {
@@ -565,6 +607,11 @@ async fn run_connection(
                 let frame = CloseFrame { code: 1000, reason: "idle timeout".into() };
                 let _ = socket.send(Message::Close(Some(frame))).await;
                 break "idle timeout".into();
+            }
+            _ = tokio::time::sleep_until(end_of_life) => {
+                let frame = CloseFrame { code: 1000, reason: "maximum connection duration reached".into() };
+                let _ = socket.send(Message::Close(Some(frame))).await;
+                break "maximum connection duration reached".into();
             }
         }
     };
@@ -612,21 +659,13 @@ impl ServiceHandle {
 
     /// The data-plane endpoint, `ws://<addr>/` (`wss://` when served over TLS).
     pub fn ws_endpoint(&self) -> Option<String> {
-        let scheme = if self.state.tls.load(std::sync::atomic::Ordering::Relaxed) {
-            "wss"
-        } else {
-            "ws"
-        };
+        let scheme = if self.state.is_tls() { "wss" } else { "ws" };
         self.local_addr.map(|a| format!("{scheme}://{a}/"))
     }
 
     /// The control-plane endpoint, `http://<addr>` (`https://` when served over TLS).
     pub fn http_endpoint(&self) -> Option<String> {
-        let scheme = if self.state.tls.load(std::sync::atomic::Ordering::Relaxed) {
-            "https"
-        } else {
-            "http"
-        };
+        let scheme = if self.state.is_tls() { "https" } else { "http" };
         self.local_addr.map(|a| format!("{scheme}://{a}"))
     }
 

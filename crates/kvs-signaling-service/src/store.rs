@@ -50,6 +50,17 @@ struct ChannelRepr {
     version: String,
 }
 
+/// The default state directory of a named part (`service`, `embedded`):
+/// `$XDG_DATA_HOME/kvs-webrtc/<name>`, else `~/.local/share/kvs-webrtc/<name>`; `None` when
+/// neither variable is set.
+pub fn default_state_dir(name: &str) -> Option<PathBuf> {
+    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    if let Some(d) = var("XDG_DATA_HOME") {
+        return Some(PathBuf::from(d).join("kvs-webrtc").join(name));
+    }
+    var("HOME").map(|h| PathBuf::from(h).join(".local/share/kvs-webrtc").join(name))
+}
+
 /// The channel list of one state directory.
 #[derive(Debug, Clone)]
 pub struct ChannelStore {
@@ -134,7 +145,12 @@ impl ChannelStore {
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir).map_err(write_err)?;
         }
-        let tmp = self.path.with_extension("json.tmp");
+        // A name of our own: two services sharing a directory must not write one temp file.
+        static SAVES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SAVES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = self
+            .path
+            .with_extension(format!("json.{}.{n}.tmp", std::process::id()));
         let mut file = std::fs::File::create(&tmp).map_err(write_err)?;
         file.write_all(&json).map_err(write_err)?;
         file.sync_all().map_err(write_err)?;

@@ -96,6 +96,16 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
 /// `host_names` (DNS names or IP addresses).
 pub fn load_or_create(dir: &Path, host_names: &[String]) -> Result<ServiceTls, TlsError> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    // Processes starting together (tests, a service and a device) must not both create a CA
+    // and end up with one's key beside the other's certificate.
+    let lock_path = dir.join(".ca.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io_err(&lock_path))?;
+    lock.lock().map_err(io_err(&lock_path))?;
     let ca_path = dir.join(CA_CERT_FILE);
     let key_path = dir.join(CA_KEY_FILE);
     let (ca_key, ca_pem) = if ca_path.exists() && key_path.exists() {

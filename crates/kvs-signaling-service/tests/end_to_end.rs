@@ -165,7 +165,7 @@ async fn master_and_two_viewers_exchange_offers_answers_and_candidates() {
 
     // A third viewer is refused with an HTTP error and a JSON message.
     match client(&service, &arn, viewer("viewer-3")).connect().await {
-        Err(SignalingError::Refused { status, body }) => {
+        Err(SignalingError::Refused { status, body, .. }) => {
             assert_eq!(status, 429);
             let json: serde_json::Value = serde_json::from_str(&body).unwrap();
             assert!(

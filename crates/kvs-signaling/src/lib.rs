@@ -4,6 +4,8 @@
 //!   (pure functions, no I/O; also used by the local service and the fuzzers).
 //! - [`client`]: the pluggable [`SignalingClient`] interface and its WebSocket implementation
 //!   [`WsSignalingClient`] (tokio edge).
+//! - [`kvs`]: the Amazon KVS client ([`KvsSignalingClient`]): control plane over HTTPS with
+//!   SigV4, presigned WSS data plane, ICE servers with TTL, clock-skew correction.
 //! - [`ice`]: the [`IceServer`] description handed to peer connections.
 //!
 //! This crate must not touch peer connections, media, or reconnection policy (the application
@@ -12,6 +14,7 @@
 pub mod client;
 pub mod codec;
 pub mod ice;
+pub mod kvs;
 
 pub use client::{
     data_plane_url, encode_outgoing, Role, SignalingClient, SignalingError, SignalingEvent,
@@ -24,3 +27,4 @@ pub use codec::{
     SdpType, SignalingMessage, StatusResponse,
 };
 pub use ice::IceServer;
+pub use kvs::{ChannelRef, KvsClientConfig, KvsSignalingClient};

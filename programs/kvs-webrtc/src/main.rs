@@ -14,9 +14,9 @@ use kvs_app::{
     AudioSourceConfig, Device, DeviceConfig, DeviceParts, EventBus, EventKind, SignalingConfig,
     VideoSourceConfig,
 };
+use kvs_signaling::Role;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -36,11 +36,25 @@ struct Cli {
     #[arg(long)]
     listen: Option<SocketAddr>,
 
-    /// Signaling channel name (embedded mode).
+    /// Signaling channel name (or ARN, with --region).
     #[arg(long)]
     channel: Option<String>,
 
-    /// Use an external KVS-protocol signaling endpoint (ws://…) instead of the embedded one.
+    /// Stream through Amazon KVS in this region (credentials: AWS_* variables or
+    /// ~/.aws/credentials; see the README) instead of the embedded service.
+    #[arg(long, conflicts_with = "signaling_url")]
+    region: Option<String>,
+
+    /// KVS control-plane endpoint override (e.g. https://127.0.0.1:8443 for
+    /// `kvs-webrtc service`); implies --region us-west-2 when no region is given.
+    #[arg(long, conflicts_with = "signaling_url")]
+    endpoint: Option<String>,
+
+    /// Extra CA certificate (PEM) to trust for --endpoint.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+
+    /// Use an external KVS-protocol signaling endpoint (ws://…) that needs no signing.
     #[arg(long, requires = "channel_arn")]
     signaling_url: Option<String>,
 
@@ -98,13 +112,42 @@ impl Cli {
                 .context("--signaling-url needs --channel-arn")?;
             config.signaling = SignalingConfig::Url { url, channel_arn };
         }
-        if let SignalingConfig::Embedded { channel, listen } = &mut config.signaling {
-            if let Some(l) = self.listen {
-                *listen = l;
+        let wants_kvs = self.region.is_some() || self.endpoint.is_some();
+        if wants_kvs && !matches!(config.signaling, SignalingConfig::Kvs { .. }) {
+            config.signaling = SignalingConfig::kvs("kvs-webrtc-demo", "us-west-2");
+        }
+        match &mut config.signaling {
+            SignalingConfig::Embedded {
+                channel, listen, ..
+            } => {
+                if let Some(l) = self.listen {
+                    *listen = l;
+                }
+                if let Some(c) = self.channel {
+                    *channel = c;
+                }
             }
-            if let Some(c) = self.channel {
-                *channel = c;
+            SignalingConfig::Kvs {
+                channel,
+                region,
+                endpoint,
+                ca_file,
+                ..
+            } => {
+                if let Some(c) = self.channel {
+                    *channel = c;
+                }
+                if let Some(r) = self.region {
+                    *region = r;
+                }
+                if let Some(e) = self.endpoint {
+                    *endpoint = Some(e);
+                }
+                if let Some(f) = self.ca_file {
+                    *ca_file = Some(f);
+                }
             }
+            SignalingConfig::Url { .. } => {}
         }
         if let Some(n) = self.max_viewers {
             config.session.max_viewers = n;
@@ -153,9 +196,9 @@ async fn main() -> Result<()> {
         return service_cmd::run(args).await;
     }
     let config = cli.into_config()?;
-    match config.signaling.clone() {
+    match config.signaling {
         SignalingConfig::Embedded { .. } => run_embedded(config).await,
-        SignalingConfig::Url { url, channel_arn } => run_external(config, url, channel_arn).await,
+        _ => run_external(config).await,
     }
 }
 
@@ -180,6 +223,11 @@ async fn run_embedded(config: DeviceConfig) -> Result<()> {
         "Signaling:   {} (channel {})",
         running.signaling_url, running.channel_arn
     );
+    println!(
+        "Device path: {} (TLS, SigV4; CA {})",
+        running.control_plane,
+        running.ca_path.display()
+    );
     wait_for_stop().await;
     println!("Stopping…");
     running.shutdown().await;
@@ -187,29 +235,36 @@ async fn run_embedded(config: DeviceConfig) -> Result<()> {
     Ok(())
 }
 
-async fn run_external(config: DeviceConfig, url: String, channel_arn: String) -> Result<()> {
+async fn run_external(config: DeviceConfig) -> Result<()> {
     let camera =
         kvs_app::sources::open_camera(&config.video).context("opening the video source")?;
     let microphone =
         kvs_app::sources::open_microphone(&config.audio).context("opening the audio source")?;
-    let separator = if url.contains('?') { '&' } else { '?' };
-    let client = kvs_signaling::WsSignalingClient::new(
-        format!(
-            "{url}{separator}X-Amz-ChannelARN={}",
-            kvs_app::embedded::urlencode(&channel_arn)
-        ),
-        kvs_signaling::Role::Master,
-    );
+    let client = kvs_app::signaling::build_client(&config.signaling, Role::Master, None)
+        .context("setting up signaling")?;
+    let what = match &config.signaling {
+        SignalingConfig::Kvs {
+            channel,
+            region,
+            endpoint,
+            ..
+        } => match endpoint {
+            Some(e) => format!("channel {channel} via {e} ({region})"),
+            None => format!("channel {channel} on Amazon KVS in {region}"),
+        },
+        SignalingConfig::Url { url, channel_arn } => format!("{channel_arn} via {url}"),
+        SignalingConfig::Embedded { .. } => unreachable!("handled by run_embedded"),
+    };
     let bus = EventBus::new();
     let report = tokio::spawn(report_events(bus.subscribe()));
     let parts = DeviceParts {
         config,
-        signaling: Arc::new(client),
+        signaling: client,
         camera,
         microphone,
     };
     let device = Device::start_with_events(parts, bus).await?;
-    println!("Streaming as master of {channel_arn} via {url}");
+    println!("Streaming as master of {what}");
     wait_for_stop().await;
     device.shutdown().await;
     report.abort();
@@ -227,6 +282,7 @@ async fn report_events(mut events: tokio::sync::broadcast::Receiver<kvs_app::App
                     EventKind::SignalingConnected
                         | EventKind::SignalingDisconnected
                         | EventKind::SignalingReconnectScheduled
+                        | EventKind::SignalingRenewed
                         | EventKind::SignalingError
                         | EventKind::PeerConnectionRequested
                         | EventKind::PeerConnected

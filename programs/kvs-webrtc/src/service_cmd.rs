@@ -82,11 +82,8 @@ pub struct ServiceArgs {
 }
 
 fn default_state_dir() -> Result<PathBuf> {
-    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
-        return Ok(PathBuf::from(d).join("kvs-webrtc").join("service"));
-    }
-    let home = std::env::var_os("HOME").context("neither --state-dir nor HOME is set")?;
-    Ok(PathBuf::from(home).join(".local/share/kvs-webrtc/service"))
+    kvs_signaling_service::store::default_state_dir("service")
+        .context("neither --state-dir nor HOME is set")
 }
 
 pub async fn run(args: ServiceArgs) -> Result<()> {
