@@ -48,18 +48,17 @@ class TailBuffer {
 }
 
 /**
- * Start `kvs-webrtc --listen 127.0.0.1:0 --media-bind 127.0.0.1 ...extraArgs` and resolve once it
- * prints its `Viewer page:` line.
+ * Start the program with `args` (and `env` added to ours) and resolve once its stdout matches
+ * `ready`; the match is kept as `program.ready`. `name` labels diagnostics.
  */
-async function startProgram(extraArgs = []) {
+async function startProcess(args, { ready, env = {}, name = 'kvs-webrtc' }) {
   if (!fs.existsSync(PROGRAM)) {
     throw new Error(`${PROGRAM} does not exist: build it first with \`cargo build --release -p kvs-webrtc\` (or run scripts/test.sh)`);
   }
-  const args = ['--listen', '127.0.0.1:0', '--media-bind', '127.0.0.1', ...extraArgs];
   const child = spawn(PROGRAM, args, {
     cwd: REPO_ROOT,
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, RUST_BACKTRACE: '1' },
+    env: { ...process.env, RUST_BACKTRACE: '1', ...env },
   });
   const stdout = new TailBuffer(MAX_CAPTURED_OUTPUT);
   const stderr = new TailBuffer(MAX_CAPTURED_OUTPUT);
@@ -68,6 +67,7 @@ async function startProgram(extraArgs = []) {
     args,
     stdout,
     stderr,
+    ready: null,
     url: null,
     exit: null, // {code, signal} once it exited
     exited: null,
@@ -87,7 +87,7 @@ async function startProgram(extraArgs = []) {
       await program.exited;
       return { ...program.exit, killed };
     },
-    dump(label = 'kvs-webrtc') {
+    dump(label = name) {
       const cmd = `${PROGRAM} ${args.join(' ')}`;
       return [
         `----- ${label}: ${cmd} -----`,
@@ -109,27 +109,27 @@ async function startProgram(extraArgs = []) {
   child.stderr.on('data', (d) => stderr.push(d));
   child.stdout.setEncoding('utf8');
 
-  const ready = new Promise((resolve, reject) => {
-    let line = '';
+  const started = new Promise((resolve, reject) => {
+    let text = '';
     child.stdout.on('data', (d) => {
       stdout.push(d);
-      line += d;
-      const m = /Viewer page:\s*(https?:\/\/\S+)/.exec(line);
-      if (m && !program.url) {
-        program.url = m[1];
+      text += d;
+      const m = ready.exec(text);
+      if (m && !program.ready) {
+        program.ready = m;
         resolve();
       }
-      if (line.length > 65536) line = line.slice(-1024);
+      if (text.length > 65536) text = text.slice(-1024);
     });
     child.on('error', (e) => reject(new Error(`could not start ${PROGRAM}: ${e.message}`)));
-    program.exited.then((exit) => reject(new Error(`kvs-webrtc exited before printing "Viewer page:" (${JSON.stringify(exit)})\n${program.dump()}`)));
+    program.exited.then((exit) => reject(new Error(`${name} exited before printing ${ready} (${JSON.stringify(exit)})\n${program.dump()}`)));
   });
   let timer;
   const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`kvs-webrtc printed no "Viewer page:" line within ${STARTUP_TIMEOUT_MS / 1000} s\n${program.dump()}`)), STARTUP_TIMEOUT_MS);
+    timer = setTimeout(() => reject(new Error(`${name} printed nothing matching ${ready} within ${STARTUP_TIMEOUT_MS / 1000} s\n${program.dump()}`)), STARTUP_TIMEOUT_MS);
   });
   try {
-    await Promise.race([ready, timeout]);
+    await Promise.race([started, timeout]);
   } catch (e) {
     child.kill('SIGKILL');
     throw e;
@@ -139,12 +139,23 @@ async function startProgram(extraArgs = []) {
   return program;
 }
 
+/**
+ * Start `kvs-webrtc --listen 127.0.0.1:0 --media-bind 127.0.0.1 ...extraArgs` and resolve once it
+ * prints its `Viewer page:` line (the page's URL is `program.url`).
+ */
+async function startProgram(extraArgs = []) {
+  const args = ['--listen', '127.0.0.1:0', '--media-bind', '127.0.0.1', ...extraArgs];
+  const program = await startProcess(args, { ready: /Viewer page:\s*(https?:\/\/\S+)/ });
+  program.url = program.ready[1];
+  return program;
+}
+
 /** A fresh headless Chromium (playwright gives each launch its own temporary profile). */
-async function launchBrowser() {
+async function launchBrowser(extraArgs = []) {
   if (!fs.existsSync(CHROMIUM)) {
     throw new Error(`${CHROMIUM} not found: install Debian's chromium package (scripts/test.sh does)`);
   }
-  return chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS, headless: true });
+  return chromium.launch({ executablePath: CHROMIUM, args: [...CHROMIUM_ARGS, ...extraArgs], headless: true });
 }
 
 /** Open the viewer page in a new browser; collects the page's console for diagnostics. */
@@ -276,6 +287,8 @@ async function withDiagnostics(getParts, body) {
 module.exports = {
   PROGRAM,
   WAIT_TIMEOUT_MS,
+  TailBuffer,
+  startProcess,
   startProgram,
   launchBrowser,
   openViewer,

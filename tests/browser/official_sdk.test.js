@@ -1,0 +1,173 @@
+// Interoperability with software we did not write, end to end over TLS and SigV4:
+//   - `kvs-webrtc service` (the local KVS-compatible service) on HTTPS/WSS with a key,
+//   - our device joining it exactly as it would join Amazon KVS (`--endpoint`, `--ca-file`,
+//     credentials from the standard AWS_* variables),
+//   - headless Chromium running a viewer page built only from the official KVS WebRTC SDK for
+//     JavaScript (its npm dist bundle) and the AWS SDK for JavaScript v3 (bundled here with
+//     esbuild), trusting the service's certificate by its public-key hash.
+// It asserts what a user of those SDKs sees: the channel found, the video decoded at 640x480,
+// audio arriving.
+'use strict';
+
+const { test, after } = require('node:test');
+const assert = require('node:assert/strict');
+const crypto = require('node:crypto');
+const fs = require('node:fs');
+const http = require('node:http');
+const os = require('node:os');
+const path = require('node:path');
+const tls = require('node:tls');
+const esbuild = require('esbuild');
+const { startProcess, launchBrowser, waitInPage, withDiagnostics, TailBuffer } = require('./lib/harness');
+
+const TEST_TIMEOUT = { timeout: 180_000 };
+const REGION = 'us-west-2';
+const CREDENTIALS = {
+  accessKeyId: 'AKIDOFFICIALSDK0001',
+  secretAccessKey: 'official/sdk+browser/secret0123456789',
+};
+const PAGE_DIR = path.join(__dirname, 'official-sdk');
+const KVS_SDK_BUNDLE = require.resolve('amazon-kinesis-video-streams-webrtc/dist/kvs-webrtc.min.js');
+
+const cleanups = [];
+after(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c().catch(() => {});
+});
+
+/** Bundle the AWS SDK v3 clients for the browser; returns the file's path. */
+function bundleAwsSdk(dir) {
+  const outfile = path.join(dir, 'aws-sdk.js');
+  esbuild.buildSync({
+    entryPoints: [path.join(PAGE_DIR, 'entry.js')],
+    bundle: true,
+    format: 'iife',
+    platform: 'browser',
+    target: 'es2020',
+    minify: true,
+    logLevel: 'error',
+    outfile,
+  });
+  return outfile;
+}
+
+/** Serve the page, its script, the official SDK's bundle and the AWS SDK bundle. */
+async function servePage(awsSdkPath) {
+  const files = {
+    '/': [path.join(PAGE_DIR, 'index.html'), 'text/html'],
+    '/viewer.js': [path.join(PAGE_DIR, 'viewer.js'), 'text/javascript'],
+    '/kvs-webrtc.min.js': [KVS_SDK_BUNDLE, 'text/javascript'],
+    '/aws-sdk.js': [awsSdkPath, 'text/javascript'],
+  };
+  const server = http.createServer((req, res) => {
+    const entry = files[req.url.split('?')[0]];
+    if (!entry) {
+      res.writeHead(404).end();
+      return;
+    }
+    res.writeHead(200, { 'content-type': entry[1] });
+    fs.createReadStream(entry[0]).pipe(res);
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return { url: `http://127.0.0.1:${server.address().port}/`, close: () => new Promise((r) => server.close(r)) };
+}
+
+/** base64(SHA-256(SubjectPublicKeyInfo)) of the certificate the TLS endpoint presents. */
+async function spkiHash(host, port) {
+  const socket = await new Promise((resolve, reject) => {
+    const s = tls.connect({ host, port, rejectUnauthorized: false, servername: 'localhost' }, () => resolve(s));
+    s.on('error', reject);
+  });
+  const cert = socket.getPeerX509Certificate();
+  socket.end();
+  const spki = cert.publicKey.export({ type: 'spki', format: 'der' });
+  return crypto.createHash('sha256').update(spki).digest('base64');
+}
+
+test('a viewer page made of the official KVS JS SDK and AWS SDK v3 decodes our device over TLS + SigV4', TEST_TIMEOUT, async () => {
+  const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'kvs-official-sdk-'));
+  cleanups.push(async () => fs.rmSync(stateDir, { recursive: true, force: true }));
+  const parts = {};
+  await withDiagnostics(() => ({ program: parts.device || parts.service, viewers: [] }), async () => {
+    // 1. The local service, TLS and SigV4 on.
+    const service = await startProcess(
+      ['service', '--listen', '127.0.0.1:0', '--state-dir', stateDir, '--region', REGION, '--channel', 'official-sdk-cam'],
+      {
+        name: 'kvs-webrtc service',
+        ready: /Control plane: (https:\/\/\S+)/,
+        env: { KVS_SERVICE_ACCESS_KEY_ID: CREDENTIALS.accessKeyId, KVS_SERVICE_SECRET_ACCESS_KEY: CREDENTIALS.secretAccessKey },
+      },
+    );
+    parts.service = service;
+    cleanups.push(() => service.stop(3000));
+    const controlPlane = service.ready[1];
+    const { hostname, port } = new URL(controlPlane);
+
+    // 2. Our device, configured the way it is pointed at Amazon KVS.
+    const device = await startProcess(
+      ['--endpoint', controlPlane, '--ca-file', path.join(stateDir, 'ca.pem'), '--region', REGION,
+        '--channel', 'official-sdk-cam', '--media-bind', '127.0.0.1'],
+      {
+        name: 'kvs-webrtc device',
+        ready: /SignalingConnected/,
+        env: {
+          AWS_ACCESS_KEY_ID: CREDENTIALS.accessKeyId,
+          AWS_SECRET_ACCESS_KEY: CREDENTIALS.secretAccessKey,
+          AWS_SESSION_TOKEN: '',
+          AWS_PROFILE: '',
+        },
+      },
+    );
+    parts.device = device;
+    cleanups.push(() => device.stop(3000));
+
+    // 3. The page, served from another origin than the service (CORS on the way).
+    const page = await servePage(bundleAwsSdk(stateDir));
+    cleanups.push(page.close);
+    const hash = await spkiHash(hostname, Number(port));
+    const browser = await launchBrowser([`--ignore-certificate-errors-spki-list=${hash}`]);
+    cleanups.push(() => browser.close());
+    const tab = await (await browser.newContext()).newPage();
+    const consoleLog = new TailBuffer(64 * 1024);
+    tab.on('console', (m) => consoleLog.push(`[${m.type()}] ${m.text()}\n`));
+    tab.on('pageerror', (e) => consoleLog.push(`[pageerror] ${e.stack || e.message}\n`));
+    await tab.goto(page.url, { waitUntil: 'load' });
+    const viewer = {
+      name: 'official-sdk',
+      page: tab,
+      async describe() {
+        return tab.evaluate(() => JSON.stringify({ state: window.sdkViewer.state, error: window.sdkViewer.error, log: window.sdkViewer.log.slice(-30) }))
+          .catch((e) => `(page not readable: ${e.message})`)
+          .then((s) => `${s}\n----- console -----\n${consoleLog.text}`);
+      },
+    };
+    await tab.evaluate((config) => window.startViewer(config), {
+      region: REGION,
+      endpoint: controlPlane,
+      credentials: CREDENTIALS,
+      channelName: 'official-sdk-cam',
+      clientId: 'official-sdk-viewer',
+    });
+
+    const stats = await waitInPage(viewer, 'getStats() to show 10 decoded 640x480 frames and audio packets', async () => {
+      const v = window.sdkViewer;
+      if (v.error) throw new Error(v.error);
+      if (!v.pc) return false;
+      const report = await v.pc.getStats();
+      let video = null;
+      let audio = null;
+      report.forEach((r) => {
+        if (r.type !== 'inbound-rtp') return;
+        if (r.kind === 'video') video = r;
+        if (r.kind === 'audio') audio = r;
+      });
+      if (!video || !audio || video.framesDecoded < 10 || audio.packetsReceived < 10) return false;
+      return { framesDecoded: video.framesDecoded, width: video.frameWidth, height: video.frameHeight, audioPackets: audio.packetsReceived, log: v.log };
+    }, undefined, 45_000);
+    assert.equal(stats.width, 640);
+    assert.equal(stats.height, 480);
+    assert.ok(stats.log.some((l) => /channel arn:aws:kinesisvideo:us-west-2:\d{12}:channel\/official-sdk-cam\/\d+/.test(l)), stats.log.join('\n'));
+    assert.ok(stats.log.some((l) => /endpoints .*"WSS":"wss:\/\//.test(l)), stats.log.join('\n'));
+    // The device saw a viewer through signaling, with the client id the SDK sent.
+    assert.match(device.stdout.text, /PeerConnected \[official-sdk-viewer\]/);
+  });
+});
