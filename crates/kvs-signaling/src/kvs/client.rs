@@ -393,9 +393,12 @@ impl KvsSignalingClient {
                     self.create(name).await?;
                     description = self.describe().await?;
                 }
-                (channel, _) => return Err(SignalingError::Config(format!(
-                    "signaling channel {channel:?} does not exist (and creating it is not enabled)"
-                ))),
+                (channel, _) => {
+                    let reason = format!(
+                        "signaling channel {channel:?} does not exist (and creating it is not enabled)"
+                    );
+                    return Err(SignalingError::Config(reason));
+                }
             }
         }
         let mut polls = 0;
