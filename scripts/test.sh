@@ -18,9 +18,9 @@ set -Eeuo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-# Debian packages: the browser, and what the H.264 (nasm), Opus (libopus-dev, pkg-config) and
-# crypto (clang, cmake) crates need to build.
-APT_PACKAGES=(chromium nasm libopus-dev pkg-config clang cmake ca-certificates)
+# Debian packages: the browser, what the H.264 (nasm), Opus (libopus-dev, pkg-config) and
+# crypto (clang, cmake) crates need to build, and coturn (the TURN server the relay test uses).
+APT_PACKAGES=(chromium nasm libopus-dev pkg-config clang cmake ca-certificates coturn)
 NODE_MIN_MAJOR=20 # playwright-core's minimum
 
 export DEBIAN_FRONTEND=noninteractive

@@ -17,6 +17,7 @@ const http = require('node:http');
 const os = require('node:os');
 const path = require('node:path');
 const tls = require('node:tls');
+const { spawn } = require('node:child_process');
 const esbuild = require('esbuild');
 const { startProcess, launchBrowser, waitInPage, withDiagnostics, TailBuffer } = require('./lib/harness');
 
@@ -83,91 +84,198 @@ async function spkiHash(host, port) {
   return crypto.createHash('sha256').update(spki).digest('base64');
 }
 
+/** A free local port (TCP and UDP are both free in practice on this loopback). */
+async function freePort() {
+  const server = http.createServer();
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address();
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+/** coturn with the TURN REST API scheme (`use-auth-secret`), relaying on loopback. */
+async function startCoturn(secret, dir) {
+  const port = await freePort();
+  const args = ['-n', '--listening-ip=127.0.0.1', `--listening-port=${port}`, '--relay-ip=127.0.0.1',
+    '--min-port=49160', '--max-port=49400', '--use-auth-secret', `--static-auth-secret=${secret}`,
+    '--realm=kvs-webrtc.local', '--allow-loopback-peers', '--no-cli', '--no-tls', '--no-dtls', '--fingerprint',
+    '--log-file=stdout', '--simple-log', `--pidfile=${path.join(dir, 'turnserver.pid')}`, `--userdb=${path.join(dir, 'turndb')}`];
+  const child = spawn('turnserver', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const log = new TailBuffer(64 * 1024);
+  child.stderr.on('data', (d) => log.push(d));
+  await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`coturn did not start:\n${log.text}`)), 15_000);
+    child.on('error', (e) => reject(new Error(`cannot start turnserver (Debian package coturn): ${e.message}`)));
+    child.stdout.on('data', (d) => {
+      log.push(d);
+      if (/Total General servers/.test(log.text)) {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+  });
+  return {
+    uri: `turn:127.0.0.1:${port}?transport=udp`,
+    log,
+    stop: () => new Promise((resolve) => {
+      child.once('exit', resolve);
+      child.kill('SIGTERM');
+    }),
+  };
+}
+
+/**
+ * The local service (TLS + SigV4, extra `serviceArgs`), our device pointed at it like at KVS,
+ * the official-SDK page, and a Chromium trusting the service's certificate.
+ */
+async function startStack(parts, stateDir, channel, serviceArgs = []) {
+  const service = await startProcess(
+    ['service', '--listen', '127.0.0.1:0', '--state-dir', stateDir, '--region', REGION, '--channel', channel, ...serviceArgs],
+    {
+      name: 'kvs-webrtc service',
+      ready: /Control plane: (https:\/\/\S+)/,
+      env: { KVS_SERVICE_ACCESS_KEY_ID: CREDENTIALS.accessKeyId, KVS_SERVICE_SECRET_ACCESS_KEY: CREDENTIALS.secretAccessKey },
+    },
+  );
+  parts.service = service;
+  cleanups.push(() => service.stop(3000));
+  const controlPlane = service.ready[1];
+  const { hostname, port } = new URL(controlPlane);
+
+  const device = await startProcess(
+    ['--endpoint', controlPlane, '--ca-file', path.join(stateDir, 'ca.pem'), '--region', REGION,
+      '--channel', channel, '--media-bind', '127.0.0.1'],
+    {
+      name: 'kvs-webrtc device',
+      ready: /SignalingConnected/,
+      env: {
+        AWS_ACCESS_KEY_ID: CREDENTIALS.accessKeyId,
+        AWS_SECRET_ACCESS_KEY: CREDENTIALS.secretAccessKey,
+        AWS_SESSION_TOKEN: '',
+        AWS_PROFILE: '',
+      },
+    },
+  );
+  parts.device = device;
+  cleanups.push(() => device.stop(3000));
+
+  // The page, served from another origin than the service (CORS on the way).
+  const page = await servePage(bundleAwsSdk(stateDir));
+  cleanups.push(page.close);
+  const hash = await spkiHash(hostname, Number(port));
+  const browser = await launchBrowser([`--ignore-certificate-errors-spki-list=${hash}`]);
+  cleanups.push(() => browser.close());
+  const tab = await (await browser.newContext()).newPage();
+  const consoleLog = new TailBuffer(64 * 1024);
+  tab.on('console', (m) => consoleLog.push(`[${m.type()}] ${m.text()}\n`));
+  tab.on('pageerror', (e) => consoleLog.push(`[pageerror] ${e.stack || e.message}\n`));
+  await tab.goto(page.url, { waitUntil: 'load' });
+  const viewer = {
+    name: 'official-sdk',
+    page: tab,
+    async describe() {
+      return tab.evaluate(() => JSON.stringify({ state: window.sdkViewer.state, error: window.sdkViewer.error, log: window.sdkViewer.log.slice(-30) }))
+        .catch((e) => `(page not readable: ${e.message})`)
+        .then((s) => `${s}\n----- console -----\n${consoleLog.text}`);
+    },
+  };
+  return { controlPlane, device, viewer };
+}
+
+/** Start the page's viewer and wait for decoded video and audio; returns what getStats says. */
+async function viewAndDecode(stack, channel, clientId, extra = {}) {
+  await stack.viewer.page.evaluate((config) => window.startViewer(config), {
+    region: REGION,
+    endpoint: stack.controlPlane,
+    credentials: CREDENTIALS,
+    channelName: channel,
+    clientId,
+    ...extra,
+  });
+  return waitInPage(stack.viewer, 'getStats() to show 10 decoded 640x480 frames and audio packets', async () => {
+    const v = window.sdkViewer;
+    if (v.error) throw new Error(v.error);
+    if (!v.pc) return false;
+    const report = await v.pc.getStats();
+    let video = null;
+    let audio = null;
+    let pair = null;
+    report.forEach((r) => {
+      if (r.type === 'inbound-rtp' && r.kind === 'video') video = r;
+      if (r.type === 'inbound-rtp' && r.kind === 'audio') audio = r;
+      if (r.type === 'transport' && r.selectedCandidatePairId) pair = report.get(r.selectedCandidatePairId);
+    });
+    if (!video || !audio || video.framesDecoded < 10 || audio.packetsReceived < 10) return false;
+    const local = pair && report.get(pair.localCandidateId);
+    return {
+      framesDecoded: video.framesDecoded,
+      width: video.frameWidth,
+      height: video.frameHeight,
+      audioPackets: audio.packetsReceived,
+      localCandidateType: local ? local.candidateType : null,
+      log: v.log,
+    };
+  }, undefined, 45_000);
+}
+
+function freshDir(tag) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `kvs-${tag}-`));
+  cleanups.push(async () => fs.rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
 test('a viewer page made of the official KVS JS SDK and AWS SDK v3 decodes our device over TLS + SigV4', TEST_TIMEOUT, async () => {
-  const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'kvs-official-sdk-'));
-  cleanups.push(async () => fs.rmSync(stateDir, { recursive: true, force: true }));
+  const stateDir = freshDir('official-sdk');
   const parts = {};
   await withDiagnostics(() => ({ program: parts.device || parts.service, viewers: [] }), async () => {
-    // 1. The local service, TLS and SigV4 on.
-    const service = await startProcess(
-      ['service', '--listen', '127.0.0.1:0', '--state-dir', stateDir, '--region', REGION, '--channel', 'official-sdk-cam'],
-      {
-        name: 'kvs-webrtc service',
-        ready: /Control plane: (https:\/\/\S+)/,
-        env: { KVS_SERVICE_ACCESS_KEY_ID: CREDENTIALS.accessKeyId, KVS_SERVICE_SECRET_ACCESS_KEY: CREDENTIALS.secretAccessKey },
-      },
-    );
-    parts.service = service;
-    cleanups.push(() => service.stop(3000));
-    const controlPlane = service.ready[1];
-    const { hostname, port } = new URL(controlPlane);
-
-    // 2. Our device, configured the way it is pointed at Amazon KVS.
-    const device = await startProcess(
-      ['--endpoint', controlPlane, '--ca-file', path.join(stateDir, 'ca.pem'), '--region', REGION,
-        '--channel', 'official-sdk-cam', '--media-bind', '127.0.0.1'],
-      {
-        name: 'kvs-webrtc device',
-        ready: /SignalingConnected/,
-        env: {
-          AWS_ACCESS_KEY_ID: CREDENTIALS.accessKeyId,
-          AWS_SECRET_ACCESS_KEY: CREDENTIALS.secretAccessKey,
-          AWS_SESSION_TOKEN: '',
-          AWS_PROFILE: '',
-        },
-      },
-    );
-    parts.device = device;
-    cleanups.push(() => device.stop(3000));
-
-    // 3. The page, served from another origin than the service (CORS on the way).
-    const page = await servePage(bundleAwsSdk(stateDir));
-    cleanups.push(page.close);
-    const hash = await spkiHash(hostname, Number(port));
-    const browser = await launchBrowser([`--ignore-certificate-errors-spki-list=${hash}`]);
-    cleanups.push(() => browser.close());
-    const tab = await (await browser.newContext()).newPage();
-    const consoleLog = new TailBuffer(64 * 1024);
-    tab.on('console', (m) => consoleLog.push(`[${m.type()}] ${m.text()}\n`));
-    tab.on('pageerror', (e) => consoleLog.push(`[pageerror] ${e.stack || e.message}\n`));
-    await tab.goto(page.url, { waitUntil: 'load' });
-    const viewer = {
-      name: 'official-sdk',
-      page: tab,
-      async describe() {
-        return tab.evaluate(() => JSON.stringify({ state: window.sdkViewer.state, error: window.sdkViewer.error, log: window.sdkViewer.log.slice(-30) }))
-          .catch((e) => `(page not readable: ${e.message})`)
-          .then((s) => `${s}\n----- console -----\n${consoleLog.text}`);
-      },
-    };
-    await tab.evaluate((config) => window.startViewer(config), {
-      region: REGION,
-      endpoint: controlPlane,
-      credentials: CREDENTIALS,
-      channelName: 'official-sdk-cam',
-      clientId: 'official-sdk-viewer',
-    });
-
-    const stats = await waitInPage(viewer, 'getStats() to show 10 decoded 640x480 frames and audio packets', async () => {
-      const v = window.sdkViewer;
-      if (v.error) throw new Error(v.error);
-      if (!v.pc) return false;
-      const report = await v.pc.getStats();
-      let video = null;
-      let audio = null;
-      report.forEach((r) => {
-        if (r.type !== 'inbound-rtp') return;
-        if (r.kind === 'video') video = r;
-        if (r.kind === 'audio') audio = r;
-      });
-      if (!video || !audio || video.framesDecoded < 10 || audio.packetsReceived < 10) return false;
-      return { framesDecoded: video.framesDecoded, width: video.frameWidth, height: video.frameHeight, audioPackets: audio.packetsReceived, log: v.log };
-    }, undefined, 45_000);
+    const stack = await startStack(parts, stateDir, 'official-sdk-cam');
+    const stats = await viewAndDecode(stack, 'official-sdk-cam', 'official-sdk-viewer');
     assert.equal(stats.width, 640);
     assert.equal(stats.height, 480);
     assert.ok(stats.log.some((l) => /channel arn:aws:kinesisvideo:us-west-2:\d{12}:channel\/official-sdk-cam\/\d+/.test(l)), stats.log.join('\n'));
     assert.ok(stats.log.some((l) => /endpoints .*"WSS":"wss:\/\//.test(l)), stats.log.join('\n'));
     // The device saw a viewer through signaling, with the client id the SDK sent.
-    assert.match(device.stdout.text, /PeerConnected \[official-sdk-viewer\]/);
+    assert.match(stack.device.stdout.text, /PeerConnected \[official-sdk-viewer\]/);
+  });
+});
+
+test('a relay-only viewer reaches our device through coturn with TURN credentials minted by the service', TEST_TIMEOUT, async () => {
+  const stateDir = freshDir('turn-relay');
+  const secret = crypto.randomBytes(16).toString('hex');
+  const coturn = await startCoturn(secret, stateDir);
+  cleanups.push(coturn.stop);
+  const parts = {};
+  await withDiagnostics(() => ({ program: parts.device || parts.service, viewers: [] }), async () => {
+    const stack = await startStack(parts, stateDir, 'turn-cam', ['--turn-uri', coturn.uri, '--turn-secret', secret]);
+    const stats = await viewAndDecode(stack, 'turn-cam', 'relay-viewer', { iceTransportPolicy: 'relay' });
+    assert.equal(stats.width, 640);
+    // The browser used only its TURN allocation: coturn accepted the minted credentials.
+    assert.equal(stats.localCandidateType, 'relay', stats.log.join('\n'));
+    assert.ok(stats.log.some((l) => /1 ICE servers/.test(l)), stats.log.join('\n'));
+    assert.ok(stats.log.some((l) => /local candidate relay/.test(l)), stats.log.join('\n'));
+    // Gathering alone, with the minted credentials and with a tampered password: coturn
+    // allocates for the first and refuses the second.
+    const probes = await stack.viewer.page.evaluate(async () => {
+      const gather = async (server) => {
+        const pc = new RTCPeerConnection({ iceServers: [server], iceTransportPolicy: 'relay' });
+        const types = [];
+        pc.onicecandidate = ({ candidate }) => { if (candidate) types.push(candidate.type); };
+        const done = new Promise((resolve) => {
+          pc.onicegatheringstatechange = () => { if (pc.iceGatheringState === 'complete') resolve(); };
+        });
+        pc.createDataChannel('probe');
+        await pc.setLocalDescription(await pc.createOffer());
+        await Promise.race([done, new Promise((r) => setTimeout(r, 15000))]);
+        pc.close();
+        return types;
+      };
+      const [server] = window.sdkViewer.iceServers;
+      return { minted: await gather(server), tampered: await gather({ ...server, credential: `x${server.credential}` }) };
+    });
+    assert.deepEqual(probes.minted, ['relay'], JSON.stringify(probes));
+    assert.deepEqual(probes.tampered, [], JSON.stringify(probes));
+  }).catch((e) => {
+    console.error(`----- coturn -----\n${coturn.log.text}`);
+    throw e;
   });
 });

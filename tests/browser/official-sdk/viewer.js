@@ -43,6 +43,7 @@ window.startViewer = async function startViewer(config) {
       ClientId: config.clientId,
     }));
     const iceServers = IceServerList.map((s) => ({ urls: s.Uris, username: s.Username, credential: s.Password }));
+    v.iceServers = iceServers;
     note(`${iceServers.length} ICE servers`);
 
     const signalingClient = new KVSWebRTC.SignalingClient({
@@ -54,7 +55,8 @@ window.startViewer = async function startViewer(config) {
       credentials: config.credentials,
       systemClockOffset: kinesisVideo.config.systemClockOffset,
     });
-    const pc = new RTCPeerConnection({ iceServers });
+    // `relay` makes the browser use TURN only (the test of minted TURN credentials).
+    const pc = new RTCPeerConnection({ iceServers, iceTransportPolicy: config.iceTransportPolicy || 'all' });
     v.pc = pc;
     v.signalingClient = signalingClient;
     pc.addTransceiver('video', { direction: 'recvonly' });
@@ -70,7 +72,9 @@ window.startViewer = async function startViewer(config) {
       }
     };
     pc.onicecandidate = ({ candidate }) => {
-      if (candidate) signalingClient.sendIceCandidate(candidate);
+      if (!candidate) return;
+      note(`local candidate ${candidate.type}`);
+      signalingClient.sendIceCandidate(candidate);
     };
     pc.onconnectionstatechange = () => note(`connection ${pc.connectionState}`);
     signalingClient.on('open', async () => {
