@@ -642,4 +642,64 @@ mod tests {
         let e = DeviceConfig::load(Some(Path::new("/nonexistent/kvs.toml")), env(&[])).unwrap_err();
         assert!(matches!(e, ConfigError::Read { .. }));
     }
+
+    #[test]
+    fn kvs_mode_from_toml_and_nested_env_overrides_with_secrets_kept_out_of_debug() {
+        let c = DeviceConfig::load(
+            None,
+            env(&[
+                ("KVS_WEBRTC_SIGNALING__MODE", "kvs"),
+                ("KVS_WEBRTC_SIGNALING__CHANNEL", "front-door"),
+                ("KVS_WEBRTC_SIGNALING__REGION", "eu-west-1"),
+                ("KVS_WEBRTC_SIGNALING__CREDENTIALS__SOURCE", "static"),
+                (
+                    "KVS_WEBRTC_SIGNALING__CREDENTIALS__ACCESS_KEY_ID",
+                    "AKIDEXAMPLE",
+                ),
+                (
+                    "KVS_WEBRTC_SIGNALING__CREDENTIALS__SECRET_ACCESS_KEY",
+                    "wJalr-very-secret",
+                ),
+            ]),
+        )
+        .unwrap();
+        let SignalingConfig::Kvs {
+            channel,
+            region,
+            create_channel,
+            use_turn,
+            credentials,
+            ..
+        } = &c.signaling
+        else {
+            panic!("not kvs: {:?}", c.signaling);
+        };
+        assert_eq!(
+            (channel.as_str(), region.as_str()),
+            ("front-door", "eu-west-1")
+        );
+        assert!(*create_channel && *use_turn);
+        assert!(matches!(credentials, CredentialsConfig::Static { .. }));
+        let printed = format!("{c:?}");
+        assert!(printed.contains("AKIDEXAMPLE"), "{printed}");
+        assert!(!printed.contains("wJalr-very-secret"), "{printed}");
+
+        let c = DeviceConfig::from_toml_str(
+            "[signaling]\nmode = \"kvs\"\nchannel = \"arn:aws:kinesisvideo:us-east-1:111122223333:channel/cam/1\"\nregion = \"us-east-1\"\nfips = true\n[signaling.credentials]\nsource = \"profile\"\nprofile = \"camera\"\n",
+        )
+        .unwrap();
+        assert!(matches!(
+            c.signaling,
+            SignalingConfig::Kvs { fips: true, credentials: CredentialsConfig::Profile { profile: Some(ref p) }, .. } if p == "camera"
+        ));
+        for bad in [
+            "[signaling]\nmode = \"kvs\"\nchannel = \"cam\"\nregion = \"Mars 1\"\n",
+            "[signaling]\nmode = \"kvs\"\nchannel = \"bad name!\"\nregion = \"us-east-1\"\n",
+            "[signaling]\nmode = \"kvs\"\nregion = \"us-east-1\"\n",
+            "[signaling]\nmode = \"kvs\"\nchannel = \"c\"\nregion = \"us-east-1\"\n[signaling.credentials]\nsource = \"iot\"\n",
+        ] {
+            let e = DeviceConfig::from_toml_str(bad).unwrap_err();
+            assert!(matches!(e, ConfigError::Invalid { .. }), "{bad}: {e}");
+        }
+    }
 }

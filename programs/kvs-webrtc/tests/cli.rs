@@ -98,6 +98,26 @@ fn bad_files_and_values_are_clear_errors() {
             vec![],
             "signaling.channel",
         ),
+        (
+            vec!["--region".into(), "Mars-1".into()],
+            vec![],
+            "signaling.region",
+        ),
+        (
+            vec![
+                "--endpoint".into(),
+                "https://127.0.0.1:1".into(),
+                "--ca-file".into(),
+                dir.join("no-such-ca.pem").display().to_string(),
+            ],
+            vec![],
+            "no-such-ca.pem",
+        ),
+        (
+            vec!["--endpoint".into(), "ftp://127.0.0.1:1".into()],
+            vec![],
+            "control-plane endpoint",
+        ),
     ];
     for (args, envs, expected) in cases {
         let mut cmd = program();
