@@ -236,16 +236,3 @@ pub async fn start_with_events(
         addr,
     })
 }
-
-/// Percent-encode a query value (ARNs contain ':' and '/').
-pub fn urlencode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len() * 3);
-    for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}

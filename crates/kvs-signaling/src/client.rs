@@ -204,11 +204,11 @@ pub fn data_plane_url(
     let mut url = with_root_path(endpoint.trim_end_matches('?'))?;
     url.push(if url.contains('?') { '&' } else { '?' });
     url.push_str("X-Amz-ChannelARN=");
-    url.push_str(&percent_encode(channel_arn));
+    url.push_str(&kvs_aws::sigv4::uri_encode(channel_arn, true));
     if let Role::Viewer { client_id } = role {
         validate_client_id(client_id)?;
         url.push_str("&X-Amz-ClientId=");
-        url.push_str(&percent_encode(client_id));
+        url.push_str(&kvs_aws::sigv4::uri_encode(client_id, true));
     }
     Ok(url)
 }
@@ -238,19 +238,6 @@ fn with_root_path(url: &str) -> Result<String, SignalingError> {
     } else {
         Ok(format!("{}/{}", &url[..insert_at], &url[insert_at..]))
     }
-}
-
-/// RFC 3986 encoding of everything but unreserved characters (what SigV4 expects).
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() * 3);
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// A KVS WebSocket signaling client for either role.
