@@ -491,6 +491,11 @@ async fn run_connection(
         .map(|r| tokio::time::Instant::now() + r.after);
     let mut renewing: Option<JoinHandle<Result<WsStream, SignalingError>>> = None;
     let reason: String = loop {
+        // Set when the current connection ended; with a renewal under way the link moves to
+        // the new connection instead of ending (the service closes the old one as soon as the
+        // new one is in, which can be before the new one's handshake finished on our side).
+        let mut lost: Option<String> = None;
+        let mut unsent: Option<String> = None;
         tokio::select! {
             _ = sleep_until_opt(renew_at), if renewing.is_none() => {
                 if let Some(r) = &renewal {
@@ -521,8 +526,8 @@ async fn run_connection(
                 }
             }
             incoming = ws.next() => match incoming {
-                None => break "connection closed".into(),
-                Some(Err(e)) => break format!("connection error: {e}"),
+                None => lost = Some("connection closed".into()),
+                Some(Err(e)) => lost = Some(format!("connection error: {e}")),
                 Some(Ok(Message::Text(text))) => {
                     if !deliver(&events, text.as_bytes()).await {
                         let _ = ws.close(None).await;
@@ -536,10 +541,10 @@ async fn run_connection(
                     }
                 }
                 Some(Ok(Message::Close(frame))) => {
-                    break match frame {
+                    lost = Some(match frame {
                         Some(f) => format!("closed by service: {} {}", u16::from(f.code), f.reason),
                         None => "closed by service".into(),
-                    };
+                    });
                 }
                 // tungstenite answers pings itself; pongs need nothing.
                 Some(Ok(_)) => {}
@@ -547,8 +552,9 @@ async fn run_connection(
             next = outgoing.recv() => match next {
                 Some(msg) => match encode_outgoing(&role, &msg) {
                     Ok(text) => {
-                        if let Err(e) = ws.send(Message::Text(text.into())).await {
-                            break format!("send failed: {e}");
+                        if let Err(e) = ws.send(Message::Text(text.clone().into())).await {
+                            lost = Some(format!("send failed: {e}"));
+                            unsent = Some(text);
                         }
                     }
                     Err(e) => {
@@ -562,9 +568,39 @@ async fn run_connection(
             },
             _ = ping.tick() => {
                 if let Err(e) = ws.send(Message::Ping(Default::default())).await {
-                    break format!("keep-alive ping failed: {e}");
+                    lost = Some(format!("keep-alive ping failed: {e}"));
                 }
             }
+        }
+        let Some(reason) = lost else { continue };
+        let (Some(r), Some(_)) = (&renewal, &renewing) else {
+            break reason;
+        };
+        match join_opt(&mut renewing).await {
+            Ok(fresh) => {
+                renewing = None;
+                ws = fresh;
+                renew_at = Some(tokio::time::Instant::now() + r.after);
+                if let Some(text) = unsent {
+                    if let Err(e) = ws.send(Message::Text(text.into())).await {
+                        break format!("send failed: {e}");
+                    }
+                }
+                let reason = format!(
+                    "connection renewed after {} s (the old one ended: {reason})",
+                    r.after.as_secs()
+                );
+                info!(%reason, "signaling connection renewed");
+                if events
+                    .send(SignalingEvent::Renewed { reason })
+                    .await
+                    .is_err()
+                {
+                    let _ = ws.close(None).await;
+                    break "event receiver dropped".into();
+                }
+            }
+            Err(e) => break format!("{reason}; renewing failed too: {e}"),
         }
     };
     if let Some(task) = renewing {
