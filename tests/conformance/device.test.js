@@ -15,7 +15,7 @@ const { SignalingClient, Role } = require('amazon-kinesis-video-streams-webrtc')
 const { KinesisVideoClient, DescribeSignalingChannelCommand, GetSignalingChannelEndpointCommand } = require('@aws-sdk/client-kinesis-video');
 const { NodeHttpHandler } = require('@smithy/node-http-handler');
 const https = require('node:https');
-const { PROGRAM, REGION, CREDENTIALS, startService } = require('./lib/service');
+const { PROGRAM, REGION, CREDENTIALS, startService, waitForOutput } = require('./lib/service');
 
 const TIMEOUT = { timeout: 120_000 };
 const WAIT_MS = 20_000;
@@ -124,5 +124,5 @@ test('the official SignalingClient as a viewer gets our device\'s answer and can
   assert.match(answer.sdp, /a=group:BUNDLE 0 1 2/);
   const [[candidate]] = await candidates;
   assert.match(candidate.candidate, /^candidate:.* 127\.0\.0\.1 \d+ typ host/);
-  assert.match(device.output(), /PeerConnectionRequested \[js-sdk-viewer\]/);
+  await waitForOutput(device.output, /PeerConnectionRequested \[js-sdk-viewer\]/);
 });

@@ -14,7 +14,7 @@ const {
   GetSignalingChannelEndpointCommand,
 } = require('@aws-sdk/client-kinesis-video');
 const { NodeHttpHandler } = require('@smithy/node-http-handler');
-const { REGION, CREDENTIALS, startService } = require('./lib/service');
+const { REGION, CREDENTIALS, startService, waitForOutput } = require('./lib/service');
 
 const TIMEOUT = { timeout: 120_000 };
 const WAIT_MS = 15_000;
@@ -133,6 +133,6 @@ test('a SignalingClient with the wrong secret is refused and never opens', TIMEO
   viewer.open();
   await failed;
   assert.equal(opened, false);
-  assert.match(service.output(), /refusing an unauthenticated signaling connection/);
+  await waitForOutput(service.output, /refusing an unauthenticated signaling connection/);
   viewer.close();
 });

@@ -20,6 +20,21 @@ const CREDENTIALS = {
 };
 const STARTUP_TIMEOUT_MS = 30_000;
 
+/**
+ * Resolve once `output()` matches `pattern`, or reject with the output after `timeoutMs`.
+ * A child's log line and the network answer it precedes travel on different pipes, so the
+ * answer can reach a test before the line does: wait for the line, don't just look once.
+ */
+async function waitForOutput(output, pattern, timeoutMs = 10_000) {
+  const deadline = Date.now() + timeoutMs;
+  while (!pattern.test(output())) {
+    if (Date.now() > deadline) {
+      throw new Error(`no output matching ${pattern} within ${timeoutMs} ms:\n${output()}`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
 function freshStateDir() {
   return fs.mkdtempSync(path.join(os.tmpdir(), 'kvs-conformance-'));
 }
@@ -79,4 +94,4 @@ async function startService({ stateDir = freshStateDir(), extraArgs = [], sessio
   };
 }
 
-module.exports = { PROGRAM, REGION, CREDENTIALS, startService, freshStateDir };
+module.exports = { PROGRAM, REGION, CREDENTIALS, startService, freshStateDir, waitForOutput };
