@@ -24,12 +24,19 @@ pub struct CaptureControl {
     keyframe_requested: AtomicBool,
     frames_captured: AtomicU64,
     frames_dropped: AtomicU64,
+    /// The camera's own keyframe flag, if it has one.
+    camera_trigger: Option<Arc<AtomicBool>>,
 }
 
 impl CaptureControl {
     /// Ask the camera for a keyframe before its next frame (coalesces repeated requests).
+    /// A camera with a [`VideoCapture::keyframe_trigger`] gets it at once, so it applies to
+    /// the frame the camera is waiting to encode, not the one after.
     pub fn request_keyframe(&self) {
-        self.keyframe_requested.store(true, Ordering::Relaxed);
+        match &self.camera_trigger {
+            Some(trigger) => trigger.store(true, Ordering::Relaxed),
+            None => self.keyframe_requested.store(true, Ordering::Relaxed),
+        }
     }
 
     pub fn frames_captured(&self) -> u64 {
@@ -128,7 +135,14 @@ fn spawn(
     sink: impl FrameDelivery,
     events: EventBus,
 ) -> std::io::Result<CaptureThread> {
-    let control = Arc::new(CaptureControl::default());
+    let camera_trigger = match &source {
+        Source::Video(camera) => camera.keyframe_trigger(),
+        Source::Audio(_) => None,
+    };
+    let control = Arc::new(CaptureControl {
+        camera_trigger,
+        ..CaptureControl::default()
+    });
     let thread_control = control.clone();
     let name = format!("kvs-capture-{}", source.name());
     let join = std::thread::Builder::new().name(name).spawn(move || {

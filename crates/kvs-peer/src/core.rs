@@ -44,6 +44,9 @@ const MAX_ADDR_CACHE: usize = 4096;
 const MAX_CORE_EVENTS: usize = 4096;
 /// Wake at least this often (timeouts for connect, candidates).
 const MAX_IDLE: Duration = Duration::from_secs(1);
+/// DTLS datagrams no session accepts yet, held for a retry (see [`PeerCore::handle_datagram`]).
+const MAX_HELD_DATAGRAMS: usize = 16;
+const HELD_DATAGRAM_TTL: Duration = Duration::from_millis(500);
 
 /// H.264 profiles we send, in preference order: constrained baseline, baseline (level 3.1).
 const H264_PROFILES: [u32; 2] = [0x42e01f, 0x42001f];
@@ -69,6 +72,19 @@ pub fn rtc_config(config: &PeerConfig, cert: Option<DtlsCert>) -> RtcConfig {
         rc = rc.enable_opus(true, false);
     }
     rc
+}
+
+/// A datagram that arrived before any session would take it.
+struct HeldDatagram {
+    received: Instant,
+    source: SocketAddr,
+    destination: SocketAddr,
+    data: Vec<u8>,
+}
+
+/// RFC 7983 demultiplexing: DTLS records start with a byte in 20..=63.
+fn is_dtls(data: &[u8]) -> bool {
+    matches!(data.first(), Some(20..=63))
 }
 
 #[derive(Debug)]
@@ -193,6 +209,7 @@ pub struct PeerCore {
     sessions: HashMap<String, Session>,
     addr_cache: HashMap<SocketAddr, String>,
     pending_candidates: HashMap<String, VecDeque<PendingCandidate>>,
+    held_datagrams: VecDeque<HeldDatagram>,
     out: Outputs,
 }
 
@@ -208,6 +225,7 @@ impl PeerCore {
             sessions: HashMap::new(),
             addr_cache: HashMap::new(),
             pending_candidates: HashMap::new(),
+            held_datagrams: VecDeque::new(),
             out: Outputs::default(),
         }
     }
@@ -269,6 +287,11 @@ impl PeerCore {
     }
 
     /// One received UDP datagram.
+    ///
+    /// A DTLS datagram that no session accepts yet is held (bounded, briefly) and offered
+    /// again after the next datagram a session does take: the viewer's ClientHello can
+    /// overtake the ICE check that makes its address known here (the viewer nominates first),
+    /// and dropping it would cost the viewer's DTLS retransmission timer, a whole second.
     pub fn handle_datagram(
         &mut self,
         now: Instant,
@@ -276,9 +299,48 @@ impl PeerCore {
         destination: SocketAddr,
         data: &[u8],
     ) {
+        if self.route_datagram(now, source, destination, data) {
+            self.retry_held_datagrams(now);
+        } else if is_dtls(data) {
+            if self.held_datagrams.len() >= MAX_HELD_DATAGRAMS {
+                self.held_datagrams.pop_front();
+            }
+            debug!(%source, "holding a DTLS datagram no session accepts yet");
+            self.held_datagrams.push_back(HeldDatagram {
+                received: now,
+                source,
+                destination,
+                data: data.to_vec(),
+            });
+        }
+    }
+
+    fn retry_held_datagrams(&mut self, now: Instant) {
+        if self.held_datagrams.is_empty() {
+            return;
+        }
+        let held = std::mem::take(&mut self.held_datagrams);
+        for d in held {
+            if now.saturating_duration_since(d.received) > HELD_DATAGRAM_TTL {
+                continue;
+            }
+            if !self.route_datagram(now, d.source, d.destination, &d.data) {
+                self.held_datagrams.push_back(d);
+            }
+        }
+    }
+
+    /// Hand a datagram to the session that accepts it; false when none does.
+    fn route_datagram(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        destination: SocketAddr,
+        data: &[u8],
+    ) -> bool {
         let Ok(contents) = data.try_into() else {
             debug!(%source, len = data.len(), "ignoring datagram that is no WebRTC protocol");
-            return;
+            return true;
         };
         let input = Input::Receive(
             now,
@@ -318,20 +380,23 @@ impl PeerCore {
         };
         let Some(peer_id) = peer_id else {
             debug!(%source, "no session accepts datagram");
-            return;
+            return false;
         };
         let Some(s) = self.sessions.get_mut(&peer_id) else {
-            return;
+            return false;
         };
         if let Err(e) = s.rtc.handle_input(input) {
             s.fail(format!("input rejected: {e}"));
         }
         service(s, now, &self.config, &mut self.out);
         self.reap(now);
+        true
     }
 
     /// Time passed: drive every session's timers, expire held candidates, enforce timeouts.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.held_datagrams
+            .retain(|d| now.saturating_duration_since(d.received) <= HELD_DATAGRAM_TTL);
         let ttl = self.config.pending_candidate_ttl;
         self.pending_candidates.retain(|_, q| {
             q.retain(|c| now.saturating_duration_since(c.received) < ttl);

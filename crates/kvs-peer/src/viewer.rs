@@ -34,6 +34,10 @@ pub struct ReceivedFrame {
     pub keyframe: bool,
     /// False after a gap in RTP sequence numbers.
     pub contiguous: bool,
+    /// RTP sequence numbers of the frame's first and last packet (extended to 64 bits), so
+    /// a receiver can count lost packets between frames.
+    pub seq_first: u64,
+    pub seq_last: u64,
 }
 
 /// What the viewer observes.
@@ -248,6 +252,8 @@ impl ViewerCore {
                     rtp_time: d.time.numer(),
                     arrival: d.network_time,
                     contiguous: d.contiguous,
+                    seq_first: **d.seq_range.start(),
+                    seq_last: **d.seq_range.end(),
                 };
                 if Some(d.mid) == self.video_mid {
                     self.events.push_back(ViewerEvent::Video(frame));

@@ -12,6 +12,8 @@
 
 use bytes::Bytes;
 use std::fmt;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 /// Whether a video frame can be decoded on its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -127,6 +129,14 @@ pub trait VideoCapture: Send {
     /// the pipeline then waits for the source's next keyframe.
     fn request_keyframe(&mut self) -> bool {
         false
+    }
+    /// A flag any thread may set to make the coming frame a keyframe. A paced source checks
+    /// it right before it encodes, after waiting for the frame's slot, so a request made while
+    /// it waits still applies to that frame (a request through
+    /// [`request_keyframe`](Self::request_keyframe), made between frames, lands one frame
+    /// later). The source clears it. `None` (the default): only `request_keyframe`.
+    fn keyframe_trigger(&self) -> Option<Arc<AtomicBool>> {
+        None
     }
     /// Change the target bitrate in bits per second.
     fn set_bitrate(&mut self, _bits_per_second: u32) -> Result<(), CaptureError> {

@@ -17,6 +17,8 @@ use openh264::encoder::{
 };
 use openh264::formats::YUVSource;
 use openh264::{OpenH264API, Timestamp};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Settings of a [`TestPatternCamera`].
@@ -190,6 +192,8 @@ pub struct TestPatternCamera {
     /// Frames the encoder has seen (0 means it is not initialised yet).
     encoded: u64,
     force_keyframe: bool,
+    /// Set from other threads (see [`VideoCapture::keyframe_trigger`]).
+    trigger: Arc<AtomicBool>,
     pacer: Pacer,
     clock: SystemClock,
     /// Reused text buffers for the counter and clock.
@@ -257,6 +261,7 @@ impl TestPatternCamera {
             index: 0,
             encoded: 0,
             force_keyframe: false,
+            trigger: Arc::default(),
             pacer: Pacer::new(PacerConfig {
                 late_policy: LatePolicy::Reanchor,
                 default_frame_interval_us: 1_000_000 / u64::from(config.fps),
@@ -329,6 +334,9 @@ impl TestPatternCamera {
         self.picture
             .draw(self.index, &self.counter, &self.clock_text);
         self.index += 1;
+        if self.trigger.swap(false, Ordering::Relaxed) {
+            self.force_keyframe = true;
+        }
         if self.force_keyframe && self.encoded > 0 {
             self.encoder.force_intra_frame();
         }
@@ -437,6 +445,10 @@ impl VideoCapture for TestPatternCamera {
     fn request_keyframe(&mut self) -> bool {
         self.force_keyframe = true;
         true
+    }
+
+    fn keyframe_trigger(&self) -> Option<Arc<AtomicBool>> {
+        Some(self.trigger.clone())
     }
 
     fn set_bitrate(&mut self, bits_per_second: u32) -> Result<(), CaptureError> {

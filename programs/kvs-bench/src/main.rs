@@ -1,0 +1,61 @@
+//! # kvs-bench: benchmarks of the device against peers (not timed tests)
+//!
+//! - `kvs-bench run [--smoke]`: every scenario of `docs/BENCHMARKS.md` — time to first
+//!   frame, memory per viewer, churn, fan-out cost, data channel, size — with repeats, the
+//!   peers measured in the same run; prints the table, writes `results.json` and `results.md`.
+//!   `scripts/bench.sh` installs the peers, builds, and calls it.
+//! - `kvs-bench device …`: our device in classic mode as its own measured process (used by
+//!   `run`; see [`device`]).
+//!
+//! The counting allocator ([`alloc`]) is this program's global allocator, so the device's
+//! heap figures come from the SDK code running here. This program owns measuring; it must not
+//! hold logic the SDK needs.
+
+mod alloc;
+mod child;
+mod device;
+mod fleet;
+mod procfs;
+mod report;
+mod run;
+mod viewer;
+
+use clap::{Parser, Subcommand};
+
+#[global_allocator]
+static ALLOCATOR: alloc::Counting = alloc::Counting;
+
+#[derive(Debug, Parser)]
+#[command(name = "kvs-bench", about = "Benchmarks of kvs-webrtc against peers")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run every scenario (or `--only …`), print the table, write the JSON.
+    Run(run::RunArgs),
+    /// Our device as a measured process (driven by `run` over stdin/stdout).
+    Device(device::DeviceArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => run::run(args).await,
+            Command::Device(args) => device::run(args).await,
+        }
+    })
+}
