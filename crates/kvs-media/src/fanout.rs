@@ -36,6 +36,26 @@ use kvs_platform::EncodedFrame;
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 
+/// What a subscriber queues: anything that says whether a decoder can start from it.
+/// Implemented for [`EncodedFrame`] and for frames already cut into RTP payloads
+/// ([`crate::rtp::PacketizedFrame`]); an `Arc` of either is queued without copying.
+pub trait GatedFrame: Clone {
+    /// True for frames a decoder can start from (every audio frame).
+    fn is_key(&self) -> bool;
+}
+
+impl GatedFrame for EncodedFrame {
+    fn is_key(&self) -> bool {
+        EncodedFrame::is_key(self)
+    }
+}
+
+impl<F: GatedFrame> GatedFrame for std::sync::Arc<F> {
+    fn is_key(&self) -> bool {
+        F::is_key(self)
+    }
+}
+
 /// Which kind of media a subscriber carries; decides the gate and the drop policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FanoutKind {
@@ -85,16 +105,16 @@ pub struct SubscriberStats {
 
 /// One session's view of one media stream: gate, bounded queue and counters.
 #[derive(Debug)]
-pub struct Subscriber {
+pub struct Subscriber<F = EncodedFrame> {
     kind: FanoutKind,
     gate: Gate,
-    queue: VecDeque<EncodedFrame>,
+    queue: VecDeque<F>,
     capacity: usize,
     keyframe_needed: bool,
     stats: SubscriberStats,
 }
 
-impl Subscriber {
+impl<F: GatedFrame> Subscriber<F> {
     /// A subscriber with the seed's default queue length for `kind`.
     pub fn new(kind: FanoutKind) -> Self {
         let capacity = match kind {
@@ -166,7 +186,7 @@ impl Subscriber {
 
     /// Offer one frame to this subscriber. Never blocks; cloning the frame only bumps the
     /// reference count of its bytes.
-    pub fn push(&mut self, frame: &EncodedFrame) -> PushOutcome {
+    pub fn push(&mut self, frame: &F) -> PushOutcome {
         match self.gate {
             Gate::WaitingForTransport => {
                 self.stats.frames_dropped += 1;
@@ -212,7 +232,7 @@ impl Subscriber {
     }
 
     /// Take the next frame to send; it counts as sent.
-    pub fn pop(&mut self) -> Option<EncodedFrame> {
+    pub fn pop(&mut self) -> Option<F> {
         let frame = self.queue.pop_front()?;
         self.stats.frames_sent += 1;
         Some(frame)
@@ -220,7 +240,7 @@ impl Subscriber {
 
     /// Put back a frame taken with [`pop`](Self::pop) that could not be sent yet (it goes to
     /// the front and no longer counts as sent).
-    pub fn unpop(&mut self, frame: EncodedFrame) {
+    pub fn unpop(&mut self, frame: F) {
         self.stats.frames_sent = self.stats.frames_sent.saturating_sub(1);
         self.queue.push_front(frame);
         if self.queue.len() > self.capacity {

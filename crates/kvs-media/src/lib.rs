@@ -11,13 +11,17 @@
 //!   camera and tone microphone that encode live, file sources that loop, and a camera that
 //!   reads H.264 from a pipe).
 //! - [`fanout`]: fan-out of encoded frames to sessions.
+//! - [`rtp`]: RTP payload formats (H.264 RFC 6184, Opus): a frame is cut into payloads once
+//!   and every session sends the same shared payloads.
 //!
-//! It must not know about signaling, RTP/WebRTC sessions or the application framework: it
-//! produces [`kvs_platform::EncodedFrame`]s and nothing else. Every parser here is fed data
+//! It must not know about signaling, RTP/WebRTC sessions (SSRCs, sequence numbers, SRTP) or
+//! the application framework: it produces [`kvs_platform::EncodedFrame`]s and their RTP
+//! payloads, and nothing else. Every parser here is fed data
 //! from files or pipes and must return typed errors — never panic — on malformed input.
 
 pub mod fanout;
 pub mod h264;
 pub mod ogg;
 pub mod pacer;
+pub mod rtp;
 pub mod sources;

@@ -70,7 +70,7 @@ impl Default for PeerConfig {
             video: Some(VideoCodec::H264),
             audio: Some(AudioCodec::Opus),
             data_channel: true,
-            resend_window: Duration::from_millis(500),
+            resend_window: Duration::from_millis(250),
             video_bitrate_bps: 2_000_000,
             ice_servers: Vec::new(),
             keyframe_request_min_interval: Duration::from_millis(500),
@@ -89,17 +89,17 @@ impl Default for PeerConfig {
 
 /// Payload bytes of one RTP packet, for the buffer formulas (MTU 1200 minus headers).
 const RTP_PAYLOAD_BYTES: u64 = 1100;
-/// Floor of the video send buffer: one large keyframe must fit between `write` and
-/// `poll_output` whatever the window.
-const MIN_VIDEO_PACKETS: usize = 128;
+/// Floor of the video resend buffer, so a low bitrate still keeps a keyframe's packets.
+const MIN_VIDEO_PACKETS: usize = 32;
 /// Opus frames are 20 ms: 50 packets a second.
 const AUDIO_PACKETS_PER_SECOND: u64 = 50;
 const MIN_AUDIO_PACKETS: usize = 16;
 
 impl PeerConfig {
-    /// Video send (resend) buffer in packets:
-    /// `max(128, ceil(resend_window_s × video_bitrate_bps / 8 / 1100))`.
-    /// 500 ms at 2 Mbit/s → 128 packets (~150 kB), instead of str0m's fixed 1000 (~1.2 MB).
+    /// Most packets the video resend buffer keeps:
+    /// `max(32, ceil(resend_window_s × video_bitrate_bps / 8 / 1100))`, instead of str0m's
+    /// 1000. The payloads are shared by every viewer (see `kvs_media::rtp`); per viewer the
+    /// buffer costs str0m's packet record (~430 bytes) per packet kept.
     pub fn send_buffer_video_packets(&self) -> usize {
         let bytes =
             self.resend_window.as_micros() as u64 * self.video_bitrate_bps as u64 / 8 / 1_000_000;
@@ -317,8 +317,14 @@ mod tests {
 
     #[test]
     fn send_buffers_scale_with_window_and_bitrate() {
-        let mut c = PeerConfig::default();
-        assert_eq!(c.send_buffer_video_packets(), 128);
+        let mut c = PeerConfig {
+            resend_window: Duration::from_millis(500),
+            ..PeerConfig::default()
+        };
+        // 500 ms × 2 Mbit/s = 125 kB = 114 packets of 1100 bytes.
+        assert_eq!(c.send_buffer_video_packets(), 114);
+        c.video_bitrate_bps = 100_000;
+        assert_eq!(c.send_buffer_video_packets(), 32, "floor");
         c.video_bitrate_bps = 8_000_000;
         c.resend_window = Duration::from_secs(1);
         // 1 s × 8 Mbit/s = 1 MB = 910 packets of 1100 bytes.

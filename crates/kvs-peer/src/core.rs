@@ -9,6 +9,15 @@
 //! shows there); data channel writes refused for a full buffer stay queued (bounded) and are
 //! retried; nothing is written before the session is connected, and video starts with a
 //! keyframe (see [`kvs_media::fanout`]).
+//!
+//! Media goes out in str0m's RTP mode: each frame is cut into RTP payloads once
+//! ([`kvs_media::rtp`]) and every session writes the same reference-counted payloads with its
+//! own SSRC, sequence numbers and SRTP. So a viewer's resend buffer holds handles to the one
+//! shared copy, not a private copy of every packet, and the frame is not re-cut per viewer.
+//! The resend buffer keeps [`PeerConfig::resend_window`] of packets (capped by
+//! [`PeerConfig::send_buffer_video_packets`]). Transport-wide congestion control is not
+//! negotiated: nothing here adapts the bitrate to it yet, and str0m's record of every sent
+//! packet for it costs ~88 KB per viewer.
 
 use crate::api::{
     Datagram, PeerCommand, PeerConfig, PeerError, PeerEvent, SessionStats, SessionTiming,
@@ -16,16 +25,19 @@ use crate::api::{
 use crate::candidate::{parse_candidate, ParsedCandidate};
 use bytes::Bytes;
 use kvs_media::fanout::{FanoutKind, PushOutcome, Subscriber};
+use kvs_media::rtp::{PacketizedFrame, DEFAULT_MAX_PAYLOAD};
 use kvs_platform::EncodedFrame;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::ChannelId;
 use str0m::config::DtlsCert;
 use str0m::format::Codec;
-use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid, Pt};
+use str0m::media::{Direction, MediaKind, Mid, Pt};
 use str0m::net::{Protocol, Receive};
+use str0m::rtp::{Extension, RtpWrite};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 use tracing::{debug, info, warn};
 
@@ -38,6 +50,12 @@ const MAX_PENDING_PEERS: usize = 64;
 pub const MAX_DATA_MESSAGE: usize = 128 * 1024;
 /// Data channel messages queued per session.
 const MAX_DATA_QUEUE: usize = 64;
+/// Bytes we let wait inside SCTP (unsent or unacknowledged) before holding further messages
+/// in our own queue. SCTP (sctp-proto, under str0m) walks every message in flight each time
+/// it is polled, so its cost grows with what it holds: measured on loopback, 32 KiB echoes
+/// ~1.5× the throughput of str0m's 128 KiB limit. A message larger than this still goes
+/// (alone), up to [`MAX_DATA_MESSAGE`].
+pub const DATA_SOFT_BUFFERED: usize = 32 * 1024;
 /// Source-address → session cache entries.
 const MAX_ADDR_CACHE: usize = 4096;
 /// Events held in the core before the driver takes them (bounded by sessions × a few).
@@ -50,6 +68,12 @@ const HELD_DATAGRAM_TTL: Duration = Duration::from_millis(500);
 
 /// H.264 profiles we send, in preference order: constrained baseline, baseline (level 3.1).
 const H264_PROFILES: [u32; 2] = [0x42e01f, 0x42001f];
+/// str0m's cap on resends relative to sends (its default): past it, queued resends are
+/// dropped rather than let retransmissions crowd out fresh media.
+const RTX_RATIO_CAP: f32 = 0.15;
+
+/// A frame cut into RTP payloads, queued (as a handle) by every session.
+type SharedFrame = Arc<PacketizedFrame>;
 
 /// Builds the `RtcConfig` every session uses.
 pub fn rtc_config(config: &PeerConfig, cert: Option<DtlsCert>) -> RtcConfig {
@@ -57,8 +81,22 @@ pub fn rtc_config(config: &PeerConfig, cert: Option<DtlsCert>) -> RtcConfig {
     str0m::crypto::from_feature_flags().install_process_default();
     let mut rc = RtcConfig::new()
         .clear_codecs()
+        .set_rtp_mode(true)
         .set_send_buffer_video(config.send_buffer_video_packets())
-        .set_send_buffer_audio(config.send_buffer_audio_packets());
+        .set_send_buffer_audio(config.send_buffer_audio_packets())
+        .clear_extension_map();
+    // str0m's standard header extensions (Chrome's ids) without transport-wide sequence
+    // numbers; see the module doc.
+    for (id, ext) in [
+        (1, Extension::AudioLevel),
+        (2, Extension::AbsoluteSendTime),
+        (4, Extension::RtpMid),
+        (10, Extension::RtpStreamId),
+        (11, Extension::RepairedRtpStreamId),
+        (13, Extension::VideoOrientation),
+    ] {
+        rc = rc.set_extension(id, ext);
+    }
     if let Some(cert) = cert {
         rc = rc.set_dtls_cert(cert);
     }
@@ -103,8 +141,16 @@ struct Session {
     audio_mid: Option<Mid>,
     video_pt: Option<Pt>,
     audio_pt: Option<Pt>,
-    video: Subscriber,
-    audio: Subscriber,
+    video: Subscriber<SharedFrame>,
+    audio: Subscriber<SharedFrame>,
+    /// Next RTP sequence numbers (extended; started below 2^15 so the rollover counter is 0).
+    video_seq: u64,
+    audio_seq: u64,
+    /// The video stream's resend buffer has been sized (after each negotiation).
+    video_rtx_sized: bool,
+    /// Resend buffer: how long packets are kept, and at most how many.
+    resend_window: Duration,
+    resend_packets: usize,
     channel: Option<ChannelId>,
     data_out: VecDeque<(Bytes, bool)>,
     connected: bool,
@@ -131,6 +177,11 @@ impl Session {
             audio_pt: None,
             video: Subscriber::with_capacity(FanoutKind::Video, config.video_queue_frames),
             audio: Subscriber::with_capacity(FanoutKind::Audio, config.audio_queue_frames),
+            video_seq: u64::from(rand::random::<u16>() >> 1),
+            audio_seq: u64::from(rand::random::<u16>() >> 1),
+            video_rtx_sized: false,
+            resend_window: config.resend_window,
+            resend_packets: config.send_buffer_video_packets(),
             channel: None,
             data_out: VecDeque::new(),
             connected: false,
@@ -206,7 +257,8 @@ pub struct PeerCore {
     config: PeerConfig,
     rtc_config: RtcConfig,
     local_addrs: Vec<SocketAddr>,
-    sessions: HashMap<String, Session>,
+    /// Boxed: an `Rtc` is ~10 KB, and a map grows its slots in powers of two.
+    sessions: HashMap<String, Box<Session>>,
     addr_cache: HashMap<SocketAddr, String>,
     pending_candidates: HashMap<String, VecDeque<PendingCandidate>>,
     held_datagrams: VecDeque<HeldDatagram>,
@@ -435,6 +487,24 @@ impl PeerCore {
     /// One encoded frame from the capture: offer it to every session and send what each
     /// session's gate lets through.
     pub fn push_frame(&mut self, now: Instant, kind: FanoutKind, frame: &EncodedFrame) {
+        // Cut the frame once, and only when some session is past its transport gate.
+        let wanted = self.sessions.values().any(|s| {
+            s.is_live()
+                && match kind {
+                    FanoutKind::Video => s.video.gate(),
+                    FanoutKind::Audio => s.audio.gate(),
+                } != kvs_media::fanout::Gate::WaitingForTransport
+        });
+        let frame: SharedFrame = Arc::new(match kind {
+            // Every gate is closed: the sessions only count it as dropped.
+            _ if !wanted => PacketizedFrame {
+                timestamp_us: frame.timestamp_us,
+                kind: frame.kind,
+                payloads: Vec::new(),
+            },
+            FanoutKind::Video => PacketizedFrame::h264(frame, DEFAULT_MAX_PAYLOAD),
+            FanoutKind::Audio => PacketizedFrame::opus(frame),
+        });
         for s in self.sessions.values_mut() {
             if !s.is_live() {
                 continue;
@@ -443,7 +513,7 @@ impl PeerCore {
                 FanoutKind::Video => &mut s.video,
                 FanoutKind::Audio => &mut s.audio,
             };
-            if sub.push(frame) == PushOutcome::KeyframeNeeded {
+            if sub.push(&frame) == PushOutcome::KeyframeNeeded {
                 s.keyframe_request_pending = true;
             }
             send_queued_media(s, now, &mut self.out);
@@ -471,7 +541,7 @@ impl PeerCore {
         self.sessions.values().filter(|s| s.is_live()).count()
     }
 
-    fn new_session(&mut self, now: Instant, peer_id: &str) -> Session {
+    fn new_session(&mut self, now: Instant, peer_id: &str) -> Box<Session> {
         let mut rtc = self.rtc_config.clone().build(now);
         for addr in &self.local_addrs {
             match Candidate::host(*addr, "udp") {
@@ -481,7 +551,7 @@ impl PeerCore {
                 Err(e) => warn!(%addr, "cannot use local address as candidate: {e}"),
             }
         }
-        Session::new(peer_id.to_string(), rtc, now, &self.config)
+        Box::new(Session::new(peer_id.to_string(), rtc, now, &self.config))
     }
 
     fn remote_offer(&mut self, now: Instant, peer_id: String, sdp: &str) -> Result<(), PeerError> {
@@ -503,6 +573,7 @@ impl PeerCore {
                     })?;
                 s.video_pt = None;
                 s.audio_pt = None;
+                s.video_rtx_sized = false;
                 self.out.event(PeerEvent::LocalAnswer {
                     peer_id: peer_id.clone(),
                     sdp: answer.to_sdp_string(),
@@ -776,7 +847,7 @@ fn service(s: &mut Session, now: Instant, config: &PeerConfig, out: &mut Outputs
                 Ok(Output::Transmit(t)) => out.transmits.push_back(Datagram {
                     source: t.source,
                     destination: t.destination,
-                    data: t.contents.to_vec(),
+                    data: t.contents.into(),
                 }),
                 Ok(Output::Event(e)) => again |= on_event(s, e, now, config, out),
                 Err(e) => {
@@ -903,107 +974,141 @@ fn request_keyframe(s: &mut Session, now: Instant, config: &PeerConfig, out: &mu
     });
 }
 
-/// Write whatever the fan-out queues let through to the RTP packetizer.
+/// Write whatever the fan-out queues let through: each frame's shared payloads, as RTP
+/// packets of this session's streams.
 fn send_queued_media(s: &mut Session, now: Instant, out: &mut Outputs) {
     if !s.connected {
         return;
     }
     while let Some(frame) = s.video.pop() {
-        let Some(mid) = s.video_mid else {
+        let (Some(mid), Some(pt)) = (s.video_mid, video_pt(s)) else {
             s.video.record_dropped();
             break;
         };
-        let Some(writer) = s.rtc.writer(mid) else {
+        if !s.video_rtx_sized {
+            size_resend_buffer(s, mid);
+        }
+        if !write_frame(s, now, mid, pt, &frame, true) {
             s.video.record_dropped();
             break;
-        };
-        let pt = match s.video_pt {
-            Some(pt) => pt,
-            None => {
-                let params: Vec<_> = writer.payload_params().copied().collect();
-                let pick = H264_PROFILES
-                    .iter()
-                    .find_map(|profile| {
-                        params.iter().find(|p| {
-                            let spec = p.spec();
-                            spec.codec == Codec::H264
-                                && spec.format.packetization_mode == Some(1)
-                                && spec.format.profile_level_id == Some(*profile)
-                        })
-                    })
-                    .or_else(|| {
-                        params.iter().find(|p| {
-                            p.spec().codec == Codec::H264
-                                && p.spec().format.packetization_mode == Some(1)
-                        })
-                    })
-                    .map(|p| p.pt());
-                let Some(pt) = pick else {
-                    warn!(peer = %s.peer_id, "viewer negotiated no H.264 packetization-mode 1");
-                    s.video.record_dropped();
-                    break;
-                };
-                s.video_pt = Some(pt);
-                pt
-            }
-        };
-        let rtp_time = MediaTime::from_90khz(frame.timestamp_us.wrapping_mul(9) / 100);
-        match writer.write(pt, now, rtp_time, &frame.data[..]) {
-            Ok(()) => {
-                if frame.is_key() && !s.first_keyframe_sent {
-                    s.first_keyframe_sent = true;
-                    s.timing.first_keyframe_sent = Some(now.saturating_duration_since(s.started));
-                    info!(peer = %s.peer_id, timing = ?s.timing, "first keyframe sent");
-                    out.event(PeerEvent::FirstKeyframeSent {
-                        peer_id: s.peer_id.clone(),
-                    });
-                    out.event(PeerEvent::SessionTiming {
-                        peer_id: s.peer_id.clone(),
-                        timing: s.timing,
-                    });
-                }
-            }
-            Err(e) => {
-                warn!(peer = %s.peer_id, "video write failed: {e}");
-                s.video.record_dropped();
-                break;
-            }
+        }
+        if frame.kind == kvs_platform::FrameKind::Key && !s.first_keyframe_sent {
+            s.first_keyframe_sent = true;
+            s.timing.first_keyframe_sent = Some(now.saturating_duration_since(s.started));
+            info!(peer = %s.peer_id, timing = ?s.timing, "first keyframe sent");
+            out.event(PeerEvent::FirstKeyframeSent {
+                peer_id: s.peer_id.clone(),
+            });
+            out.event(PeerEvent::SessionTiming {
+                peer_id: s.peer_id.clone(),
+                timing: s.timing,
+            });
         }
     }
     while let Some(frame) = s.audio.pop() {
-        let Some(mid) = s.audio_mid else {
+        let (Some(mid), Some(pt)) = (s.audio_mid, audio_pt(s)) else {
             s.audio.record_dropped();
             break;
         };
-        let Some(writer) = s.rtc.writer(mid) else {
-            s.audio.record_dropped();
-            break;
-        };
-        let pt = match s.audio_pt {
-            Some(pt) => pt,
-            None => {
-                let Some(pt) = writer
-                    .payload_params()
-                    .find(|p| p.spec().codec == Codec::Opus)
-                    .map(|p| p.pt())
-                else {
-                    s.audio.record_dropped();
-                    break;
-                };
-                s.audio_pt = Some(pt);
-                pt
-            }
-        };
-        let rtp_time = MediaTime::new(
-            frame.timestamp_us.wrapping_mul(48) / 1000,
-            Frequency::FORTY_EIGHT_KHZ,
-        );
-        if let Err(e) = writer.write(pt, now, rtp_time, &frame.data[..]) {
-            warn!(peer = %s.peer_id, "audio write failed: {e}");
+        if !write_frame(s, now, mid, pt, &frame, false) {
             s.audio.record_dropped();
             break;
         }
     }
+}
+
+/// The payload types the viewer accepted on `mid`, with their parameters.
+fn accepted_params(rtc: &Rtc, mid: Mid) -> Vec<str0m::format::PayloadParams> {
+    let Some(media) = rtc.media(mid) else {
+        return Vec::new();
+    };
+    rtc.codec_config()
+        .params()
+        .iter()
+        .filter(|p| media.remote_pts().contains(&p.pt()))
+        .copied()
+        .collect()
+}
+
+/// The H.264 payload type to send: packetization-mode 1, our preferred profile first.
+fn video_pt(s: &mut Session) -> Option<Pt> {
+    if s.video_pt.is_none() {
+        let params = accepted_params(&s.rtc, s.video_mid?);
+        let mode1 = |p: &&str0m::format::PayloadParams| {
+            p.spec().codec == Codec::H264 && p.spec().format.packetization_mode == Some(1)
+        };
+        let pick = H264_PROFILES
+            .iter()
+            .find_map(|profile| {
+                params
+                    .iter()
+                    .filter(mode1)
+                    .find(|p| p.spec().format.profile_level_id == Some(*profile))
+            })
+            .or_else(|| params.iter().find(mode1))
+            .map(|p| p.pt());
+        if pick.is_none() {
+            warn!(peer = %s.peer_id, "viewer negotiated no H.264 packetization-mode 1");
+        }
+        s.video_pt = pick;
+    }
+    s.video_pt
+}
+
+fn audio_pt(s: &mut Session) -> Option<Pt> {
+    if s.audio_pt.is_none() {
+        let params = accepted_params(&s.rtc, s.audio_mid?);
+        s.audio_pt = params
+            .iter()
+            .find(|p| p.spec().codec == Codec::Opus)
+            .map(|p| p.pt());
+    }
+    s.audio_pt
+}
+
+/// Replace str0m's resend buffer (3 s, sized by packet count) with one that keeps
+/// `resend_window` of packets.
+fn size_resend_buffer(s: &mut Session, mid: Mid) {
+    let (packets, window) = (s.resend_packets, s.resend_window);
+    if let Some(tx) = s.rtc.direct_api().stream_tx_by_mid(mid, None) {
+        tx.set_rtx_cache(packets, window, Some(RTX_RATIO_CAP));
+        s.video_rtx_sized = true;
+    }
+}
+
+/// Write one frame's payloads as RTP packets; false when the stream is gone.
+fn write_frame(
+    s: &mut Session,
+    now: Instant,
+    mid: Mid,
+    pt: Pt,
+    frame: &PacketizedFrame,
+    video: bool,
+) -> bool {
+    // RTP timestamps on the codec clock: 90 kHz video, 48 kHz Opus.
+    let rtp_time = if video {
+        frame.timestamp_us.wrapping_mul(9) / 100
+    } else {
+        frame.timestamp_us.wrapping_mul(48) / 1000
+    } as u32;
+    let seq = if video {
+        &mut s.video_seq
+    } else {
+        &mut s.audio_seq
+    };
+    let mut api = s.rtc.direct_api();
+    let Some(tx) = api.stream_tx_by_mid(mid, None) else {
+        return false;
+    };
+    for payload in &frame.payloads {
+        tx.write_rtp(
+            RtpWrite::new(pt, (*seq).into(), rtp_time, now, payload.data.clone())
+                .marker(payload.marker)
+                .nackable(video),
+        );
+        *seq += 1;
+    }
+    true
 }
 
 /// Write queued data channel messages until the channel refuses one (buffer full: it stays
@@ -1014,6 +1119,11 @@ fn flush_data(s: &mut Session) {
         let Some(mut ch) = s.rtc.channel(id) else {
             return;
         };
+        if ch.buffered_amount() >= DATA_SOFT_BUFFERED {
+            // Woken by ChannelBufferedAmountLow when SCTP has caught up.
+            ch.set_buffered_amount_low_threshold(DATA_SOFT_BUFFERED / 2);
+            return;
+        }
         match ch.write(*binary, data) {
             Ok(true) => {
                 s.data_out.pop_front();

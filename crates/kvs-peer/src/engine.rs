@@ -139,7 +139,7 @@ impl PeerEngine {
         };
         let mut sockets: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
         for ip in ips {
-            match UdpSocket::bind(SocketAddr::new(ip, config.udp_port)).await {
+            match bind_udp(SocketAddr::new(ip, config.udp_port)) {
                 Ok(sock) => {
                     let addr = sock.local_addr()?;
                     info!(%addr, "peer engine listening");
@@ -210,6 +210,30 @@ pub(crate) fn generate_certificate() -> Result<str0m::config::DtlsCert, PeerErro
         .dtls_provider
         .generate_certificate()
         .ok_or(PeerError::Certificate)
+}
+
+/// Socket buffer sizes asked of the kernel (it caps them at `net.core.{r,w}mem_max`). The
+/// 200 KiB default overflows under a data-channel burst from a fast peer; every datagram
+/// dropped there costs an SCTP retransmission and a halved congestion window.
+pub(crate) const SOCKET_BUFFER_BYTES: usize = 2 << 20;
+
+/// A non-blocking UDP socket bound to `addr`, with [`SOCKET_BUFFER_BYTES`] buffers.
+pub(crate) fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    // Best effort: a smaller buffer still works, only less well.
+    if let Err(e) = socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES) {
+        debug!(%addr, "cannot raise the UDP receive buffer: {e}");
+    }
+    if let Err(e) = socket.set_send_buffer_size(SOCKET_BUFFER_BYTES) {
+        debug!(%addr, "cannot raise the UDP send buffer: {e}");
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
 }
 
 /// Every usable interface address: loopback included, IPv6 link-local skipped.

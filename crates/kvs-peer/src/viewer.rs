@@ -228,7 +228,7 @@ impl ViewerCore {
                     Ok(Output::Transmit(t)) => self.transmits.push_back(Datagram {
                         source: t.source,
                         destination: t.destination,
-                        data: t.contents.to_vec(),
+                        data: t.contents.into(),
                     }),
                     Ok(Output::Event(e)) => again |= self.on_event(e),
                     Err(_) => {
@@ -282,12 +282,18 @@ impl ViewerCore {
             let Some(mut ch) = self.rtc.channel(id) else {
                 return;
             };
+            // The same soft limit as the device (see `DATA_SOFT_BUFFERED`).
+            let low = crate::core::DATA_SOFT_BUFFERED / 2;
+            if ch.buffered_amount() >= crate::core::DATA_SOFT_BUFFERED {
+                ch.set_buffered_amount_low_threshold(low);
+                return;
+            }
             match ch.write(*binary, data) {
                 Ok(true) => {
                     self.data_out.pop_front();
                 }
                 Ok(false) => {
-                    ch.set_buffered_amount_low_threshold(32 * 1024);
+                    ch.set_buffered_amount_low_threshold(low);
                     return;
                 }
                 Err(_) => {
@@ -330,7 +336,7 @@ impl Viewer {
         let cert = tokio::task::spawn_blocking(crate::engine::generate_certificate)
             .await
             .map_err(|_| PeerError::Certificate)??;
-        let sock = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let sock = crate::engine::bind_udp((Ipv4Addr::LOCALHOST, 0).into())?;
         let local = sock.local_addr()?;
         let mut core = ViewerCore::new(Instant::now(), local, Some(cert));
         let local_candidate = core.local_candidate();

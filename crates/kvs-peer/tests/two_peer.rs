@@ -28,7 +28,9 @@ fn idr(n: u8) -> Bytes {
     ];
     v.extend_from_slice(&[0, 0, 0, 1, 0x68, 0xce, 0x3c, 0x80]);
     v.extend_from_slice(&[0, 0, 0, 1, 0x65, 0x88, 0x84, n]);
-    v.extend(std::iter::repeat_n(n, 3000)); // larger than one packet: FU-A
+    // Larger than one packet (FU-A). Never zero: zeros at the end of a NAL unit are Annex-B
+    // trailing bytes, not part of it, and are not sent.
+    v.extend(std::iter::repeat_n(n | 0x10, 3000));
     Bytes::from(v)
 }
 fn non_idr(n: u8) -> Bytes {

@@ -550,7 +550,12 @@ async fn data_plane(
         max_age: state.config.max_connection_age,
     };
     let max_frame = kvs_signaling::codec::MAX_FRAME_BYTES;
+    // Small per-connection buffers (the defaults allocate 128 KiB per connection for reading);
+    // a client that stops reading fills at most `max_write_buffer_size`, then its sends fail.
     ws.protocols(["wss"])
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(4 * max_frame)
         .max_message_size(max_frame)
         .max_frame_size(max_frame)
         .on_upgrade(move |socket| run_connection(socket, guard, commands, limits))

@@ -389,7 +389,13 @@ pub async fn open_websocket(
             Transport::Plain(tcp)
         };
         let max = crate::codec::MAX_FRAME_BYTES;
+        // Signaling is a few small messages a minute: tungstenite's default 128 KiB read
+        // buffer (allocated up front) and write batching buy nothing here. The write buffer is
+        // bounded so a service that stops reading makes sends fail instead of memory grow.
         let ws_config = WebSocketConfig::default()
+            .read_buffer_size(4 * 1024)
+            .write_buffer_size(0)
+            .max_write_buffer_size(4 * max)
             .max_message_size(Some(max))
             .max_frame_size(Some(max));
         match tokio_tungstenite::client_async_with_config(request, transport, Some(ws_config)).await
