@@ -9,6 +9,8 @@
 #      the local signaling service
 #   7. the fuzz targets still build
 #   8. lint: rustfmt and clippy with warnings as errors
+#   9. the benchmarks' smoke run (scripts/bench.sh --smoke: every scenario, peers included,
+#      figures printed and not asserted — so the benchmark cannot rot)
 # Stops at the first failure and says which step failed; prints a summary either way.
 #
 # Usage: bash scripts/test.sh          (what .ci/run and the README call)
@@ -157,14 +159,19 @@ lint() {
   cargo clippy --workspace --all-targets -- -D warnings
 }
 
-step "1/8 system packages" install_system_packages
-step "2/8 npm ci (tests/browser)" npm_install
-step "3/8 cargo build --release -p kvs-webrtc" build_release
-step "4/8 cargo test --workspace" rust_tests
-step "5/8 browser tests (node --test tests/browser/)" browser_tests
-step "6/8 conformance (official AWS clients vs the local service)" conformance_tests
-step "7/8 fuzz targets build (cargo check in fuzz/)" fuzz_build
-step "8/8 lint (cargo fmt --check, clippy -D warnings)" lint
+bench_smoke() {
+  bash scripts/bench.sh --smoke
+}
+
+step "1/9 system packages" install_system_packages
+step "2/9 npm ci (tests/browser)" npm_install
+step "3/9 cargo build --release -p kvs-webrtc" build_release
+step "4/9 cargo test --workspace" rust_tests
+step "5/9 browser tests (node --test tests/browser/)" browser_tests
+step "6/9 conformance (official AWS clients vs the local service)" conformance_tests
+step "7/9 fuzz targets build (cargo check in fuzz/)" fuzz_build
+step "8/9 lint (cargo fmt --check, clippy -D warnings)" lint
+step "9/9 benchmark smoke run (scripts/bench.sh --smoke)" bench_smoke
 
 trap - ERR
 summary "all steps succeeded"

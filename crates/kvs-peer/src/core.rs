@@ -471,6 +471,9 @@ impl PeerCore {
                     ));
                 }
             }
+            // Only sessions whose own timer is due are driven: polling an `Rtc` is not free,
+            // and one session's timer must not cost every other session a poll.
+            let due = s.next_timeout <= now || !s.is_live();
             if s.next_timeout <= now && s.rtc.is_alive() {
                 if let Err(e) = s.rtc.handle_input(Input::Timeout(now)) {
                     s.fail(format!("timeout handling failed: {e}"));
@@ -479,7 +482,9 @@ impl PeerCore {
             if s.keyframe_request_pending {
                 request_keyframe(s, now, &self.config, &mut self.out);
             }
-            service(s, now, &self.config, &mut self.out);
+            if due {
+                service(s, now, &self.config, &mut self.out);
+            }
         }
         self.reap(now);
     }
@@ -832,6 +837,10 @@ impl PeerCore {
 /// After any change to a session: flush queued data, then drain the `Rtc` until it only has
 /// a timeout left.
 fn service(s: &mut Session, now: Instant, config: &PeerConfig, out: &mut Outputs) {
+    // A timeout already due is handled here and now rather than on the driver's next turn:
+    // str0m asks for one after every RTP write (it stamps queued packets on a timeout), so
+    // this sends a frame's packets in the same pass that wrote them.
+    let mut due_timeouts = 4;
     for _round in 0..4 {
         flush_data(s);
         let mut again = false;
@@ -840,6 +849,13 @@ fn service(s: &mut Session, now: Instant, config: &PeerConfig, out: &mut Outputs
                 return;
             }
             match s.rtc.poll_output() {
+                Ok(Output::Timeout(t)) if t <= now && due_timeouts > 0 => {
+                    due_timeouts -= 1;
+                    if let Err(e) = s.rtc.handle_input(Input::Timeout(now)) {
+                        s.fail(format!("timeout handling failed: {e}"));
+                        return;
+                    }
+                }
                 Ok(Output::Timeout(t)) => {
                     s.next_timeout = t;
                     break;

@@ -2,8 +2,9 @@
 //!
 //! One UDP socket per bind address is shared by every session; a small receive task per
 //! socket forwards datagrams to the engine task (bounded channel: when the engine falls
-//! behind, the kernel's socket buffer absorbs and then drops, as UDP does). Sends use
-//! `try_send_to`: a full socket buffer drops the packet (counted in the log), never blocks.
+//! behind, the kernel's socket buffer absorbs and then drops, as UDP does). Sends never wait:
+//! a full socket buffer drops the packet (logged). Both directions move several datagrams
+//! per system call (see [`crate::udp`]).
 //!
 //! Events go to the application through a bounded channel without ever blocking the engine:
 //! they wait in a backlog while the channel is full. When the backlog exceeds
@@ -16,6 +17,7 @@
 
 use crate::api::{Datagram, PeerCommand, PeerConfig, PeerError, PeerEvent};
 use crate::core::PeerCore;
+use crate::udp::{RecvBatch, SendBatcher, UdpIo};
 use kvs_media::fanout::FanoutKind;
 use kvs_platform::EncodedFrame;
 use std::collections::{HashMap, VecDeque};
@@ -137,13 +139,13 @@ impl PeerEngine {
         } else {
             config.bind_addrs.clone()
         };
-        let mut sockets: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
+        let mut sockets: HashMap<SocketAddr, Arc<UdpIo>> = HashMap::new();
         for ip in ips {
-            match bind_udp(SocketAddr::new(ip, config.udp_port)) {
-                Ok(sock) => {
-                    let addr = sock.local_addr()?;
-                    info!(%addr, "peer engine listening");
-                    sockets.insert(addr, Arc::new(sock));
+            match bind_udp(SocketAddr::new(ip, config.udp_port)).and_then(UdpIo::new) {
+                Ok(io) => {
+                    let addr = io.local_addr()?;
+                    info!(%addr, segments = io.max_segments(), "peer engine listening");
+                    sockets.insert(addr, Arc::new(io));
                 }
                 Err(e) => warn!(%ip, "cannot bind UDP socket: {e}"),
             }
@@ -252,19 +254,23 @@ fn usable_addresses() -> Result<Vec<IpAddr>, PeerError> {
     Ok(ips)
 }
 
-async fn receive_loop(local: SocketAddr, sock: Arc<UdpSocket>, tx: mpsc::Sender<Received>) {
-    let mut buf = vec![0u8; 2048];
+async fn receive_loop(local: SocketAddr, io: Arc<UdpIo>, tx: mpsc::Sender<Received>) {
+    let mut batch = RecvBatch::new();
     loop {
-        match sock.recv_from(&mut buf).await {
-            Ok((n, source)) => {
-                let msg = Received {
-                    at: Instant::now(),
-                    source,
-                    destination: local,
-                    data: buf[..n].to_vec(),
-                };
-                if tx.send(msg).await.is_err() {
-                    return;
+        match io.recv(&mut batch).await {
+            Ok(n) => {
+                let at = Instant::now();
+                for i in 0..n {
+                    let (source, data) = batch.datagram(i);
+                    let msg = Received {
+                        at,
+                        source,
+                        destination: local,
+                        data: data.to_vec(),
+                    };
+                    if tx.send(msg).await.is_err() {
+                        return;
+                    }
                 }
             }
             Err(e) => {
@@ -278,7 +284,7 @@ async fn receive_loop(local: SocketAddr, sock: Arc<UdpSocket>, tx: mpsc::Sender<
 
 struct Driver {
     core: PeerCore,
-    sockets: HashMap<SocketAddr, Arc<UdpSocket>>,
+    sockets: HashMap<SocketAddr, Arc<UdpIo>>,
     events: mpsc::Sender<PeerEvent>,
     backlog: VecDeque<PeerEvent>,
     sessions: Arc<AtomicUsize>,
@@ -350,19 +356,35 @@ impl Driver {
     }
 
     fn flush_transmits(&mut self) {
+        let max_segments = self
+            .sockets
+            .values()
+            .map(|io| io.max_segments())
+            .min()
+            .unwrap_or(1);
+        let mut batcher = SendBatcher::new(max_segments);
         while let Some(Datagram {
             source,
             destination,
             data,
         }) = self.core.poll_transmit()
         {
-            let Some(sock) = self.sockets.get(&source) else {
-                debug!(%source, "no socket for transmit source");
-                continue;
-            };
-            if let Err(e) = sock.try_send_to(&data, destination) {
-                debug!(%destination, "UDP send dropped: {e}");
+            if let Some(group) = batcher.push(source, destination, data) {
+                self.send(group);
             }
+        }
+        if let Some(group) = batcher.finish() {
+            self.send(group);
+        }
+    }
+
+    fn send(&self, group: crate::udp::SendGroup) {
+        let Some(io) = self.sockets.get(&group.source) else {
+            debug!(source = %group.source, "no socket for transmit source");
+            return;
+        };
+        if let Err(e) = io.send(group.destination, &group.contents, group.segment_size) {
+            debug!(destination = %group.destination, "UDP send dropped: {e}");
         }
     }
 

@@ -5,6 +5,7 @@
 //!   carry `now`; outputs (datagrams, events, next timeout) are polled.
 //! - [`engine`]: the tokio driver ([`PeerEngine`], [`PeerHandle`], [`FrameSink`]): UDP sockets
 //!   (one per bind address, shared by all sessions), the engine task, bounded channels.
+//! - `udp`: batched UDP I/O (segmented sends, `recvmmsg`) and the sans-IO send grouping.
 //! - [`viewer`]: a Rust viewer peer (sans-IO core + small driver) for tests and benchmarks.
 //! - [`api`]: configuration, commands, events, timings, stats, errors.
 //!
@@ -16,6 +17,7 @@ pub mod api;
 pub mod candidate;
 pub mod core;
 pub mod engine;
+mod udp;
 pub mod viewer;
 
 pub use api::{

@@ -129,6 +129,11 @@ impl LineChild {
         Ok(v)
     }
 
+    /// The child's process id (while it runs).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// Take the backlogged JSON lines of type `kind`.
     pub fn take(&mut self, kind: &str) -> Vec<Value> {
         let (take, keep) = std::mem::take(&mut self.backlog)

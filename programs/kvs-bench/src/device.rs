@@ -41,6 +41,10 @@ pub struct DeviceArgs {
     pub no_video: bool,
     #[arg(long)]
     pub no_audio: bool,
+    /// Replay a pre-encoded noise loop at `--bitrate` instead of encoding the test pattern
+    /// live (see [`crate::loop_camera`]).
+    #[arg(long)]
+    pub loop_video: bool,
 }
 
 /// Runs a capture's calls inside an allocator bucket and copies each frame out of it.
@@ -150,8 +154,13 @@ pub async fn run(args: DeviceArgs) -> Result<()> {
     let rust_before = alloc::stats();
     let camera = {
         let _g = alloc::enter(Bucket::VideoEncoder);
-        let mut camera =
-            kvs_app::sources::open_camera(&config.video).context("opening the camera")?;
+        let mut camera = if args.loop_video && !args.no_video {
+            let cam = crate::loop_camera::LoopCamera::new(args.bitrate)?;
+            tracing::info!(bitrate = cam.measured_bitrate(), "video loop encoded");
+            Some(Box::new(cam) as Box<dyn VideoCapture>)
+        } else {
+            kvs_app::sources::open_camera(&config.video).context("opening the camera")?
+        };
         if let Some(c) = camera.as_mut() {
             c.start().context("starting the camera")?;
             let _ = c.next_frame().context("encoding a first frame")?;
@@ -186,15 +195,20 @@ pub async fn run(args: DeviceArgs) -> Result<()> {
     let url = data_plane_url(&args.signaling_url, &args.channel_arn, &role)
         .context("building the data plane URL")?;
     let signaling = Arc::new(WsSignalingClient::new(url, role));
-    let device = Device::start(DeviceParts {
-        config,
-        signaling,
-        camera,
-        microphone,
-    })
+    // Subscribed before the start, so no early event (signaling connected) is missed.
+    let bus = kvs_app::EventBus::new();
+    let mut events = bus.subscribe();
+    let device = Device::start_with_events(
+        DeviceParts {
+            config,
+            signaling,
+            camera,
+            microphone,
+        },
+        bus,
+    )
     .await
     .context("starting the device")?;
-    let mut events = device.events().subscribe();
     let started = Instant::now();
 
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();

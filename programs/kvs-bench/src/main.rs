@@ -15,6 +15,7 @@ mod alloc;
 mod child;
 mod device;
 mod fleet;
+mod loop_camera;
 mod procfs;
 mod report;
 mod run;

@@ -5,7 +5,12 @@ use std::time::Duration;
 
 /// Resident set size of this process in bytes (`VmRSS`).
 pub fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    rss_of("self")
+}
+
+/// Resident set size of process `pid` ("self" for this one) in bytes; 0 when unknown.
+pub fn rss_of(pid: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -25,7 +30,8 @@ pub fn process_cpu() -> Duration {
 }
 
 /// CPU time per thread name, summed over threads of the same name (nanoseconds, from
-/// `schedstat`, falling back to clock ticks from `stat`).
+/// `schedstat` or the scheduler's `sum_exec_runtime` in `sched`, falling back to clock ticks
+/// from `stat` — 10 ms steps, too coarse for windows of a few seconds).
 pub fn thread_cpu_by_name() -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
     let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
@@ -42,6 +48,19 @@ pub fn thread_cpu_by_name() -> BTreeMap<String, u64> {
         let ns = std::fs::read_to_string(path.join("schedstat"))
             .ok()
             .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .or_else(|| {
+                // "se.sum_exec_runtime   :   1234.567890" (milliseconds).
+                let sched = std::fs::read_to_string(path.join("sched")).ok()?;
+                let ms = sched
+                    .lines()
+                    .find(|l| l.starts_with("se.sum_exec_runtime"))?
+                    .split(':')
+                    .nth(1)?
+                    .trim()
+                    .parse::<f64>()
+                    .ok()?;
+                Some((ms * 1e6) as u64)
+            })
             .or_else(|| {
                 let stat = std::fs::read_to_string(path.join("stat")).ok()?;
                 // Fields after the parenthesised command name; utime and stime are 14 and 15.

@@ -39,6 +39,12 @@ pub struct RunArgs {
     /// Override the number of churn cycles.
     #[arg(long)]
     pub churn_cycles: Option<usize>,
+    /// Override the fan-out viewer counts (e.g. `1,10,50,100`).
+    #[arg(long, value_delimiter = ',')]
+    pub fanout_viewers: Vec<usize>,
+    /// Override the fan-out measuring window, in seconds.
+    #[arg(long)]
+    pub fanout_window: Option<u64>,
 }
 
 /// How much of everything a run does.
@@ -86,6 +92,12 @@ impl Plan {
         };
         if let Some(c) = args.churn_cycles {
             p.churn_cycles = c;
+        }
+        if !args.fanout_viewers.is_empty() {
+            p.fanout_viewers = args.fanout_viewers.clone();
+        }
+        if let Some(w) = args.fanout_window {
+            p.fanout_window = Duration::from_secs(w.max(1));
         }
         p
     }
@@ -401,6 +413,9 @@ async fn chromium_ttff(ctx: &mut Ctx, channel: &str, label: &str) -> Result<Vec<
     let runs = c.take("ttff");
     c.stop().await;
     done?;
+    if runs.is_empty() {
+        bail!("no run decoded a frame (see logs/*chromium-ttff-{label}*.log)");
+    }
     Ok(runs)
 }
 
@@ -624,6 +639,74 @@ async fn wait_no_viewers(dev: &mut LineChild) -> Result<()> {
     }
 }
 
+/// Peers encode once per viewer (GStreamer: a pipeline per viewer; aiortc: an encoder per
+/// track), so on two cores they are measured up to this many viewers.
+const PEER_MEMORY_MAX_VIEWERS: usize = 10;
+
+/// The peer senders' RSS (bytes) at idle and at each viewer level up to
+/// [`PEER_MEMORY_MAX_VIEWERS`]: `name → [idle, level 1, …]`, `None` where it did not get there.
+async fn peer_memory(ctx: &mut Ctx, levels: &[usize]) -> BTreeMap<&'static str, Vec<Option<f64>>> {
+    let mut out = BTreeMap::new();
+    for (name, channel, script) in [
+        ("gstreamer", "bench-gstreamer", "gst_sender.py"),
+        ("aiortc", "bench-aiortc", "aiortc_peer.py"),
+    ] {
+        let mut args = vec![];
+        if script == "aiortc_peer.py" {
+            args.push("sender".to_string());
+        }
+        args.extend([
+            "--signaling".to_string(),
+            ctx.url.clone(),
+            "--arn".into(),
+            ctx.arn(channel),
+        ]);
+        let mut sender = match ctx.peer(&format!("{name}-memory"), script, args) {
+            Ok(s) => s,
+            Err(e) => {
+                ctx.report.skip(format!("{name} memory: {e:#}"));
+                continue;
+            }
+        };
+        if let Err(e) = sender.json("ready", Duration::from_secs(60)).await {
+            ctx.report
+                .skip(format!("{name} memory: sender did not start: {e:#}"));
+            sender.stop().await;
+            continue;
+        }
+        let pid = sender.pid().map(|p| p.to_string()).unwrap_or_default();
+        let rss = |pid: &str| crate::procfs::rss_of(pid) as f64;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut by_level = vec![Some(rss(&pid))];
+        let arn = ctx.arn(channel);
+        let mut members: Vec<Member> = Vec::new();
+        for &n in levels {
+            if n > PEER_MEMORY_MAX_VIEWERS {
+                by_level.push(None);
+                continue;
+            }
+            let more = n - members.len();
+            let prefix = format!("mem-{name}-{}", std::process::id());
+            match fleet::join_many(&ctx.url, &arn, &prefix, members.len(), more).await {
+                Ok(m) => members.extend(m),
+                Err(e) => {
+                    ctx.report
+                        .skip(format!("{name} memory with {n} viewers: {e:#}"));
+                    by_level.push(None);
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            by_level.push(Some(rss(&pid)));
+        }
+        by_level.resize(levels.len() + 1, None);
+        fleet::stop_all(members).await;
+        sender.stop().await;
+        out.insert(name, by_level);
+    }
+    out
+}
+
 async fn memory(ctx: &mut Ctx) -> Result<()> {
     let levels = ctx.plan.memory_viewers.clone();
     // samples[level index] over repeats; level 0 = idle.
@@ -652,9 +735,24 @@ async fn memory(ctx: &mut Ctx) -> Result<()> {
         runs[levels.len() + 1].push(sample(&mut dev).await?);
         dev.stop().await;
     }
+    let peer_rss = if ctx.peers.is_some() {
+        peer_memory(ctx, &levels).await
+    } else {
+        BTreeMap::new()
+    };
     let kb = 1024.0;
     let fig = |v: &[MemSample], f: fn(&MemSample) -> f64| {
         Figure::of(&v.iter().map(|m| f(m) / kb).collect::<Vec<_>>())
+    };
+    // The peers' RSS at level `li`, for the row's peer columns.
+    let peers_at = |li: usize| -> Vec<(&str, Option<Figure>)> {
+        peer_rss
+            .iter()
+            .map(|(name, by_level)| {
+                let v = by_level.get(li).copied().flatten();
+                (*name, v.and_then(|b| Figure::of(&[b / kb])))
+            })
+            .collect()
     };
     let label = |li: usize| match li {
         0 => "idle".to_string(),
@@ -691,7 +789,7 @@ async fn memory(ctx: &mut Ctx) -> Result<()> {
             "KB",
             fig(samples, |m| m.rss),
             None,
-            vec![],
+            peers_at(li),
         );
     }
     // Per-viewer increments.
@@ -729,14 +827,33 @@ async fn memory(ctx: &mut Ctx) -> Result<()> {
             vec![],
         );
     }
-    ctx.report.row(
+    // The peers' increment over the levels they ran (the highest they reached).
+    let peer_increments: Vec<(&str, Option<Figure>)> = peer_rss
+        .iter()
+        .map(|(name, by_level)| {
+            let top = (1..by_level.len())
+                .rev()
+                .find(|&li| by_level[li].is_some() && by_level[0].is_some());
+            let inc = top.and_then(|li| {
+                let n = levels[li - 1] as f64;
+                Figure::of(&[(by_level[li]? - by_level[0]?) / n / kb])
+            });
+            (*name, inc)
+        })
+        .collect();
+    let row = ctx.report.row(
         "2 memory",
         &format!("RSS added per viewer (idle → {})", levels[last - 1]),
         "KB",
         per_viewer(0, last, |m| m.rss_less_headers),
         None,
-        vec![],
+        peer_increments,
     );
+    if !peer_rss.is_empty() {
+        row.note = Some(format!(
+            "peers: idle → the most viewers they reached (at most {PEER_MEMORY_MAX_VIEWERS}); each encodes per viewer"
+        ));
+    }
     ctx.report.row(
         "2 memory",
         "video encoder (openh264 + picture buffers), 640x480",
@@ -861,6 +978,7 @@ async fn fanout(ctx: &mut Ctx) -> Result<()> {
             &[
                 "--bitrate",
                 &FANOUT_BITRATE.to_string(),
+                "--loop-video",
                 "--max-viewers",
                 "100",
             ],
