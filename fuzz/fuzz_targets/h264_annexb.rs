@@ -1,10 +1,12 @@
 //! Fuzz the H.264 Annex-B parsers: NAL iteration, NAL headers, the streaming access-unit
-//! assembler (fed in input-chosen chunk sizes), slice headers and the SPS parser.
+//! assembler (fed in input-chosen chunk sizes), slice headers, the SPS parser, and the RTP
+//! packetizer (payloads within the input-chosen limit, one marker).
 #![no_main]
 
 use kvs_media::h264::{
     first_mb_in_slice, nal_units, AccessUnitAssembler, AccessUnitInfo, NalHeader, Sps,
 };
+use kvs_media::rtp::{packetize_h264, MIN_MAX_PAYLOAD};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -20,6 +22,12 @@ fuzz_target!(|data: &[u8]| {
         let _ = Sps::parse(nal);
     }
     let _ = AccessUnitInfo::scan(stream);
+
+    let limit = (usize::from(chunk_byte) * 8).max(MIN_MAX_PAYLOAD);
+    let mut payloads = Vec::new();
+    packetize_h264(stream, limit, &mut payloads);
+    assert!(payloads.iter().all(|p| !p.data.is_empty() && p.data.len() <= limit));
+    assert!(payloads.iter().filter(|p| p.marker).count() <= 1);
 
     let chunk = usize::from(chunk_byte).max(1);
     let mut asm = AccessUnitAssembler::new(4096);
