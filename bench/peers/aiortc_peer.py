@@ -94,22 +94,8 @@ async def sender(a):
         await pc.setLocalDescription(await pc.createAnswer())
         await ws.send(kvs_ws.frame("SDP_ANSWER", {"type": "answer", "sdp": pc.localDescription.sdp}, viewer))
 
-    async def stdin_closed():
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, sys.stdin.read)
-
-    stop = asyncio.ensure_future(stdin_closed())
     try:
-        while not stop.done():
-            recv = asyncio.ensure_future(ws.recv())
-            done, _ = await asyncio.wait({recv, stop}, return_when=asyncio.FIRST_COMPLETED)
-            if recv not in done:
-                recv.cancel()
-                break
-            m = kvs_ws.parse(recv.result())
-            if not m:
-                continue
-            kind, viewer, payload = m
+        async for kind, viewer, payload in kvs_ws.messages_until_stdin_closes(ws):
             if kind == "SDP_OFFER":
                 asyncio.ensure_future(answer(viewer, payload["sdp"]))
             elif kind == "ICE_CANDIDATE" and viewer in peers:

@@ -212,18 +212,8 @@ async def main():
     sessions = {}
     asyncio.ensure_future(writer())
     kvs_ws.emit({"type": "ready"})
-    stop = asyncio.ensure_future(loop.run_in_executor(None, sys.stdin.read))
     try:
-        while True:
-            recv = asyncio.ensure_future(ws.recv())
-            done, _ = await asyncio.wait({recv, stop}, return_when=asyncio.FIRST_COMPLETED)
-            if recv not in done:
-                recv.cancel()
-                break
-            m = kvs_ws.parse(recv.result())
-            if not m:
-                continue
-            kind, viewer, payload = m
+        async for kind, viewer, payload in kvs_ws.messages_until_stdin_closes(ws):
             if kind == "SDP_OFFER":
                 old = sessions.pop(viewer, None)
                 if old:

@@ -5,6 +5,7 @@ base64 of JSON. Service frames: {"senderClientId", "messageType", "messagePayloa
 join with ?X-Amz-ChannelARN=…&X-Amz-ClientId=…, the master without a client id.
 """
 
+import asyncio
 import base64
 import json
 import sys
@@ -62,3 +63,19 @@ def args(argv: list[str]) -> dict:
     for i in range(0, len(argv) - 1, 2):
         out[argv[i].lstrip("-").replace("-", "_")] = argv[i + 1]
     return out
+
+
+async def messages_until_stdin_closes(ws):
+    """Yield (messageType, senderClientId, payload) from the service until stdin closes (the
+    benchmark's way of stopping a peer) or the connection ends."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.ensure_future(loop.run_in_executor(None, sys.stdin.read))
+    while not stop.done():
+        recv = asyncio.ensure_future(ws.recv())
+        done, _ = await asyncio.wait({recv, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if recv not in done:
+            recv.cancel()
+            return
+        m = parse(recv.result())
+        if m:
+            yield m

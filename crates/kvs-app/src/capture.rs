@@ -26,6 +26,8 @@ pub struct CaptureControl {
     frames_dropped: AtomicU64,
     /// The camera's own keyframe flag, if it has one.
     camera_trigger: Option<Arc<AtomicBool>>,
+    /// The capture thread, unparked after setting `camera_trigger`.
+    thread: std::sync::OnceLock<std::thread::Thread>,
 }
 
 impl CaptureControl {
@@ -34,7 +36,12 @@ impl CaptureControl {
     /// the frame the camera is waiting to encode, not the one after.
     pub fn request_keyframe(&self) {
         match &self.camera_trigger {
-            Some(trigger) => trigger.store(true, Ordering::Relaxed),
+            Some(trigger) => {
+                trigger.store(true, Ordering::Relaxed);
+                if let Some(thread) = self.thread.get() {
+                    thread.unpark();
+                }
+            }
             None => self.keyframe_requested.store(true, Ordering::Relaxed),
         }
     }
@@ -149,6 +156,7 @@ fn spawn(
         run_capture(&mut source, &sink, &thread_control, &events);
         source.stop();
     })?;
+    let _ = control.thread.set(join.thread().clone());
     Ok(CaptureThread {
         control,
         join: Some(join),

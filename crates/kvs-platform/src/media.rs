@@ -131,10 +131,11 @@ pub trait VideoCapture: Send {
         false
     }
     /// A flag any thread may set to make the coming frame a keyframe. A paced source checks
-    /// it right before it encodes, after waiting for the frame's slot, so a request made while
-    /// it waits still applies to that frame (a request through
-    /// [`request_keyframe`](Self::request_keyframe), made between frames, lands one frame
-    /// later). The source clears it. `None` (the default): only `request_keyframe`.
+    /// it right before it encodes, so a request made while it waits still applies to that
+    /// frame (a request through [`request_keyframe`](Self::request_keyframe), made between
+    /// frames, lands one frame later); whoever sets it also unparks the capture thread, and a
+    /// source may then encode at once instead of waiting for the frame's slot. The source
+    /// clears it. `None` (the default): only `request_keyframe`.
     fn keyframe_trigger(&self) -> Option<Arc<AtomicBool>> {
         None
     }

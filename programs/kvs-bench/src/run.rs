@@ -419,6 +419,47 @@ async fn chromium_ttff(ctx: &mut Ctx, channel: &str, label: &str) -> Result<Vec<
     Ok(runs)
 }
 
+/// The peers that stream as a channel's master: (name, channel, script).
+const PEER_SENDERS: [(&str, &str, &str); 2] = [
+    ("gstreamer", "bench-gstreamer", "gst_sender.py"),
+    ("aiortc", "bench-aiortc", "aiortc_peer.py"),
+];
+
+/// Start a peer sender on its channel and wait until it is connected; `None` (reported as
+/// skipped) when it cannot start.
+async fn start_sender(
+    ctx: &mut Ctx,
+    name: &str,
+    channel: &str,
+    script: &str,
+    purpose: &str,
+) -> Option<LineChild> {
+    let mut args = vec![];
+    if script == "aiortc_peer.py" {
+        args.push("sender".to_string());
+    }
+    args.extend([
+        "--signaling".to_string(),
+        ctx.url.clone(),
+        "--arn".into(),
+        ctx.arn(channel),
+    ]);
+    let mut sender = match ctx.peer(&format!("{name}-{purpose}"), script, args) {
+        Ok(s) => s,
+        Err(e) => {
+            ctx.report.skip(format!("{name} {purpose}: {e:#}"));
+            return None;
+        }
+    };
+    if let Err(e) = sender.json("ready", Duration::from_secs(60)).await {
+        ctx.report
+            .skip(format!("{name} {purpose}: the sender did not start: {e:#}"));
+        sender.stop().await;
+        return None;
+    }
+    Some(sender)
+}
+
 async fn ttff(ctx: &mut Ctx) -> Result<()> {
     let mut dev = ctx.device("bench-ours", &["--bitrate", "1000000"]).await?;
     let ours_rust = rust_ttff_runs(ctx, "bench-ours", "ours").await;
@@ -437,33 +478,10 @@ async fn ttff(ctx: &mut Ctx) -> Result<()> {
     let mut peer_rust: Vec<(&str, Vec<viewer::FirstFrame>)> = Vec::new();
     let mut peer_chromium: Vec<(&str, Vec<Value>)> = Vec::new();
     if ctx.peers.is_some() {
-        for (name, channel, script) in [
-            ("gstreamer", "bench-gstreamer", "gst_sender.py"),
-            ("aiortc", "bench-aiortc", "aiortc_peer.py"),
-        ] {
-            let mut args = vec![];
-            if script == "aiortc_peer.py" {
-                args.push("sender".to_string());
-            }
-            args.extend([
-                "--signaling".to_string(),
-                ctx.url.clone(),
-                "--arn".into(),
-                ctx.arn(channel),
-            ]);
-            let mut sender = match ctx.peer(&format!("{name}-sender"), script, args) {
-                Ok(s) => s,
-                Err(e) => {
-                    ctx.report.skip(format!("{name} sender: {e:#}"));
-                    continue;
-                }
-            };
-            if let Err(e) = sender.json("ready", Duration::from_secs(60)).await {
-                ctx.report
-                    .skip(format!("{name} sender did not start: {e:#}"));
-                sender.stop().await;
+        for (name, channel, script) in PEER_SENDERS {
+            let Some(sender) = start_sender(ctx, name, channel, script, "sender").await else {
                 continue;
-            }
+            };
             let r = rust_ttff_runs(ctx, channel, name).await;
             if r.is_empty() {
                 ctx.report
@@ -647,33 +665,10 @@ const PEER_MEMORY_MAX_VIEWERS: usize = 10;
 /// [`PEER_MEMORY_MAX_VIEWERS`]: `name → [idle, level 1, …]`, `None` where it did not get there.
 async fn peer_memory(ctx: &mut Ctx, levels: &[usize]) -> BTreeMap<&'static str, Vec<Option<f64>>> {
     let mut out = BTreeMap::new();
-    for (name, channel, script) in [
-        ("gstreamer", "bench-gstreamer", "gst_sender.py"),
-        ("aiortc", "bench-aiortc", "aiortc_peer.py"),
-    ] {
-        let mut args = vec![];
-        if script == "aiortc_peer.py" {
-            args.push("sender".to_string());
-        }
-        args.extend([
-            "--signaling".to_string(),
-            ctx.url.clone(),
-            "--arn".into(),
-            ctx.arn(channel),
-        ]);
-        let mut sender = match ctx.peer(&format!("{name}-memory"), script, args) {
-            Ok(s) => s,
-            Err(e) => {
-                ctx.report.skip(format!("{name} memory: {e:#}"));
-                continue;
-            }
-        };
-        if let Err(e) = sender.json("ready", Duration::from_secs(60)).await {
-            ctx.report
-                .skip(format!("{name} memory: sender did not start: {e:#}"));
-            sender.stop().await;
+    for (name, channel, script) in PEER_SENDERS {
+        let Some(sender) = start_sender(ctx, name, channel, script, "memory").await else {
             continue;
-        }
+        };
         let pid = sender.pid().map(|p| p.to_string()).unwrap_or_default();
         let rss = |pid: &str| crate::procfs::rss_of(pid) as f64;
         tokio::time::sleep(Duration::from_secs(2)).await;

@@ -38,6 +38,19 @@ fn sleep_until(due: Instant) {
     }
 }
 
+/// Block the calling (capture) thread until `due`, or until `early` is set (whoever sets it
+/// unparks this thread, see [`kvs_platform::VideoCapture::keyframe_trigger`]).
+fn sleep_until_or(due: Instant, early: &std::sync::atomic::AtomicBool) {
+    use std::sync::atomic::Ordering;
+    loop {
+        let now = Instant::now();
+        if now >= due || early.load(Ordering::Relaxed) {
+            return;
+        }
+        std::thread::park_timeout(due - now);
+    }
+}
+
 /// Read a whole file, refusing ones larger than `max` bytes.
 fn read_bounded(path: &std::path::Path, max: u64) -> Result<bytes::Bytes, CaptureError> {
     let len = std::fs::metadata(path)?.len();

@@ -431,7 +431,10 @@ impl VideoCapture for TestPatternCamera {
             let nominal = self.nominal_ts(self.index);
             let ts = if self.config.paced {
                 let paced = self.pacer.pace(nominal, Instant::now());
-                super::sleep_until(paced.due);
+                // A keyframe request ends the wait: a new viewer's first frame is encoded now
+                // rather than at the next slot (it keeps the slot's timestamp, so a viewer
+                // already watching just buffers it a little longer).
+                super::sleep_until_or(paced.due, &self.trigger);
                 paced.output_ts_us
             } else {
                 nominal
@@ -650,5 +653,33 @@ pub(crate) mod tests {
         }
         // Frame 5 is due 100 ms after frame 0.
         assert!(start.elapsed() >= std::time::Duration::from_millis(100));
+    }
+
+    #[test]
+    fn a_keyframe_trigger_ends_the_wait_for_the_next_slot() {
+        // One frame a second: the second frame's slot is a second after the first.
+        let mut cam = TestPatternCamera::new(TestPatternConfig {
+            width: 160,
+            height: 120,
+            fps: 1,
+            ..TestPatternConfig::default()
+        })
+        .unwrap();
+        assert!(cam.next_frame().unwrap().unwrap().is_key());
+        let trigger = cam.keyframe_trigger().unwrap();
+        let capture_thread = std::thread::current();
+        let start = Instant::now();
+        let requester = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            trigger.store(true, Ordering::Relaxed);
+            capture_thread.unpark();
+        });
+        let frame = cam.next_frame().unwrap().unwrap();
+        requester.join().unwrap();
+        assert!(frame.is_key(), "the requested keyframe");
+        // Well before the slot: only the trigger can have ended the wait.
+        assert!(start.elapsed() < std::time::Duration::from_millis(900));
+        // It keeps its slot's timestamp.
+        assert_eq!(frame.timestamp_us, 1_000_000);
     }
 }
