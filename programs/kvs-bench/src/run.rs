@@ -871,6 +871,8 @@ async fn memory(ctx: &mut Ctx) -> Result<()> {
 // ---------------------------------------------------------------------------------------
 // 3. Churn
 
+const CHURN_SETTLE: Duration = Duration::from_secs(12);
+
 async fn churn(ctx: &mut Ctx) -> Result<()> {
     ctx.device_env = exact_malloc_accounting();
     let dev = ctx.device("bench-churn", &["--max-viewers", "10"]).await;
@@ -912,7 +914,9 @@ async fn churn(ctx: &mut Ctx) -> Result<()> {
         }
     }
     wait_no_viewers(&mut dev).await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Longer than tokio keeps an idle blocking thread (10 s): what such a thread holds for
+    // itself goes with it, and is not memory the cycles kept.
+    tokio::time::sleep(CHURN_SETTLE).await;
     let after = sample(&mut dev).await?;
     dev.stop().await;
     let n = ctx.plan.churn_cycles;
@@ -926,9 +930,10 @@ async fn churn(ctx: &mut Ctx) -> Result<()> {
         vec![],
     );
     row.note = Some(format!(
-        "Rust heap {:+.2} KB, C heap {:+.2} KB; {failed} cycles failed; before = after {WARMUP} warm-up cycles",
+        "Rust heap {:+.2} KB, C heap {:+.2} KB; {failed} cycles failed; before = after {WARMUP} warm-up cycles, after = {} s after the last",
         (after.sdk_rust - before.sdk_rust) / kb,
-        (after.sdk_c - before.sdk_c) / kb
+        (after.sdk_c - before.sdk_c) / kb,
+        CHURN_SETTLE.as_secs()
     ));
     ctx.report.row(
         "3 churn",
