@@ -492,6 +492,9 @@ impl PeerCore {
     /// One encoded frame from the capture: offer it to every session and send what each
     /// session's gate lets through.
     pub fn push_frame(&mut self, now: Instant, kind: FanoutKind, frame: &EncodedFrame) {
+        if self.sessions.is_empty() {
+            return;
+        }
         // Cut the frame once, and only when some session is past its transport gate.
         let wanted = self.sessions.values().any(|s| {
             s.is_live()
@@ -1092,7 +1095,8 @@ fn size_resend_buffer(s: &mut Session, mid: Mid) {
     }
 }
 
-/// Write one frame's payloads as RTP packets; false when the stream is gone.
+/// Write one frame's payloads as RTP packets; false when the stream is gone or the frame
+/// has no payload.
 fn write_frame(
     s: &mut Session,
     now: Instant,
@@ -1112,6 +1116,10 @@ fn write_frame(
     } else {
         &mut s.audio_seq
     };
+    if frame.payloads.is_empty() {
+        // Nothing a decoder could use (e.g. an access unit of delimiters only): a drop.
+        return false;
+    }
     let mut api = s.rtc.direct_api();
     let Some(tx) = api.stream_tx_by_mid(mid, None) else {
         return false;
