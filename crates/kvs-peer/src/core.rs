@@ -148,9 +148,6 @@ struct Session {
     audio_seq: u64,
     /// The video stream's resend buffer has been sized (after each negotiation).
     video_rtx_sized: bool,
-    /// Resend buffer: how long packets are kept, and at most how many.
-    resend_window: Duration,
-    resend_packets: usize,
     channel: Option<ChannelId>,
     data_out: VecDeque<(Bytes, bool)>,
     connected: bool,
@@ -180,8 +177,6 @@ impl Session {
             video_seq: u64::from(rand::random::<u16>() >> 1),
             audio_seq: u64::from(rand::random::<u16>() >> 1),
             video_rtx_sized: false,
-            resend_window: config.resend_window,
-            resend_packets: config.send_buffer_video_packets(),
             channel: None,
             data_out: VecDeque::new(),
             connected: false,
@@ -524,7 +519,7 @@ impl PeerCore {
             if sub.push(&frame) == PushOutcome::KeyframeNeeded {
                 s.keyframe_request_pending = true;
             }
-            send_queued_media(s, now, &mut self.out);
+            send_queued_media(s, now, &self.config, &mut self.out);
             if s.video.take_keyframe_needed() {
                 s.keyframe_request_pending = true;
             }
@@ -995,7 +990,7 @@ fn request_keyframe(s: &mut Session, now: Instant, config: &PeerConfig, out: &mu
 
 /// Write whatever the fan-out queues let through: each frame's shared payloads, as RTP
 /// packets of this session's streams.
-fn send_queued_media(s: &mut Session, now: Instant, out: &mut Outputs) {
+fn send_queued_media(s: &mut Session, now: Instant, config: &PeerConfig, out: &mut Outputs) {
     if !s.connected {
         return;
     }
@@ -1005,7 +1000,7 @@ fn send_queued_media(s: &mut Session, now: Instant, out: &mut Outputs) {
             break;
         };
         if !s.video_rtx_sized {
-            size_resend_buffer(s, mid);
+            size_resend_buffer(s, mid, config);
         }
         if !write_frame(s, now, mid, pt, &frame, true) {
             s.video.record_dropped();
@@ -1087,8 +1082,8 @@ fn audio_pt(s: &mut Session) -> Option<Pt> {
 
 /// Replace str0m's resend buffer (3 s, sized by packet count) with one that keeps
 /// `resend_window` of packets.
-fn size_resend_buffer(s: &mut Session, mid: Mid) {
-    let (packets, window) = (s.resend_packets, s.resend_window);
+fn size_resend_buffer(s: &mut Session, mid: Mid, config: &PeerConfig) {
+    let (packets, window) = (config.send_buffer_video_packets(), config.resend_window);
     if let Some(tx) = s.rtc.direct_api().stream_tx_by_mid(mid, None) {
         tx.set_rtx_cache(packets, window, Some(RTX_RATIO_CAP));
         s.video_rtx_sized = true;

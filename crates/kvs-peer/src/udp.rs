@@ -53,11 +53,7 @@ impl UdpIo {
     pub(crate) async fn recv(&self, batch: &mut RecvBatch) -> io::Result<usize> {
         loop {
             self.socket.readable().await?;
-            let mut slices: Vec<IoSliceMut<'_>> = batch
-                .bufs
-                .iter_mut()
-                .map(|b| IoSliceMut::new(&mut b[..]))
-                .collect();
+            let mut slices = batch.bufs.each_mut().map(|b| IoSliceMut::new(&mut b[..]));
             let result = self.socket.try_io(Interest::READABLE, || {
                 self.state
                     .recv((&self.socket).into(), &mut slices, &mut batch.meta)
@@ -104,15 +100,15 @@ impl UdpIo {
 
 /// Receive buffers and what the last receive put in them.
 pub(crate) struct RecvBatch {
-    bufs: Vec<[u8; RECV_BUFFER_BYTES]>,
-    meta: Vec<quinn_udp::RecvMeta>,
+    bufs: Box<[[u8; RECV_BUFFER_BYTES]; RECV_BATCH]>,
+    meta: [quinn_udp::RecvMeta; RECV_BATCH],
 }
 
 impl RecvBatch {
     pub(crate) fn new() -> Self {
         Self {
-            bufs: vec![[0u8; RECV_BUFFER_BYTES]; RECV_BATCH],
-            meta: vec![quinn_udp::RecvMeta::default(); RECV_BATCH],
+            bufs: Box::new([[0u8; RECV_BUFFER_BYTES]; RECV_BATCH]),
+            meta: [quinn_udp::RecvMeta::default(); RECV_BATCH],
         }
     }
 
