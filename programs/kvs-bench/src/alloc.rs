@@ -37,7 +37,6 @@ pub const HEADER_BYTES: usize = 16;
 static LIVE_BYTES: [AtomicI64; BUCKETS] = [const { AtomicI64::new(0) }; BUCKETS];
 static LIVE_BLOCKS: [AtomicI64; BUCKETS] = [const { AtomicI64::new(0) }; BUCKETS];
 static TOTAL_ALLOCS: [AtomicU64; BUCKETS] = [const { AtomicU64::new(0) }; BUCKETS];
-static PEAK_SDK: AtomicI64 = AtomicI64::new(0);
 static HEADER_LIVE: AtomicI64 = AtomicI64::new(0);
 
 thread_local! {
@@ -74,11 +73,8 @@ fn offset(layout: &Layout) -> usize {
 }
 
 fn account(bucket: usize, bytes: i64, blocks: i64) {
-    let live = LIVE_BYTES[bucket].fetch_add(bytes, Ordering::Relaxed) + bytes;
+    LIVE_BYTES[bucket].fetch_add(bytes, Ordering::Relaxed);
     LIVE_BLOCKS[bucket].fetch_add(blocks, Ordering::Relaxed);
-    if bucket == Bucket::Sdk as usize && bytes > 0 {
-        PEAK_SDK.fetch_max(live, Ordering::Relaxed);
-    }
 }
 
 // SAFETY: every block handed out is `offset` bytes into a system block of size + offset with
@@ -144,8 +140,6 @@ pub struct HeapStats {
     pub sdk: BucketStats,
     pub video_encoder: BucketStats,
     pub audio_encoder: BucketStats,
-    /// Highest SDK live bytes since the last [`reset_peak`].
-    pub sdk_peak_bytes: i64,
     /// Bytes of headers of live blocks (allocator overhead inside RSS).
     pub header_bytes: i64,
 }
@@ -164,17 +158,8 @@ pub fn stats() -> HeapStats {
         sdk: bucket_stats(Bucket::Sdk),
         video_encoder: bucket_stats(Bucket::VideoEncoder),
         audio_encoder: bucket_stats(Bucket::AudioEncoder),
-        sdk_peak_bytes: PEAK_SDK.load(Ordering::Relaxed),
         header_bytes: HEADER_LIVE.load(Ordering::Relaxed),
     }
-}
-
-/// Start a new peak window at the current SDK figure.
-pub fn reset_peak() {
-    PEAK_SDK.store(
-        LIVE_BYTES[Bucket::Sdk as usize].load(Ordering::Relaxed),
-        Ordering::Relaxed,
-    );
 }
 
 /// Bytes glibc's malloc has handed out and not had back (all arenas, mmapped blocks
@@ -183,12 +168,4 @@ pub fn malloc_in_use() -> i64 {
     // SAFETY: mallinfo2 only reads allocator statistics.
     let info = unsafe { libc::mallinfo2() };
     (info.uordblks + info.hblkhd) as i64
-}
-
-/// Return freed memory at the top of glibc's heaps to the system (before an RSS reading).
-pub fn trim() {
-    // SAFETY: malloc_trim is safe to call at any time.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }

@@ -239,8 +239,6 @@ pub async fn run(args: DeviceArgs) -> Result<()> {
                 let Ok(Some(line)) = line else { break };
                 match line.trim() {
                     "stats" => emit(stats_json(&device, encoder_c_bytes, started)),
-                    "trim" => { alloc::trim(); emit(json!({"type": "trimmed"})); }
-                    "reset-peak" => { alloc::reset_peak(); emit(json!({"type": "peak-reset"})); }
                     // With KVS_BENCH_EXIT_WITHOUT_CLEANUP set, leave without dropping anything,
                     // so a heap profiler (see KVS_BENCH_DEVICE_WRAPPER) reports everything
                     // still held: two runs of different lengths show what grows.

@@ -45,7 +45,6 @@ impl Member {
                     },
                     ev = joined.next(deadline) => match ev? {
                         Some(ViewerEvent::Video(f)) => { flag.store(true, Ordering::Relaxed); video.video(&f); }
-                        Some(ViewerEvent::Audio(_)) => video.audio(),
                         Some(ViewerEvent::Closed) => return Err(anyhow!("viewer closed")),
                         _ => {}
                     },

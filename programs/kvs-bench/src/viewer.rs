@@ -128,14 +128,11 @@ pub async fn first_frame(j: &mut Joined, timeout: Duration) -> Result<FirstFrame
 pub struct Reception {
     pub video_frames: u64,
     pub video_bytes: u64,
-    pub audio_frames: u64,
     /// RTP packets missing between received frames (sequence-number gaps).
     pub packets_lost: u64,
     /// Frames whose arrival lagged their RTP schedule by more than [`LATE_AFTER`] beyond
     /// the best-placed frame of the window.
     pub frames_late: u64,
-    /// Frames that came after a gap (str0m's `contiguous == false`).
-    pub frames_after_gap: u64,
 }
 
 /// A frame is late when it arrives this much behind its place on the RTP timeline.
@@ -170,16 +167,7 @@ impl Tracker {
         }
         self.r.video_frames += 1;
         self.r.video_bytes += f.data.len() as u64;
-        if !f.contiguous {
-            self.r.frames_after_gap += 1;
-        }
         self.arrivals.push((f.arrival, f.rtp_time));
-    }
-
-    pub fn audio(&mut self) {
-        if self.counting {
-            self.r.audio_frames += 1;
-        }
     }
 
     /// Close the window: count late frames.
