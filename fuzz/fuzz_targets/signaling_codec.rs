@@ -3,7 +3,7 @@
 //! re-emit to something that parses to the same value.
 #![no_main]
 
-use kvs_signaling::codec::{
+use kvs_signaling_codec::{
     decode_payload, decode_payload_bytes, salvage_correlation_id, validate_client_id, ClientFrame,
     IceCandidateInit, SdpPayload, ServiceFrame, SignalingMessage,
 };

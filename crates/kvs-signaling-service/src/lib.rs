@@ -99,7 +99,7 @@ impl Default for ServiceConfig {
             account_id: "000000000000".into(),
             max_viewers_per_channel: 10,
             message_ttl: Duration::from_secs(60),
-            max_payload_bytes: kvs_signaling::codec::MAX_PAYLOAD_BYTES,
+            max_payload_bytes: kvs_signaling_codec::MAX_PAYLOAD_BYTES,
             max_pending_per_recipient: 64,
             connection_queue: 256,
             idle_timeout: Duration::from_secs(600),

@@ -23,7 +23,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use kvs_signaling::codec::{
+use kvs_signaling_codec::{
     salvage_correlation_id, validate_client_id, Action, ClientFrame, CodecError, ServiceFrame,
     StatusResponse,
 };

@@ -1,5 +1,5 @@
 use super::*;
-use kvs_signaling::codec::{encode_payload, SdpPayload, SdpType, ServiceMessageType};
+use kvs_signaling_codec::{encode_payload, SdpPayload, SdpType, ServiceMessageType};
 use std::time::Duration;
 
 fn setup(config: ServiceConfig) -> (RoutingCore, String, Instant) {
@@ -234,8 +234,7 @@ fn newer_offer_replaces_older_undelivered_one() {
         .map(|o| {
             let f = sent(o).1;
             let p: SdpPayload =
-                kvs_signaling::codec::decode_payload(f.message_payload.as_deref().unwrap())
-                    .unwrap();
+                kvs_signaling_codec::decode_payload(f.message_payload.as_deref().unwrap()).unwrap();
             (f.sender_client_id, p.sdp)
         })
         .collect();

@@ -549,7 +549,7 @@ async fn data_plane(
         idle: state.config.idle_timeout,
         max_age: state.config.max_connection_age,
     };
-    let max_frame = kvs_signaling::codec::MAX_FRAME_BYTES;
+    let max_frame = kvs_signaling_codec::MAX_FRAME_BYTES;
     // Small per-connection buffers (the defaults allocate 128 KiB per connection for reading);
     // a client that stops reading fills at most `max_write_buffer_size`, then its sends fail.
     ws.protocols(["wss"])

@@ -1,20 +1,22 @@
-//! Core layer: the KVS signaling message codec (sans-IO) and WebSocket signaling clients.
+//! Core layer: the WebSocket signaling clients, on the KVS wire codec.
 //!
-//! - [`codec`]: parse/emit of the KVS data-plane frames and the unified [`SignalingMessage`]
-//!   (pure functions, no I/O; also used by the local service and the fuzzers).
+//! - [`codec`]: the `kvs-signaling-codec` crate, re-exported: parse/emit of the KVS data-plane
+//!   frames and the unified [`SignalingMessage`] (pure functions, no I/O; the local service and
+//!   the fuzzers use that crate directly, without these clients).
 //! - [`client`]: the pluggable [`SignalingClient`] interface and its WebSocket implementation
 //!   [`WsSignalingClient`] (tokio edge).
 //! - [`kvs`]: the Amazon KVS client ([`KvsSignalingClient`]): control plane over HTTPS with
 //!   SigV4, presigned WSS data plane, ICE servers with TTL, clock-skew correction.
-//! - [`ice`]: the [`IceServer`] description handed to peer connections.
+//! - [`ice`]: the [`IceServer`] description handed to peer connections (from the codec crate).
 //!
 //! This crate must not touch peer connections, media, or reconnection policy (the application
 //! layer owns those).
 
 pub mod client;
-pub mod codec;
-pub mod ice;
 pub mod kvs;
+
+pub use kvs_signaling_codec as codec;
+pub use kvs_signaling_codec::ice;
 
 pub use client::{
     data_plane_url, encode_outgoing, Role, SignalingClient, SignalingError, SignalingEvent,

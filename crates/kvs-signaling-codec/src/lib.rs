@@ -1,18 +1,26 @@
-//! The KVS signaling wire codec: sans-IO parse/emit of the WebSocket data-plane frames.
+//! Core layer: the KVS signaling wire types and their codec, sans-IO.
 //!
 //! Owns: the two frame shapes of the KVS data plane (client→service [`ClientFrame`],
 //! service→client [`ServiceFrame`]), the base64-of-JSON message payloads ([`SdpPayload`],
 //! [`IceCandidateInit`]), the one unified [`SignalingMessage`] the application layer works with,
-//! and the limits the service enforces (frame size, payload size, client-id syntax).
+//! the limits the service enforces (frame size, payload size via [`base64_decoded_len`]), the
+//! client-id rule ([`validate_client_id`]) and the [`IceServer`] value handed from signaling to
+//! the peer connections ([`ice`]).
 //!
-//! Must not touch: sockets, tasks, clocks or any other I/O. Everything here is a pure function
-//! of its input, so the same code serves the WebSocket client, the local service and the fuzzers.
-//! Remote input never panics: every malformed frame becomes a [`CodecError`].
+//! Must not touch: sockets, tasks, clocks, request signing or any other I/O. Everything here is
+//! a pure function of its input, so the same code serves the device-side clients
+//! (`kvs-signaling`), the local service (`kvs-signaling-service`) and the fuzzers, and the
+//! service can use it without pulling in the clients. Remote input never panics: every
+//! malformed frame becomes a [`CodecError`].
 //!
 //! Parsing follows what real clients send (see `shared/reference/kvs-signaling.md` §2): keys are
 //! matched case-insensitively (the C SDK sends `RecipientClientId`, `MessagePayload`, …),
 //! unknown keys (such as the C SDK's `IceServerList`) are ignored, and empty strings in optional
 //! fields count as absent.
+
+pub mod ice;
+
+pub use ice::IceServer;
 
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
@@ -876,5 +884,4 @@ fn truncate(s: &str) -> String {
 }
 
 #[cfg(test)]
-#[path = "codec_tests.rs"]
 mod tests;

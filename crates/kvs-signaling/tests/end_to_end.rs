@@ -1,4 +1,6 @@
-//! The service on a real loopback socket, driven by the real `WsSignalingClient`.
+//! The local signaling service on a real loopback socket, driven by the real
+//! `WsSignalingClient`: routing between a master and viewers, refusals, GO_AWAY on shutdown.
+//! (These live here rather than in the service so the service does not depend on the clients.)
 
 use std::time::Duration;
 
@@ -15,9 +17,7 @@ async fn start(max_viewers: usize) -> (ServiceHandle, String) {
         max_viewers_per_channel: max_viewers,
         ..Default::default()
     };
-    // A route of the embedding program, served beside signaling.
-    let page = axum::Router::new().route("/viewer", axum::routing::get(|| async { "page" }));
-    let service = spawn(listener, config, Some(page));
+    let service = spawn(listener, config, None);
     let channel = service.state().create_channel("e2e-channel").unwrap();
     (service, channel.arn)
 }
@@ -255,36 +255,5 @@ async fn offer_sent_before_master_connects_is_delivered_on_connect() {
     assert_eq!(offer.peer_client_id.as_deref(), Some("early"));
     assert_eq!(offer.payload, MessagePayload::Sdp("v=0 early".into()));
     drop(v);
-    service.shutdown().await;
-}
-
-/// One raw HTTP/1.1 request on loopback; returns the whole response text.
-async fn http_get(service: &ServiceHandle, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = tokio::net::TcpStream::connect(service.local_addr().unwrap())
-        .await
-        .unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    tcp.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_string(&mut response))
-        .await
-        .unwrap()
-        .unwrap();
-    response
-}
-
-#[tokio::test]
-async fn plain_http_gets_a_json_error_and_extra_routes_are_served() {
-    let (service, _arn) = start(10).await;
-    let response = http_get(&service, "/?X-Amz-ChannelARN=x").await;
-    assert!(response.starts_with("HTTP/1.1 400"), "{response}");
-    assert!(
-        response.contains(r#"{"message":"expected a WebSocket upgrade"}"#),
-        "{response}"
-    );
-    let response = http_get(&service, "/viewer").await;
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    assert!(response.ends_with("page"), "{response}");
     service.shutdown().await;
 }
