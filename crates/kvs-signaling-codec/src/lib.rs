@@ -186,27 +186,38 @@ pub fn encode_payload<T: Serialize>(payload: &T) -> String {
     BASE64.encode(json)
 }
 
+/// How many bytes the base64 text `b64` decodes to, counted without decoding or allocating:
+/// the one payload-size rule, shared by the parsers, the encoder and the service's routing.
+///
+/// Surrounding whitespace is not counted and `=` padding is optional, as in
+/// [`decode_payload_bytes`]. The count is exact for every text the decoder accepts; for any
+/// other text it is what text of that length would carry (the decoder refuses it anyway).
+pub fn base64_decoded_len(b64: &str) -> usize {
+    let b64 = b64.trim();
+    // Padding carries no data, and a valid group ends in at most two `=`.
+    let data = b64
+        .strip_suffix("==")
+        .or_else(|| b64.strip_suffix('='))
+        .unwrap_or(b64);
+    // Four characters carry three bytes; a final partial group of 2 or 3 characters carries
+    // one or two (a lone character carries none, and only invalid text has one).
+    data.len() / 4 * 3 + (data.len() % 4).saturating_sub(1)
+}
+
 /// Decodes base64 into bytes, refusing anything that would exceed [`MAX_PAYLOAD_BYTES`].
 pub fn decode_payload_bytes(b64: &str) -> Result<Vec<u8>, CodecError> {
     let b64 = b64.trim();
-    // Each 4 base64 characters carry at most 3 bytes: check before allocating.
-    let upper_bound = b64.len().div_ceil(4) * 3;
-    if upper_bound > MAX_PAYLOAD_BYTES + 3 {
+    // Sized before decoding, so an oversized payload is never allocated.
+    let len = base64_decoded_len(b64);
+    if len > MAX_PAYLOAD_BYTES {
         return Err(CodecError::PayloadTooLarge {
-            len: upper_bound,
+            len,
             max: MAX_PAYLOAD_BYTES,
         });
     }
-    let bytes = BASE64
+    BASE64
         .decode(b64)
-        .map_err(|e| CodecError::InvalidBase64(e.to_string()))?;
-    if bytes.len() > MAX_PAYLOAD_BYTES {
-        return Err(CodecError::PayloadTooLarge {
-            len: bytes.len(),
-            max: MAX_PAYLOAD_BYTES,
-        });
-    }
-    Ok(bytes)
+        .map_err(|e| CodecError::InvalidBase64(e.to_string()))
 }
 
 /// Decodes a base64-of-JSON payload into `T`.
@@ -735,7 +746,7 @@ impl SignalingMessage {
             validate_client_id(r)?;
         }
         let message_payload = self.encode_payload()?;
-        let decoded_len = message_payload.len() / 4 * 3;
+        let decoded_len = base64_decoded_len(&message_payload);
         if decoded_len > MAX_PAYLOAD_BYTES {
             return Err(CodecError::PayloadTooLarge {
                 len: decoded_len,

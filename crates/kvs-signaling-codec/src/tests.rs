@@ -422,3 +422,95 @@ fn peer_ids_from_any_string_form() {
         })
     );
 }
+
+#[test]
+fn base64_decoded_len_matches_the_decoder() {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+    for n in 0..=64usize {
+        let bytes: Vec<u8> = (0..n).map(|i| (i * 37 + 11) as u8).collect();
+        for text in [STANDARD.encode(&bytes), STANDARD_NO_PAD.encode(&bytes)] {
+            assert_eq!(BASE64.decode(&text).unwrap().len(), n, "{text:?}");
+            assert_eq!(base64_decoded_len(&text), n, "{text:?}");
+            assert_eq!(base64_decoded_len(&format!(" {text}\r\n")), n, "{text:?}");
+        }
+    }
+}
+
+/// Base64 of `n` bytes, with or without `=` padding.
+fn b64_of_len(n: usize, padded: bool) -> String {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+    let bytes = vec![b'x'; n];
+    if padded {
+        STANDARD.encode(bytes)
+    } else {
+        STANDARD_NO_PAD.encode(bytes)
+    }
+}
+
+#[test]
+fn payload_of_exactly_the_limit_is_accepted_padded_or_not() {
+    // 10 240 = 3 × 3413 + 1: the last group carries one byte, so the padded text ends in "==",
+    // which an estimate from the text length alone counts as two more bytes.
+    for padded in [true, false] {
+        let exact = b64_of_len(MAX_PAYLOAD_BYTES, padded);
+        assert_eq!(exact.ends_with("=="), padded);
+        assert_eq!(
+            decode_payload_bytes(&exact).unwrap().len(),
+            MAX_PAYLOAD_BYTES
+        );
+        let frame = ClientFrame {
+            action: Action::SdpOffer,
+            recipient_client_id: None,
+            message_payload: exact,
+            correlation_id: None,
+        };
+        assert_eq!(ClientFrame::parse(frame.emit().as_bytes()).unwrap(), frame);
+
+        let over = b64_of_len(MAX_PAYLOAD_BYTES + 1, padded);
+        assert_eq!(
+            decode_payload_bytes(&over),
+            Err(CodecError::PayloadTooLarge {
+                len: MAX_PAYLOAD_BYTES + 1,
+                max: MAX_PAYLOAD_BYTES
+            })
+        );
+        let frame = ClientFrame {
+            message_payload: over,
+            ..frame
+        };
+        assert!(matches!(
+            ClientFrame::parse(frame.emit().as_bytes()),
+            Err(CodecError::PayloadTooLarge { .. })
+        ));
+    }
+}
+
+#[test]
+fn encoder_accepts_a_payload_of_exactly_the_limit() {
+    // The SDP payload's JSON around an empty SDP; the SDP fills the rest of the limit.
+    let overhead = serde_json::to_vec(&SdpPayload {
+        sdp_type: SdpType::Offer,
+        sdp: String::new(),
+        error: None,
+    })
+    .unwrap()
+    .len();
+    let exact = SignalingMessage::offer("v", "a".repeat(MAX_PAYLOAD_BYTES - overhead));
+    let frame = exact.to_client_frame().unwrap();
+    // The encoder always pads; this payload needs it.
+    assert!(frame.message_payload.ends_with("=="));
+    assert_eq!(
+        decode_payload_bytes(&frame.message_payload).unwrap().len(),
+        MAX_PAYLOAD_BYTES
+    );
+    assert_eq!(SignalingMessage::from_client_frame(&frame).unwrap(), exact);
+
+    let over = SignalingMessage::offer("v", "a".repeat(MAX_PAYLOAD_BYTES - overhead + 1));
+    assert_eq!(
+        over.to_client_frame(),
+        Err(CodecError::PayloadTooLarge {
+            len: MAX_PAYLOAD_BYTES + 1,
+            max: MAX_PAYLOAD_BYTES
+        })
+    );
+}

@@ -24,8 +24,8 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kvs_signaling_codec::{
-    salvage_correlation_id, validate_client_id, Action, ClientFrame, CodecError, ServiceFrame,
-    StatusResponse,
+    base64_decoded_len, salvage_correlation_id, validate_client_id, Action, ClientFrame,
+    CodecError, ServiceFrame, StatusResponse,
 };
 use tracing::{debug, info, warn};
 
@@ -408,7 +408,7 @@ impl RoutingCore {
                 return;
             }
         };
-        let decoded_len = frame.message_payload.trim().len() / 4 * 3;
+        let decoded_len = base64_decoded_len(&frame.message_payload);
         if decoded_len > self.config.max_payload_bytes {
             warn!(
                 conn = conn.0,

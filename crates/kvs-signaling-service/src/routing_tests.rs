@@ -354,6 +354,48 @@ fn configured_payload_limit_is_enforced() {
 }
 
 #[test]
+fn payload_limit_counts_padding_exactly() {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+    use base64::Engine as _;
+    // The service default (the KVS limit) and a configured one; both are 1 more than a
+    // multiple of 3, so the padded payload at the limit ends in "==".
+    for limit in [kvs_signaling_codec::MAX_PAYLOAD_BYTES, 100] {
+        let config = ServiceConfig {
+            max_payload_bytes: limit,
+            ..Default::default()
+        };
+        let (mut core, arn, t0) = setup(config);
+        let master = core.connect(&arn, ConnectRole::Master, t0).unwrap();
+        let v = core.connect(&arn, viewer("v1"), t0).unwrap();
+        for engine in [STANDARD, STANDARD_NO_PAD] {
+            let candidate = |len: usize| {
+                ClientFrame {
+                    action: Action::IceCandidate,
+                    recipient_client_id: None,
+                    message_payload: engine.encode(vec![b'x'; len]),
+                    correlation_id: Some("c".into()),
+                }
+                .emit()
+            };
+            core.handle_frame(v, candidate(limit).as_bytes(), t0);
+            let out = drain(&mut core);
+            assert_eq!(out.len(), 1, "{out:?}");
+            let (to, f) = sent(&out[0]);
+            assert_eq!(to, master, "limit {limit}");
+            assert_eq!(f.message_type, ServiceMessageType::IceCandidate);
+
+            core.handle_frame(v, candidate(limit + 1).as_bytes(), t0);
+            let out = drain(&mut core);
+            assert_eq!(out.len(), 1, "{out:?}");
+            let (to, f) = sent(&out[0]);
+            assert_eq!(to, v, "limit {limit}");
+            assert_eq!(f.message_type, ServiceMessageType::StatusResponse);
+            assert_eq!(f.status_response.unwrap().status_code, "400");
+        }
+    }
+}
+
+#[test]
 fn per_recipient_store_is_bounded() {
     let config = ServiceConfig {
         max_pending_per_recipient: 3,
