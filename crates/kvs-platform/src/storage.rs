@@ -1,6 +1,8 @@
 //! Small persistent key/value storage (certificates, channel records, settings).
 //!
 //! The seed's devices keep these in NVS flash; the host keeps one file per key in a directory.
+//! Must not touch: what the values mean (their owners decide), or how a file is replaced
+//! atomically ([`crate::fs`] owns that).
 
 use std::fs;
 use std::io;
@@ -28,7 +30,8 @@ pub trait Storage: Send + Sync {
     fn remove(&self, key: &str) -> Result<(), StorageError>;
 }
 
-/// Host storage: one file per key in a directory, written via rename for atomicity.
+/// Host storage: one file per key in a directory, each written with
+/// [`crate::fs::write_atomic`] (so concurrent writers of one key never share a temporary file).
 #[derive(Debug, Clone)]
 pub struct DirStorage {
     dir: PathBuf,
@@ -72,13 +75,10 @@ impl Storage for DirStorage {
 
     fn put(&self, key: &str, value: &[u8]) -> Result<(), StorageError> {
         let path = self.path(key)?;
-        let tmp = self.dir.join(format!(".{key}.tmp"));
-        let io = |source| StorageError::Io {
+        crate::fs::write_atomic(&path, value, None).map_err(|source| StorageError::Io {
             key: key.into(),
             source,
-        };
-        fs::write(&tmp, value).map_err(io)?;
-        fs::rename(&tmp, &path).map_err(io)
+        })
     }
 
     fn remove(&self, key: &str) -> Result<(), StorageError> {
@@ -115,6 +115,29 @@ mod tests {
             Err(StorageError::InvalidKey(_))
         ));
         assert!(matches!(s.put("", b""), Err(StorageError::InvalidKey(_))));
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn concurrent_puts_of_one_key_all_succeed_with_a_whole_value() {
+        let dir = std::env::temp_dir().join(format!("kvs-storage-race-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let s = DirStorage::new(&dir).unwrap();
+        std::thread::scope(|scope| {
+            for w in 0..4u8 {
+                let s = &s;
+                scope.spawn(move || {
+                    for _ in 0..25 {
+                        s.put("shared", &[w; 4096]).unwrap();
+                    }
+                });
+            }
+        });
+        let value = s.get("shared").unwrap().unwrap();
+        assert_eq!(value.len(), 4096);
+        assert!(value.iter().all(|&b| b == value[0]));
+        // Only the key itself is left: no temporary files.
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 1);
         fs::remove_dir_all(dir).unwrap();
     }
 }
