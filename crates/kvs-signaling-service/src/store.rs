@@ -1,10 +1,9 @@
 //! The channel list on disk, so channels (and their ARNs) survive restarts of the service.
 //!
 //! Owns: `<state dir>/channels.json` — reading it at start-up and rewriting it atomically
-//! (write a temporary file, then rename) after every create or delete.
+//! ([`kvs_platform::fs::write_atomic`]) after every create or delete.
 //! Must not touch: routing, connections, HTTP.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -145,17 +144,7 @@ impl ChannelStore {
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir).map_err(write_err)?;
         }
-        // A name of our own: two services sharing a directory must not write one temp file.
-        static SAVES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = SAVES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let tmp = self
-            .path
-            .with_extension(format!("json.{}.{n}.tmp", std::process::id()));
-        let mut file = std::fs::File::create(&tmp).map_err(write_err)?;
-        file.write_all(&json).map_err(write_err)?;
-        file.sync_all().map_err(write_err)?;
-        drop(file);
-        std::fs::rename(&tmp, &self.path).map_err(write_err)
+        kvs_platform::fs::write_atomic(&self.path, &json, None).map_err(write_err)
     }
 }
 

@@ -2,7 +2,7 @@
 //! signs, and an axum listener that serves HTTPS and WSS with rustls.
 //!
 //! Owns: `<state dir>/ca.pem` and `ca.key` (created on first run with `rcgen`, reused after,
-//! the key readable by its owner only), the server certificate (issued anew at every start for
+//! each written atomically, the key readable by its owner only), the server certificate (issued anew at every start for
 //! the configured host names, so adding a name needs no new trust), and the TLS handshakes
 //! (each in its own task with a time limit, so a slow client never stalls accepting).
 //! Clients trust the service by trusting `ca.pem` (`NODE_EXTRA_CA_CERTS`, boto3 `verify=`,
@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use kvs_platform::fs::write_atomic;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose,
@@ -125,8 +126,10 @@ pub fn load_or_create(dir: &Path, host_names: &[String]) -> Result<ServiceTls, T
     } else {
         let key = KeyPair::generate()?;
         let cert = ca_params().self_signed(&key)?;
-        write_private(&key_path, key.serialize_pem().as_bytes())?;
-        std::fs::write(&ca_path, cert.pem()).map_err(io_err(&ca_path))?;
+        // The key first: a certificate without its key is regenerated at the next start.
+        write_atomic(&key_path, key.serialize_pem().as_bytes(), Some(0o600))
+            .map_err(io_err(&key_path))?;
+        write_atomic(&ca_path, cert.pem().as_bytes(), None).map_err(io_err(&ca_path))?;
         info!(path = %ca_path.display(), "created the local signaling CA");
         (key, cert.pem())
     };
@@ -188,25 +191,6 @@ fn pem_to_der(pem: &str, path: &Path) -> Result<Vec<u8>, TlsError> {
     base64::engine::general_purpose::STANDARD
         .decode(b64)
         .map_err(|_| bad("certificate is not base64"))
-}
-
-#[cfg(unix)]
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io_err(path))?;
-    f.write_all(bytes).map_err(io_err(path))
-}
-
-#[cfg(not(unix))]
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
-    std::fs::write(path, bytes).map_err(io_err(path))
 }
 
 /// An axum listener that hands over connections once their TLS handshake is done.
@@ -278,5 +262,44 @@ impl axum::serve::Listener for TlsListener {
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
         Ok(self.local_addr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct TempDir(PathBuf);
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn temp_dir(tag: &str) -> TempDir {
+        let n: u64 = rand::random();
+        let dir = std::env::temp_dir().join(format!("kvs-tls-{tag}-{}-{n:x}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    #[test]
+    fn ca_is_created_once_with_a_private_key_and_reused() {
+        let dir = temp_dir("reuse");
+        let first = load_or_create(&dir.0, &["cam.local".into()]).unwrap();
+        assert_eq!(first.ca_path, dir.0.join(CA_CERT_FILE));
+        assert_eq!(
+            std::fs::read_to_string(&first.ca_path).unwrap(),
+            first.ca_pem
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let meta = std::fs::metadata(dir.0.join(CA_KEY_FILE)).unwrap();
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        }
+        let again = load_or_create(&dir.0, &[]).unwrap();
+        assert_eq!(again.ca_pem, first.ca_pem);
     }
 }
