@@ -20,6 +20,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose,
 };
+use rustls::pki_types::pem::{self, PemObject as _};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -109,20 +110,22 @@ pub fn load_or_create(dir: &Path, host_names: &[String]) -> Result<ServiceTls, T
     lock.lock().map_err(io_err(&lock_path))?;
     let ca_path = dir.join(CA_CERT_FILE);
     let key_path = dir.join(CA_KEY_FILE);
-    let (ca_key, ca_pem) = if ca_path.exists() && key_path.exists() {
+    let (ca_key, ca_pem, ca_der) = if ca_path.exists() && key_path.exists() {
         let key_pem = std::fs::read_to_string(&key_path).map_err(io_err(&key_path))?;
         let key = KeyPair::from_pem(&key_pem).map_err(|e| TlsError::BadFile {
             path: key_path.clone(),
             reason: e.to_string(),
         })?;
         let ca_pem = std::fs::read_to_string(&ca_path).map_err(io_err(&ca_path))?;
-        if !ca_pem.contains("BEGIN CERTIFICATE") {
-            return Err(TlsError::BadFile {
-                path: ca_path,
-                reason: "no PEM certificate".into(),
-            });
-        }
-        (key, ca_pem)
+        let ca_der =
+            CertificateDer::from_pem_slice(ca_pem.as_bytes()).map_err(|e| TlsError::BadFile {
+                path: ca_path.clone(),
+                reason: match e {
+                    pem::Error::NoItemsFound => "no PEM certificate".into(),
+                    e => format!("not a PEM certificate: {e}"),
+                },
+            })?;
+        (key, ca_pem, ca_der)
     } else {
         let key = KeyPair::generate()?;
         let cert = ca_params().self_signed(&key)?;
@@ -131,7 +134,7 @@ pub fn load_or_create(dir: &Path, host_names: &[String]) -> Result<ServiceTls, T
             .map_err(io_err(&key_path))?;
         write_atomic(&ca_path, cert.pem().as_bytes(), None).map_err(io_err(&ca_path))?;
         info!(path = %ca_path.display(), "created the local signaling CA");
-        (key, cert.pem())
+        (key, cert.pem(), cert.der().clone())
     };
     let issuer = Issuer::new(ca_params(), &ca_key);
 
@@ -156,10 +159,7 @@ pub fn load_or_create(dir: &Path, host_names: &[String]) -> Result<ServiceTls, T
     let server_key = KeyPair::generate()?;
     let server_cert = params.signed_by(&server_key, &issuer)?;
 
-    let chain = vec![
-        CertificateDer::from(server_cert.der().to_vec()),
-        CertificateDer::from(pem_to_der(&ca_pem, &ca_path)?),
-    ];
+    let chain = vec![CertificateDer::from(server_cert.der().to_vec()), ca_der];
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key.serialize_der()));
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -172,25 +172,6 @@ pub fn load_or_create(dir: &Path, host_names: &[String]) -> Result<ServiceTls, T
         ca_pem,
         server_config: Arc::new(config),
     })
-}
-
-fn pem_to_der(pem: &str, path: &Path) -> Result<Vec<u8>, TlsError> {
-    use base64::Engine as _;
-    let bad = |reason: &str| TlsError::BadFile {
-        path: path.to_path_buf(),
-        reason: reason.into(),
-    };
-    let start = pem
-        .find("-----BEGIN CERTIFICATE-----")
-        .ok_or_else(|| bad("no certificate"))?;
-    let body = &pem[start + "-----BEGIN CERTIFICATE-----".len()..];
-    let end = body
-        .find("-----END CERTIFICATE-----")
-        .ok_or_else(|| bad("unterminated certificate"))?;
-    let b64: String = body[..end].chars().filter(|c| !c.is_whitespace()).collect();
-    base64::engine::general_purpose::STANDARD
-        .decode(b64)
-        .map_err(|_| bad("certificate is not base64"))
 }
 
 /// An axum listener that hands over connections once their TLS handshake is done.
@@ -301,5 +282,32 @@ mod tests {
         }
         let again = load_or_create(&dir.0, &[]).unwrap();
         assert_eq!(again.ca_pem, first.ca_pem);
+    }
+
+    #[test]
+    fn damaged_ca_certificate_is_a_clear_error() {
+        let dir = temp_dir("damaged");
+        load_or_create(&dir.0, &[]).unwrap();
+        let ca_path = dir.0.join(CA_CERT_FILE);
+        for (content, reason) in [
+            ("not a certificate at all\n", "no PEM certificate"),
+            (
+                "-----BEGIN CERTIFICATE-----\nMIIB\n",
+                "not a PEM certificate",
+            ),
+            (
+                "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+                "not a PEM certificate",
+            ),
+        ] {
+            std::fs::write(&ca_path, content).unwrap();
+            match load_or_create(&dir.0, &[]) {
+                Err(TlsError::BadFile { path, reason: r }) => {
+                    assert_eq!(path, ca_path);
+                    assert!(r.starts_with(reason), "{content:?}: {r}");
+                }
+                other => panic!("{content:?}: expected BadFile, got {other:?}"),
+            }
+        }
     }
 }
