@@ -17,6 +17,7 @@ use aws_sigv4::http_request::{
     sign, SessionTokenMode, SignableBody, SignableRequest, SignatureLocation, SigningSettings,
 };
 use aws_sigv4::sign::v4;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use crate::credentials::Credentials;
 
@@ -227,26 +228,26 @@ fn join_query(pairs: &[(String, String)]) -> String {
         .join("&")
 }
 
+/// What SigV4 percent-encodes: every byte but the unreserved `A-Z a-z 0-9 - _ . ~` (bytes
+/// outside ASCII, i.e. all of a multi-byte UTF-8 character, are always encoded).
+const SIGV4_ENCODED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+/// The same for a URI path, whose `/` separators stay as they are.
+const SIGV4_ENCODED_IN_PATH: &AsciiSet = &SIGV4_ENCODED.remove(b'/');
+
 /// SigV4 URI encoding: every byte except `A-Z a-z 0-9 - _ . ~` becomes `%XX` (upper-case hex);
 /// `/` too unless `encode_slash` is false.
 pub fn uri_encode(input: &str, encode_slash: bool) -> String {
-    let mut out = String::with_capacity(input.len() + 8);
-    for &b in input.as_bytes() {
-        if b.is_ascii_alphanumeric()
-            || matches!(b, b'-' | b'_' | b'.' | b'~')
-            || (b == b'/' && !encode_slash)
-        {
-            out.push(b as char);
-        } else {
-            out.push('%');
-            out.push(char::from(HEX[(b >> 4) as usize]));
-            out.push(char::from(HEX[(b & 0xf) as usize]));
-        }
-    }
-    out
+    let set = if encode_slash {
+        SIGV4_ENCODED
+    } else {
+        SIGV4_ENCODED_IN_PATH
+    };
+    utf8_percent_encode(input, set).to_string()
 }
-
-const HEX: &[u8; 16] = b"0123456789ABCDEF";
 
 #[cfg(test)]
 mod tests {
@@ -264,6 +265,28 @@ mod tests {
             "arn%3Aaws%3Akinesisvideo%3Aus-west-2%3A123456789012%3Achannel%2Fx%2F1"
         );
         assert_eq!(uri_encode("ሴ", true), "%E1%88%B4");
+    }
+
+    #[test]
+    fn uri_encode_covers_every_ascii_character_and_non_ascii_utf8() {
+        for b in 0u8..=0x7f {
+            let c = char::from(b).to_string();
+            let unreserved = b.is_ascii_alphanumeric() || b"-_.~".contains(&b);
+            let escaped = format!("%{b:02X}");
+            let expect = |keep: bool| if keep { c.clone() } else { escaped.clone() };
+            assert_eq!(uri_encode(&c, true), expect(unreserved), "byte {b:#04x}");
+            assert_eq!(
+                uri_encode(&c, false),
+                expect(unreserved || b == b'/'),
+                "byte {b:#04x}"
+            );
+        }
+        // Two-, three- and four-byte UTF-8, each byte encoded, path or not.
+        for slash in [true, false] {
+            assert_eq!(uri_encode("é", slash), "%C3%A9");
+            assert_eq!(uri_encode("a/€", slash).replace("%2F", "/"), "a/%E2%82%AC");
+            assert_eq!(uri_encode("😀~", slash), "%F0%9F%98%80~");
+        }
     }
 
     #[test]
