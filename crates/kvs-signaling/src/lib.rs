@@ -3,7 +3,9 @@
 //! - [`codec`]: parse/emit of the KVS data-plane frames and the unified [`SignalingMessage`]
 //!   (pure functions, no I/O; also used by the local service and the fuzzers).
 //! - [`client`]: the pluggable [`SignalingClient`] interface and its WebSocket implementation
-//!   [`WsSignalingClient`] (tokio edge).
+//!   [`WsSignalingClient`] (tokio edge: opens connections, drives the link).
+//! - [`link`]: the sans-IO policy of one signaling link ([`link::LinkCore`]): keep-alive
+//!   pings, renewal before the service's age limit, draining the replaced connection.
 //! - [`kvs`]: the Amazon KVS client ([`KvsSignalingClient`]): control plane over HTTPS with
 //!   SigV4, presigned WSS data plane, ICE servers with TTL, clock-skew correction.
 //! - [`ice`]: the [`IceServer`] description handed to peer connections.
@@ -15,6 +17,7 @@ pub mod client;
 pub mod codec;
 pub mod ice;
 pub mod kvs;
+pub mod link;
 
 pub use client::{
     data_plane_url, encode_outgoing, Role, SignalingClient, SignalingError, SignalingEvent,
