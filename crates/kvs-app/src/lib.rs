@@ -5,6 +5,7 @@
 //! sessions, capture threads), and an [`EventBus`] carrying the seed system's events.
 //!
 //! ```no_run
+//! # #[cfg(feature = "embedded")] // `kvs_app::embedded` needs the `embedded` feature
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use kvs_app::{DeviceConfig, embedded};
 //! let config = DeviceConfig::default();            // embedded default: local signaling,
@@ -21,6 +22,7 @@ pub mod backoff;
 pub mod capture;
 pub mod config;
 pub mod device;
+#[cfg(feature = "embedded")]
 pub mod embedded;
 pub mod events;
 pub mod signaling;

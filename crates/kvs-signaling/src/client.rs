@@ -13,6 +13,8 @@
 //! A link can renew its connection before a service-side age limit (KVS closes connections
 //! after an hour): it opens the new connection first, switches to it, and lets the old one
 //! drain, so the application sees [`SignalingEvent::Renewed`] instead of a disconnection.
+//! When and how is [`crate::link::LinkCore`]'s (sans-IO) decision; the link task here only
+//! carries it out.
 //! The real KVS client, with the control plane and SigV4, is [`crate::kvs`].
 
 use std::pin::Pin;
@@ -22,6 +24,7 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::{SinkExt, StreamExt};
+use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -31,10 +34,11 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
-use tracing::{debug, error, info, warn};
+use tracing::info;
 
 use crate::codec::{validate_client_id, CodecError, SignalingMessage};
 use crate::ice::IceServer;
+use crate::link::{ConnId, LinkCore, LinkInput, LinkOutput, LinkPolicy};
 
 /// Which side of a channel a client is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -438,11 +442,6 @@ pub struct Renewal {
     pub open: OpenFn,
 }
 
-/// How long a failed renewal waits before it tries again (the old connection still works).
-const RENEW_RETRY: Duration = Duration::from_secs(30);
-/// How long a replaced connection may keep delivering what was already in flight.
-const DRAIN_TIME: Duration = Duration::from_secs(5);
-
 /// Starts the task that pumps `ws` both ways and returns the application's end of it.
 pub fn spawn_link(
     ws: WsStream,
@@ -454,14 +453,19 @@ pub fn spawn_link(
     let capacity = queue_capacity.max(1);
     let (outgoing_tx, outgoing_rx) = mpsc::channel(capacity);
     let (events_tx, events_rx) = mpsc::channel(capacity);
-    tokio::spawn(run_connection(
-        ws,
-        role,
-        outgoing_rx,
-        events_tx,
-        ping_interval,
-        renewal,
-    ));
+    let policy = LinkPolicy {
+        ping_interval: ping_interval.max(Duration::from_millis(10)),
+        renew_after: renewal.as_ref().map(|r| r.after),
+        ..LinkPolicy::default()
+    };
+    let core = LinkCore::new(role, policy, Instant::now());
+    let driver = LinkDriver {
+        conns: vec![(core.current(), ws)],
+        core,
+        open: renewal.map(|r| r.open),
+        renewing: None,
+    };
+    tokio::spawn(driver.run(outgoing_rx, events_tx));
     SignalingLink {
         outgoing: outgoing_tx,
         incoming: events_rx,
@@ -479,198 +483,184 @@ impl SignalingClient for WsSignalingClient {
     }
 }
 
-/// The connection task: pumps frames both ways until either side ends, renewing the
-/// connection when asked to.
-async fn run_connection(
-    mut ws: WsStream,
-    role: Role,
-    mut outgoing: mpsc::Receiver<SignalingMessage>,
-    events: mpsc::Sender<SignalingEvent>,
-    ping_interval: Duration,
-    renewal: Option<Renewal>,
-) {
-    let mut ping = tokio::time::interval(ping_interval.max(Duration::from_millis(10)));
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ping.tick().await; // the first tick is immediate
-    let mut renew_at = renewal
-        .as_ref()
-        .map(|r| tokio::time::Instant::now() + r.after);
-    let mut renewing: Option<JoinHandle<Result<WsStream, SignalingError>>> = None;
-    let reason: String = loop {
-        // Set when the current connection ended; with a renewal under way the link moves to
-        // the new connection instead of ending (the service closes the old one as soon as the
-        // new one is in, which can be before the new one's handshake finished on our side).
-        let mut lost: Option<String> = None;
-        let mut unsent: Option<String> = None;
-        tokio::select! {
-            _ = sleep_until_opt(renew_at), if renewing.is_none() => {
-                if let Some(r) = &renewal {
-                    debug!("renewing the signaling connection");
-                    renewing = Some(tokio::spawn((r.open)()));
-                }
-                renew_at = None;
-            }
-            opened = join_opt(&mut renewing) => {
-                renewing = None;
-                let Some(r) = &renewal else { continue };
-                match opened {
-                    Ok(fresh) => {
-                        let old = std::mem::replace(&mut ws, fresh);
-                        tokio::spawn(drain_and_close(old, events.clone()));
-                        renew_at = Some(tokio::time::Instant::now() + r.after);
-                        let reason = format!("connection renewed after {} s", r.after.as_secs());
-                        info!(%reason, "signaling connection renewed");
-                        if events.send(SignalingEvent::Renewed { reason }).await.is_err() {
-                            let _ = ws.close(None).await;
-                            break "event receiver dropped".into();
-                        }
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "renewing the signaling connection failed; the current one stays");
-                        renew_at = Some(tokio::time::Instant::now() + RENEW_RETRY);
-                    }
-                }
-            }
-            incoming = ws.next() => match incoming {
-                None => lost = Some("connection closed".into()),
-                Some(Err(e)) => lost = Some(format!("connection error: {e}")),
-                Some(Ok(Message::Text(text))) => {
-                    if !deliver(&events, text.as_bytes()).await {
-                        let _ = ws.close(None).await;
-                        break "event receiver dropped".into();
-                    }
-                }
-                Some(Ok(Message::Binary(bytes))) => {
-                    if !deliver(&events, &bytes).await {
-                        let _ = ws.close(None).await;
-                        break "event receiver dropped".into();
-                    }
-                }
-                Some(Ok(Message::Close(frame))) => {
-                    lost = Some(match frame {
-                        Some(f) => format!("closed by service: {} {}", u16::from(f.code), f.reason),
-                        None => "closed by service".into(),
-                    });
-                }
-                // tungstenite answers pings itself; pongs need nothing.
-                Some(Ok(_)) => {}
-            },
-            next = outgoing.recv() => match next {
-                Some(msg) => match encode_outgoing(&role, &msg) {
-                    Ok(text) => {
-                        if let Err(e) = ws.send(Message::Text(text.clone().into())).await {
-                            lost = Some(format!("send failed: {e}"));
-                            unsent = Some(text);
-                        }
-                    }
-                    Err(e) => {
-                        error!(kind = ?msg.kind, peer = ?msg.peer_client_id, error = %e, "signaling message not sent");
-                    }
-                },
-                None => {
-                    let _ = ws.close(Some(CloseFrame { code: CloseCode::Normal, reason: "client closed".into() })).await;
-                    break "closed by client".into();
-                }
-            },
-            _ = ping.tick() => {
-                if let Err(e) = ws.send(Message::Ping(Default::default())).await {
-                    lost = Some(format!("keep-alive ping failed: {e}"));
-                }
-            }
-        }
-        let Some(reason) = lost else { continue };
-        let (Some(r), Some(_)) = (&renewal, &renewing) else {
-            break reason;
-        };
-        match join_opt(&mut renewing).await {
-            Ok(fresh) => {
-                renewing = None;
-                ws = fresh;
-                renew_at = Some(tokio::time::Instant::now() + r.after);
-                if let Some(text) = unsent {
-                    if let Err(e) = ws.send(Message::Text(text.into())).await {
-                        break format!("send failed: {e}");
-                    }
-                }
-                let reason = format!(
-                    "connection renewed after {} s (the old one ended: {reason})",
-                    r.after.as_secs()
-                );
-                info!(%reason, "signaling connection renewed");
-                if events
-                    .send(SignalingEvent::Renewed { reason })
-                    .await
-                    .is_err()
-                {
-                    let _ = ws.close(None).await;
-                    break "event receiver dropped".into();
-                }
-            }
-            Err(e) => break format!("{reason}; renewing failed too: {e}"),
-        }
-    };
-    if let Some(task) = renewing {
-        task.abort();
-    }
-    info!(%reason, "signaling disconnected");
-    let _ = events.send(SignalingEvent::Disconnected { reason }).await;
+/// The link's tokio driver: owns the WebSocket connections (the current one and any draining
+/// after a renewal), performs what [`LinkCore`] asks, and reports back. No policy here.
+struct LinkDriver {
+    core: LinkCore,
+    conns: Vec<(ConnId, WsStream)>,
+    open: Option<OpenFn>,
+    renewing: Option<(ConnId, JoinHandle<Result<WsStream, SignalingError>>)>,
 }
 
-/// A replaced connection: say goodbye, and hand on whatever the service had already sent on
-/// it (for a short while), so nothing in flight during a renewal is lost.
-async fn drain_and_close(mut old: WsStream, events: mpsc::Sender<SignalingEvent>) {
-    let _ = old
-        .send(Message::Close(Some(CloseFrame {
-            code: CloseCode::Normal,
-            reason: "renewed".into(),
-        })))
-        .await;
-    let drain = async {
-        while let Some(Ok(msg)) = old.next().await {
-            let bytes = match &msg {
-                Message::Text(t) => t.as_bytes(),
-                Message::Binary(b) => b,
-                Message::Close(_) => break,
-                _ => continue,
-            };
-            if !deliver(&events, bytes).await {
+impl LinkDriver {
+    async fn run(
+        mut self,
+        mut outgoing: mpsc::Receiver<SignalingMessage>,
+        events: mpsc::Sender<SignalingEvent>,
+    ) {
+        loop {
+            while let Some(output) = self.core.poll_output() {
+                if !self.perform(output, &events).await {
+                    self.core.handle_input(
+                        Instant::now(),
+                        LinkInput::AppClosed {
+                            reason: "event receiver dropped".into(),
+                        },
+                    );
+                }
+            }
+            if self.core.is_ended() {
                 break;
             }
+            let wake = self.core.poll_timeout();
+            tokio::select! {
+                (conn, incoming) = next_frame(&mut self.conns) => {
+                    let now = Instant::now();
+                    match incoming {
+                        None => self.core.handle_input(now, LinkInput::Lost { conn, reason: "connection closed".into() }),
+                        Some(Err(e)) => self.core.handle_input(now, LinkInput::Lost { conn, reason: format!("connection error: {e}") }),
+                        Some(Ok(Message::Text(text))) => self.core.handle_input(now, LinkInput::Frame { conn, bytes: text.as_bytes() }),
+                        Some(Ok(Message::Binary(bytes))) => self.core.handle_input(now, LinkInput::Frame { conn, bytes: &bytes }),
+                        Some(Ok(Message::Close(frame))) => {
+                            let reason = match frame {
+                                Some(f) => format!("closed by service: {} {}", u16::from(f.code), f.reason),
+                                None => "closed by service".into(),
+                            };
+                            self.core.handle_input(now, LinkInput::Lost { conn, reason });
+                        }
+                        // tungstenite answers pings itself; pongs need nothing.
+                        Some(Ok(_)) => {}
+                    }
+                }
+                (conn, opened) = join_renewal(&mut self.renewing) => {
+                    self.renewing = None;
+                    let now = Instant::now();
+                    match opened {
+                        Ok(ws) => {
+                            self.conns.push((conn, ws));
+                            self.core.handle_input(now, LinkInput::RenewalOpened { conn });
+                        }
+                        Err(e) => self.core.handle_input(now, LinkInput::RenewalFailed { conn, reason: e.to_string() }),
+                    }
+                }
+                next = outgoing.recv() => {
+                    let input = match next {
+                        Some(msg) => LinkInput::Send(msg),
+                        None => LinkInput::AppClosed { reason: "closed by client".into() },
+                    };
+                    self.core.handle_input(Instant::now(), input);
+                }
+                _ = sleep_until_opt(wake) => self.core.handle_timeout(Instant::now()),
+            }
         }
-    };
-    let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
+        if let Some((_, task)) = self.renewing.take() {
+            task.abort();
+        }
+    }
+
+    /// Carries out one output; false when the application no longer listens.
+    async fn perform(&mut self, output: LinkOutput, events: &mpsc::Sender<SignalingEvent>) -> bool {
+        match output {
+            LinkOutput::Transmit { conn, text } => {
+                if let Some(ws) = self.conn(conn) {
+                    if let Err(e) = ws.send(Message::Text(text.clone().into())).await {
+                        let reason = e.to_string();
+                        self.core.handle_input(
+                            Instant::now(),
+                            LinkInput::SendFailed { conn, text, reason },
+                        );
+                    }
+                }
+            }
+            LinkOutput::Ping { conn } => {
+                if let Some(ws) = self.conn(conn) {
+                    if let Err(e) = ws.send(Message::Ping(Default::default())).await {
+                        let reason = format!("keep-alive ping failed: {e}");
+                        self.core
+                            .handle_input(Instant::now(), LinkInput::Lost { conn, reason });
+                    }
+                }
+            }
+            LinkOutput::OpenRenewal { conn } => match &self.open {
+                Some(open) => self.renewing = Some((conn, tokio::spawn(open()))),
+                None => self.core.handle_input(
+                    Instant::now(),
+                    LinkInput::RenewalFailed {
+                        conn,
+                        reason: "this link cannot renew".into(),
+                    },
+                ),
+            },
+            LinkOutput::CloseGracefully { conn } => {
+                if let Some(ws) = self.conn(conn) {
+                    let bye = CloseFrame {
+                        code: CloseCode::Normal,
+                        reason: "renewed".into(),
+                    };
+                    let _ = ws.send(Message::Close(Some(bye))).await;
+                }
+            }
+            LinkOutput::Drop { conn } => self.conns.retain(|(c, _)| *c != conn),
+            LinkOutput::End { normal } => {
+                let current = self.core.current();
+                if let Some(ws) = self.conn(current) {
+                    let frame = normal.then(|| CloseFrame {
+                        code: CloseCode::Normal,
+                        reason: "client closed".into(),
+                    });
+                    let _ = ws.close(frame).await;
+                }
+                self.conns.clear();
+            }
+            LinkOutput::Event(event) => return events.send(event).await.is_ok(),
+        }
+        true
+    }
+
+    fn conn(&mut self, conn: ConnId) -> Option<&mut WsStream> {
+        self.conns
+            .iter_mut()
+            .find(|(c, _)| *c == conn)
+            .map(|(_, ws)| ws)
+    }
 }
 
-async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+/// The next message (or end) on any of the link's connections; pending while there is none.
+async fn next_frame(
+    conns: &mut [(ConnId, WsStream)],
+) -> (
+    ConnId,
+    Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+) {
+    std::future::poll_fn(|cx| {
+        for (conn, ws) in conns.iter_mut() {
+            if let Poll::Ready(m) = ws.poll_next_unpin(cx) {
+                return Poll::Ready((*conn, m));
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
     match at {
-        Some(at) => tokio::time::sleep_until(at).await,
+        Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
     }
 }
 
-async fn join_opt(
-    task: &mut Option<JoinHandle<Result<WsStream, SignalingError>>>,
-) -> Result<WsStream, SignalingError> {
+async fn join_renewal(
+    task: &mut Option<(ConnId, JoinHandle<Result<WsStream, SignalingError>>)>,
+) -> (ConnId, Result<WsStream, SignalingError>) {
     match task.as_mut() {
-        Some(t) => t
-            .await
-            .unwrap_or_else(|e| Err(SignalingError::Connect(format!("renewal task failed: {e}")))),
+        Some((conn, t)) => {
+            let opened = t.await.unwrap_or_else(|e| {
+                Err(SignalingError::Connect(format!("renewal task failed: {e}")))
+            });
+            (*conn, opened)
+        }
         None => std::future::pending().await,
-    }
-}
-
-/// Decodes one service frame and hands it on. Malformed frames are logged and skipped.
-/// Returns false when nobody listens any more.
-async fn deliver(events: &mpsc::Sender<SignalingEvent>, bytes: &[u8]) -> bool {
-    match SignalingMessage::parse_service_frame(bytes) {
-        Ok(msg) => {
-            debug!(kind = ?msg.kind, peer = ?msg.peer_client_id, "signaling message received");
-            events.send(SignalingEvent::Message(msg)).await.is_ok()
-        }
-        Err(e) => {
-            warn!(error = %e, "ignoring malformed signaling frame from the service");
-            true
-        }
     }
 }
 

@@ -4,7 +4,9 @@
 //!   frames and the unified [`SignalingMessage`] (pure functions, no I/O; the local service and
 //!   the fuzzers use that crate directly, without these clients).
 //! - [`client`]: the pluggable [`SignalingClient`] interface and its WebSocket implementation
-//!   [`WsSignalingClient`] (tokio edge).
+//!   [`WsSignalingClient`] (tokio edge: opens connections, drives the link).
+//! - [`link`]: the sans-IO policy of one signaling link ([`link::LinkCore`]): keep-alive
+//!   pings, renewal before the service's age limit, draining the replaced connection.
 //! - [`kvs`]: the Amazon KVS client ([`KvsSignalingClient`]): control plane over HTTPS with
 //!   SigV4, presigned WSS data plane, ICE servers with TTL, clock-skew correction.
 //! - [`ice`]: the [`IceServer`] description handed to peer connections (from the codec crate).
@@ -14,6 +16,7 @@
 
 pub mod client;
 pub mod kvs;
+pub mod link;
 
 pub use kvs_signaling_codec as codec;
 pub use kvs_signaling_codec::ice;

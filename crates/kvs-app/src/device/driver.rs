@@ -1,0 +1,246 @@
+//! The tokio driver of [`DeviceCore`]: performs its outputs (connect attempts and ICE fetches
+//! as tasks, sends on the signaling link, peer-engine commands, keyframe requests, events,
+//! state) and feeds back what happened, with the time it happened.
+//!
+//! No policy here: every decision (when, how often, what to answer) is the core's.
+
+use super::core::{CoreConfig, DeviceCore, DeviceInput, DeviceOutput, DeviceState};
+use crate::capture::CaptureThread;
+use crate::events::{AppEvent, EventBus, EventKind};
+use kvs_peer::{PeerCommand, PeerEvent, PeerHandle};
+use kvs_signaling::{IceServer, SignalingClient, SignalingEvent, SignalingLink, SignalingMessage};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+/// How long a send waits for room on a full signaling queue before the message is dropped:
+/// long enough not to lose an answer to a burst, never forever.
+const SEND_WAIT: Duration = Duration::from_secs(2);
+
+type ConnectTask = JoinHandle<Result<SignalingLink, String>>;
+type IceTask = JoinHandle<Result<Vec<IceServer>, String>>;
+
+pub(super) struct Driver {
+    pub events: EventBus,
+    pub signaling: Arc<dyn SignalingClient>,
+    pub peer: PeerHandle,
+    pub state: watch::Sender<DeviceState>,
+    pub link: Option<SignalingLink>,
+    /// The connect attempt under way, with its number.
+    pub connecting: Option<(u64, ConnectTask)>,
+    pub ice_fetch: Option<IceTask>,
+    pub video_thread: Option<CaptureThread>,
+    pub audio_thread: Option<CaptureThread>,
+}
+
+impl Driver {
+    pub async fn run(
+        mut self,
+        config: CoreConfig,
+        mut peer_events: mpsc::Receiver<PeerEvent>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut core = DeviceCore::new(config, Instant::now());
+        loop {
+            while let Some(output) = core.poll_output() {
+                self.perform(&mut core, output).await;
+            }
+            let wake = core.poll_timeout();
+            let input = tokio::select! {
+                _ = shutdown.changed() => break,
+                result = join_connect(&mut self.connecting) => {
+                    let (attempt, result) = result;
+                    self.connecting = None;
+                    match result {
+                        Ok(link) => {
+                            self.link = Some(link);
+                            DeviceInput::Connected { attempt }
+                        }
+                        Err(reason) => DeviceInput::ConnectFailed { attempt, reason },
+                    }
+                }
+                result = join_ice(&mut self.ice_fetch) => {
+                    self.ice_fetch = None;
+                    DeviceInput::IceServers(result)
+                }
+                event = recv_link(&mut self.link) => {
+                    if matches!(event, SignalingEvent::Disconnected { .. }) {
+                        self.link = None;
+                    }
+                    DeviceInput::Signaling(event)
+                }
+                event = peer_events.recv() => match event {
+                    Some(event) => DeviceInput::Peer(event),
+                    None => {
+                        self.events.publish(AppEvent::new(EventKind::Error, "peer engine stopped").with_status(1));
+                        break;
+                    }
+                },
+                _ = sleep_until_opt(wake) => {
+                    core.handle_timeout(Instant::now());
+                    continue;
+                }
+            };
+            core.handle_input(Instant::now(), input);
+        }
+        if let Some((_, task)) = self.connecting.take() {
+            task.abort();
+        }
+        if let Some(task) = self.ice_fetch.take() {
+            task.abort();
+        }
+        self.stop().await;
+    }
+
+    async fn perform(&mut self, core: &mut DeviceCore, output: DeviceOutput) {
+        match output {
+            DeviceOutput::Connect { attempt } => {
+                let client = self.signaling.clone();
+                let task = tokio::spawn(async move {
+                    client
+                        .connect()
+                        .await
+                        .map_err(|e| format!("signaling connect failed: {e}"))
+                });
+                if let Some((_, old)) = self.connecting.replace((attempt, task)) {
+                    old.abort();
+                }
+            }
+            DeviceOutput::AbortConnect { attempt } => {
+                if let Some((a, task)) = self.connecting.take() {
+                    if a == attempt {
+                        task.abort();
+                    } else {
+                        self.connecting = Some((a, task));
+                    }
+                }
+            }
+            DeviceOutput::CloseLink => self.link = None,
+            DeviceOutput::FetchIceServers { bypass_cache } => {
+                let client = self.signaling.clone();
+                self.ice_fetch = Some(tokio::spawn(async move {
+                    let fetched = if bypass_cache {
+                        client.refresh_ice_servers().await
+                    } else {
+                        client.ice_servers().await
+                    };
+                    fetched.map_err(|e| e.to_string())
+                }));
+            }
+            DeviceOutput::Send { message, then } => {
+                if self.send(message).await {
+                    if let Some(event) = then {
+                        self.events.publish(event);
+                    }
+                }
+            }
+            DeviceOutput::Peer(command) => {
+                let peer_id = command_peer(&command);
+                if let Err(e) = self.peer.command(command).await {
+                    core.handle_input(
+                        Instant::now(),
+                        DeviceInput::PeerCommandFailed {
+                            peer_id,
+                            error: e.to_string(),
+                        },
+                    );
+                }
+            }
+            DeviceOutput::RequestKeyframe => {
+                if let Some(video) = &self.video_thread {
+                    video.control().request_keyframe();
+                }
+            }
+            DeviceOutput::Event(event) => self.events.publish(event),
+            DeviceOutput::State(state) => {
+                let _ = self.state.send(state);
+            }
+        }
+    }
+
+    /// Hand a message to the signaling link; false when it could not be.
+    async fn send(&mut self, message: SignalingMessage) -> bool {
+        let Some(link) = &self.link else {
+            return false;
+        };
+        match link.outgoing.try_send(message) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(message)) => {
+                let sent = tokio::time::timeout(SEND_WAIT, link.outgoing.send(message)).await;
+                matches!(sent, Ok(Ok(())))
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    async fn stop(mut self) {
+        // Stop the cameras first so nothing is fed into a closing engine.
+        if let Some(t) = self.video_thread.take() {
+            tokio::task::spawn_blocking(move || t.stop()).await.ok();
+        }
+        if let Some(t) = self.audio_thread.take() {
+            tokio::task::spawn_blocking(move || t.stop()).await.ok();
+        }
+        self.link = None;
+        self.peer.shutdown().await;
+        let _ = self.state.send(DeviceState::Stopped);
+    }
+}
+
+/// The viewer a command is about, to report its failure against.
+fn command_peer(command: &PeerCommand) -> Option<String> {
+    match command {
+        PeerCommand::RemoteOffer { peer_id, .. }
+        | PeerCommand::RemoteAnswer { peer_id, .. }
+        | PeerCommand::RemoteCandidate { peer_id, .. }
+        | PeerCommand::CreateOffer { peer_id }
+        | PeerCommand::SendData { peer_id, .. }
+        | PeerCommand::CloseSession { peer_id } => Some(peer_id.clone()),
+        PeerCommand::SetIceServers { .. } => None,
+    }
+}
+
+async fn join_connect(
+    task: &mut Option<(u64, ConnectTask)>,
+) -> (u64, Result<SignalingLink, String>) {
+    match task.as_mut() {
+        Some((attempt, t)) => {
+            let result = t
+                .await
+                .unwrap_or_else(|e| Err(format!("signaling connect task failed: {e}")));
+            (*attempt, result)
+        }
+        None => std::future::pending().await,
+    }
+}
+
+async fn join_ice(task: &mut Option<IceTask>) -> Result<Vec<IceServer>, String> {
+    match task.as_mut() {
+        Some(t) => t
+            .await
+            .unwrap_or_else(|e| Err(format!("ICE server task failed: {e}"))),
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Next event from the signaling link; pending forever while there is none.
+async fn recv_link(link: &mut Option<SignalingLink>) -> SignalingEvent {
+    match link.as_mut() {
+        Some(l) => l
+            .incoming
+            .recv()
+            .await
+            .unwrap_or(SignalingEvent::Disconnected {
+                reason: "signaling link closed".into(),
+            }),
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,183 @@
+//! The device runtime: one signaling client, the peer engine and the capture threads tied
+//! together.
+//!
+//! Split the sans-IO way: [`core`] holds the policy (reconnection with backoff and a connect
+//! timeout, GO_AWAY, ICE-server refresh, viewer bookkeeping, refusals, turning engine events
+//! into signaling messages and app events) with time passed in; [`driver`] is the tokio task
+//! that performs what the core asks (connects, fetches, sends, engine commands) and feeds the
+//! results back. Signaling comes and goes while live peer sessions keep streaming: the peer
+//! engine and the captures are never restarted by a signaling loss.
+
+pub mod core;
+mod driver;
+
+use crate::capture::{self, FrameDelivery};
+use crate::config::{DeviceConfig, SessionConfig};
+use crate::events::{AppEvent, EventBus, EventKind};
+use kvs_peer::{FrameSink, PeerConfig, PeerEngine, PeerHandle};
+use kvs_platform::{AudioCapture, AudioCodec, EncodedFrame, VideoCapture, VideoCodec};
+use kvs_signaling::SignalingClient;
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use self::core::{describe_timing, DeviceState};
+
+/// Errors starting the device.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("peer engine failed to start: {0}")]
+    Peer(#[from] kvs_peer::PeerError),
+    #[error("cannot start a capture thread: {0}")]
+    Thread(#[from] std::io::Error),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+/// What the device is made of: a configuration and the pluggable parts.
+pub struct DeviceParts {
+    pub config: DeviceConfig,
+    pub signaling: Arc<dyn SignalingClient>,
+    pub camera: Option<Box<dyn VideoCapture>>,
+    pub microphone: Option<Box<dyn AudioCapture>>,
+}
+
+/// A running device. Dropping it does not stop it; call [`DeviceHandle::shutdown`].
+pub struct DeviceHandle {
+    events: EventBus,
+    state: watch::Receiver<DeviceState>,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+    peer: PeerHandle,
+}
+
+impl DeviceHandle {
+    /// Subscribe to the device's events.
+    pub fn events(&self) -> &EventBus {
+        &self.events
+    }
+
+    /// The current state, and changes to it.
+    pub fn state(&self) -> watch::Receiver<DeviceState> {
+        self.state.clone()
+    }
+
+    /// Number of live viewer sessions.
+    pub fn viewer_count(&self) -> usize {
+        self.peer.session_count()
+    }
+
+    /// Stop streaming, close every session and signaling, and wait for it.
+    pub async fn shutdown(self) {
+        self.events
+            .publish(AppEvent::new(EventKind::Deinitializing, "shutting down"));
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Delivers capture frames into the peer engine.
+struct EngineSink(FrameSink);
+
+impl FrameDelivery for EngineSink {
+    fn deliver(&self, frame: EncodedFrame) -> bool {
+        self.0.send(frame)
+    }
+}
+
+/// The device.
+pub struct Device;
+
+impl Device {
+    /// Start the device: the peer engine (DTLS certificate generated now, not at the first
+    /// viewer), the capture threads and the signaling loop.
+    pub async fn start(parts: DeviceParts) -> Result<DeviceHandle, DeviceError> {
+        Self::start_with_events(parts, EventBus::new()).await
+    }
+
+    /// Like [`Device::start`], publishing on `events` — subscribe before calling to see every
+    /// event from the first.
+    pub async fn start_with_events(
+        parts: DeviceParts,
+        events: EventBus,
+    ) -> Result<DeviceHandle, DeviceError> {
+        let DeviceParts {
+            config,
+            signaling,
+            camera,
+            microphone,
+        } = parts;
+        config.validate().map_err(DeviceError::Config)?;
+
+        let peer_config = peer_config(
+            &config.session,
+            &config,
+            camera.is_some(),
+            microphone.is_some(),
+        );
+        let (peer, peer_events) = PeerEngine::start(peer_config).await?;
+
+        let video_thread = match camera {
+            Some(camera) => Some(capture::spawn_video(
+                camera,
+                EngineSink(peer.video_sink()),
+                events.clone(),
+            )?),
+            None => None,
+        };
+        let audio_thread = match microphone {
+            Some(mic) => Some(capture::spawn_audio(
+                mic,
+                EngineSink(peer.audio_sink()),
+                events.clone(),
+            )?),
+            None => None,
+        };
+
+        let (state_tx, state_rx) = watch::channel(DeviceState::SignalingConnecting);
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        events.publish(AppEvent::new(EventKind::Initialized, "device started"));
+
+        let core_config = self::core::CoreConfig {
+            reconnect: config.reconnect.clone(),
+            data_channel_echo: config.session.data_channel_echo,
+        };
+        let driver = driver::Driver {
+            events: events.clone(),
+            signaling,
+            peer: peer.clone(),
+            state: state_tx,
+            link: None,
+            connecting: None,
+            ice_fetch: None,
+            video_thread,
+            audio_thread,
+        };
+        let task = tokio::spawn(driver.run(core_config, peer_events, shutdown_rx));
+        Ok(DeviceHandle {
+            events,
+            state: state_rx,
+            shutdown: shutdown_tx,
+            task,
+            peer,
+        })
+    }
+}
+
+fn peer_config(
+    session: &SessionConfig,
+    config: &DeviceConfig,
+    video: bool,
+    audio: bool,
+) -> PeerConfig {
+    PeerConfig {
+        max_sessions: session.max_viewers,
+        bind_addrs: session.media_bind.clone(),
+        video: video.then_some(VideoCodec::H264),
+        audio: audio.then_some(AudioCodec::Opus),
+        data_channel: true,
+        resend_window: session.resend_window,
+        video_bitrate_bps: config.video.nominal_bitrate_bps(),
+        ..PeerConfig::default()
+    }
+}
