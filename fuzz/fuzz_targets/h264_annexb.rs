@@ -26,7 +26,9 @@ fuzz_target!(|data: &[u8]| {
     let limit = (usize::from(chunk_byte) * 8).max(MIN_MAX_PAYLOAD);
     let mut payloads = Vec::new();
     packetize_h264(stream, limit, &mut payloads);
-    assert!(payloads.iter().all(|p| !p.data.is_empty() && p.data.len() <= limit));
+    assert!(payloads
+        .iter()
+        .all(|p| !p.data.is_empty() && p.data.len() <= limit));
     assert!(payloads.iter().filter(|p| p.marker).count() <= 1);
 
     let chunk = usize::from(chunk_byte).max(1);

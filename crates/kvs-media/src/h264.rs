@@ -15,6 +15,24 @@
 //!
 //! It does not decode pictures, packetize RTP or know where bytes come from. Every function
 //! here takes untrusted input: malformed data gives an [`H264Error`], never a panic.
+//!
+//! # Why not openh264's splitters
+//!
+//! `openh264` (already a dependency, 0.9) exports `nal_units` and a streaming `NalParser`. They
+//! were evaluated against [`nal_units`] and [`AccessUnitAssembler`] and are not used:
+//!
+//! - `openh264::nal_units` finds the same NAL units (a test below checks it as an oracle on
+//!   random input), and is zero-copy too, but its items keep the start code, keep the next
+//!   start code's `zero_byte` as a trailing zero and include empty NAL units, so every caller
+//!   would have to trim them; and it scans byte by byte where [`nal_units`] skips three bytes
+//!   whenever the third is above 1. On a 32 MiB stream of 3 824 NAL units (opt-level 2, the
+//!   2-core development machine): 1 290–1 660 MB/s here, 500–670 MB/s with it, trimmed or not.
+//! - `NalParser` (the streaming splitter) cannot take untrusted pipe input: it panics on
+//!   fewer than 3 buffered bytes (`len() - 2` underflows), its buffer has no bound, and it
+//!   copies the rest of its buffer for every NAL unit it returns. Fed a 4 MiB stream in 4 KiB
+//!   chunks: 175–198 MB/s, 3.8 allocations per NAL unit and 3.6 bytes allocated per input
+//!   byte; the [`AccessUnitAssembler`] on the same input: 1 250–1 450 MB/s, 9 allocations in
+//!   all for 214 access units, 0.12 bytes allocated per input byte.
 
 use bytes::{Bytes, BytesMut};
 use kvs_platform::FrameKind;
@@ -852,6 +870,37 @@ mod tests {
         );
         assert_eq!(nal_units(&[1, 2, 3, 0, 0]).count(), 0);
         assert_eq!(nal_units(&[]).count(), 0);
+    }
+
+    /// openh264's splitter, a dependency, as an independent oracle: its items carry the start
+    /// code and may end in the next start code's zero_byte or be empty, so they are trimmed to
+    /// this module's contract before comparing.
+    #[test]
+    fn nal_units_agree_with_openh264_splitter() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..20_000 {
+            let len = (next() % 40) as usize;
+            // Mostly zeros and ones, so start codes, runs of zeros and empty NALs are common.
+            let buf: Vec<u8> = (0..len)
+                .map(|_| match next() % 4 {
+                    0 | 1 => 0,
+                    2 => 1,
+                    _ => next() as u8,
+                })
+                .collect();
+            let theirs: Vec<&[u8]> = openh264::nal_units(&buf)
+                .map(|n| trim_trailing_zeros(&n[3..]))
+                .filter(|n| !n.is_empty())
+                .collect();
+            let ours: Vec<&[u8]> = nal_units(&buf).collect();
+            assert_eq!(ours, theirs, "input {buf:?}");
+        }
     }
 
     #[test]

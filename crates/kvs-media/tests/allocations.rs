@@ -86,3 +86,54 @@ fn tone_allocates_about_one_block_per_frame() {
     );
     assert!(per_frame <= 1.5, "{per_frame} allocations per audio frame");
 }
+
+/// The Ogg reader hands out packets as slices of the file and the writer reuses its page
+/// buffer: neither allocates per packet (the reason `ogg.rs` keeps its own page layer).
+#[test]
+fn ogg_reader_and_writer_allocate_nothing_per_packet() {
+    use bytes::Bytes;
+    use kvs_media::ogg::{OggOpusReader, OggOpusWriter, OpusHead};
+    let head = OpusHead {
+        version: 1,
+        channels: 2,
+        pre_skip: 312,
+        input_sample_rate: 48_000,
+        output_gain: 0,
+        mapping_family: 0,
+    };
+    let packets: Vec<Vec<u8>> = (0..1000u32)
+        .map(|i| {
+            // A 20 ms CELT packet (config 31) of 120..220 bytes.
+            let mut p = vec![31 << 3 | 4];
+            p.resize(120 + (i as usize * 37) % 100, i as u8);
+            p
+        })
+        .collect();
+    let mut writer = OggOpusWriter::new(Vec::with_capacity(1 << 20), 7, &head).unwrap();
+    writer.write_packet(&packets[0], false).unwrap();
+    let before = allocations();
+    for p in &packets[1..] {
+        writer.write_packet(p, false).unwrap();
+    }
+    let written = allocations() - before;
+    println!(
+        "Ogg writer: {written} allocations for {} packets",
+        packets.len() - 1
+    );
+    // At most the page buffer growing to the largest page.
+    assert!(written <= 2, "{written} allocations writing 999 packets");
+
+    let file = Bytes::from(writer.into_inner());
+    let before = allocations();
+    let mut reader = OggOpusReader::new(file).unwrap();
+    let mut n = 0;
+    while let Some(p) = reader.next_packet().unwrap() {
+        assert_eq!(p.data, packets[n]);
+        n += 1;
+    }
+    let read = allocations() - before;
+    println!("Ogg reader: {read} allocations for {n} packets");
+    assert_eq!(n, packets.len());
+    // Set-up only: the reader's queues and the shared-buffer header of the file.
+    assert!(read <= 20, "{read} allocations reading {n} packets");
+}
