@@ -10,10 +10,12 @@
 //! - [`verify`]: server-side verification with typed errors worded like the real service.
 //! - [`https`]: the small HTTP/1.1 + rustls client used for the control plane and IoT calls.
 //! - [`skew`]: clock-offset correction from "Signature expired" answers.
+//! - [`redact`]: masking secrets (tokens, signatures, secret keys, TURN passwords) in logs.
 
 pub mod credentials;
 pub mod https;
 pub mod iot;
+pub mod redact;
 pub mod sigv4;
 pub mod skew;
 pub mod verify;

@@ -429,7 +429,7 @@ impl Verifier {
             }
         }
         let (canonical_request, string_to_sign) = first.unwrap_or_default();
-        debug!(access_key_id = %auth.access_key_id, %canonical_request, "SigV4 signature mismatch");
+        debug!(access_key_id = %auth.access_key_id, canonical_request = %crate::redact::redact(&canonical_request), "SigV4 signature mismatch");
         Err(VerifyError::SignatureMismatch {
             canonical_request,
             string_to_sign,

@@ -376,3 +376,98 @@ async fn links_renew_before_the_service_age_limit_and_keep_working() {
     exchange(&mut master_link, &mut viewer_link, "v-renew-2").await;
     assert!(local.service.state().has_master(&arn));
 }
+
+/// A log sink shared with the test: everything a subscriber writes lands in `bytes`.
+#[derive(Clone, Default)]
+struct LogSink(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogSink {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+#[tokio::test]
+async fn nothing_secret_reaches_the_log_even_at_trace_level() {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    const TOKEN: &str = "IQoJb3JpZ2luX2VjEJr-session-token-under-test";
+    // Every target at trace, once through the programs' redacting writer and once raw.
+    let (redacted, raw) = (LogSink::default(), LogSink::default());
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_subscriber::filter::LevelFilter::TRACE)
+        .with({
+            let sink = redacted.clone();
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(move || kvs_aws::redact::RedactingWriter::new(sink.clone()))
+        })
+        .with({
+            let sink = raw.clone();
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(move || sink.clone())
+        });
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    // Temporary credentials everywhere: REST calls, GetIceServerConfig with minted TURN
+    // passwords, presigned WSS, and a refused signature (whose canonical request the service
+    // logs at debug level).
+    let local = start("secrets", Some(TOKEN), |_| {}).await;
+    let mut config = client_config(&local, "secret-cam", Role::Master);
+    config.create_channel = true;
+    config.credentials = credentials(SECRET, Some(TOKEN));
+    let master = KvsSignalingClient::new(config).unwrap();
+    let servers = master.ice_servers().await.unwrap();
+    let turn_password = servers[1].credential.clone().expect("a TURN password");
+    let mut link = master.connect().await.unwrap();
+    let mut viewer_config = client_config(&local, "secret-cam", viewer("phone-1"));
+    viewer_config.credentials = credentials(SECRET, Some(TOKEN));
+    let mut viewer_link = KvsSignalingClient::new(viewer_config)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    exchange(&mut link, &mut viewer_link, "phone-1").await;
+    let mut wrong = client_config(&local, "secret-cam", Role::Master);
+    wrong.credentials = credentials("not-the-secret", Some(TOKEN));
+    assert!(KvsSignalingClient::new(wrong)
+        .unwrap()
+        .connect()
+        .await
+        .is_err());
+    drop(link);
+    drop(viewer_link);
+
+    let redacted = redacted.text();
+    let raw = raw.text();
+    assert!(
+        redacted.lines().count() > 50,
+        "too little was logged to prove anything"
+    );
+    // Without the redaction, something does log the token: the test can fail.
+    assert!(
+        raw.contains(TOKEN),
+        "the raw trace no longer shows the token"
+    );
+    for (what, secret) in [
+        ("session token", TOKEN),
+        ("secret key", SECRET),
+        ("TURN password", turn_password.as_str()),
+        ("TURN shared secret", TURN_SECRET),
+    ] {
+        if let Some(line) = redacted.lines().find(|l| l.contains(secret)) {
+            panic!("the {what} is in the log: {line}");
+        }
+    }
+    assert!(redacted.contains(kvs_aws::redact::REDACTED));
+}

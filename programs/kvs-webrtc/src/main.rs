@@ -189,7 +189,8 @@ async fn main() -> Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,str0m=warn,dimpl=warn".into()),
         )
-        .with_writer(std::io::stderr)
+        // Every line through the one redaction: no dependency can log a token or a key.
+        .with_writer(|| kvs_aws::redact::RedactingWriter::new(std::io::stderr()))
         .init();
     let mut cli = Cli::parse();
     if let Some(Command::Service(args)) = cli.command.take() {
