@@ -13,7 +13,7 @@
 //! service can use it without pulling in the clients. Remote input never panics: every
 //! malformed frame becomes a [`CodecError`].
 //!
-//! Parsing follows what real clients send (see `shared/reference/kvs-signaling.md` §2): keys are
+//! Parsing follows what real clients send (see `docs/KVS-SIGNALING.md` §2): keys are
 //! matched case-insensitively (the C SDK sends `RecipientClientId`, `MessagePayload`, …),
 //! unknown keys (such as the C SDK's `IceServerList`) are ignored, and empty strings in optional
 //! fields count as absent.

@@ -8,7 +8,7 @@
 //!
 //! Must not touch: HTTP framing, sockets, clocks, authentication (the edge in
 //! [`crate::server`] verifies SigV4 first and passes the time in).
-//! Shapes: `shared/reference/kvs-signaling.md` §1 and the botocore `kinesisvideo` model.
+//! Shapes: `docs/KVS-SIGNALING.md` §1 (from the botocore `kinesisvideo` model).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

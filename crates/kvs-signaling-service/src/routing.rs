@@ -9,7 +9,7 @@
 //! Must not touch: sockets, tasks, clocks, HTTP, authentication. The tokio/axum edge in
 //! [`crate::server`] feeds this core and carries out its outputs.
 //!
-//! Routing rules (see `shared/reference/kvs-signaling.md` §2):
+//! Routing rules (see `docs/KVS-SIGNALING.md` §2):
 //! - viewer → master: the frame's recipient is ignored and `senderClientId` is set to the
 //!   viewer's client id;
 //! - master → viewer: the frame must name `recipientClientId`; the delivered frame carries no
