@@ -2,10 +2,10 @@
 //!
 //! The bottom layer of kvs-webrtc, the Rust counterpart of the seed SDK's "foundation layer".
 //! It owns the *contracts* that everything above relies on for things a device provides:
-//! time ([`clock`]), persistent key/value storage ([`storage`]) and atomic file replacement
-//! ([`fs`]), power and wake-up ([`power`]), and media devices — camera, microphone, display,
-//! speaker ([`media`]).
-//! Each contract comes with a host implementation so the SDK runs on an ordinary computer.
+//! time ([`clock`]), atomic file replacement ([`fs`]), and the capture devices — camera and
+//! microphone ([`media`]). Each contract comes with a host implementation so the SDK runs on
+//! an ordinary computer. A contract is added here when something uses it (split mode's wake
+//! line, the speaker and display of two-way media come with those features).
 //!
 //! It must not know about signaling, WebRTC, codecs' bitstreams or the application: those are
 //! the core layer's. Nothing here may depend on another kvs-webrtc crate.
@@ -13,12 +13,10 @@
 pub mod clock;
 pub mod fs;
 pub mod media;
-pub mod power;
-pub mod storage;
 
 pub use clock::{Clock, SystemClock};
 pub use fs::write_atomic;
 pub use media::{
-    AudioCapture, AudioCodec, AudioFormat, AudioPlayer, CaptureError, EncodedFrame, FrameKind,
-    VideoCapture, VideoCodec, VideoFormat, VideoPlayer,
+    AudioCapture, AudioCodec, AudioFormat, CaptureError, EncodedFrame, FrameKind, VideoCapture,
+    VideoCodec, VideoFormat,
 };

@@ -1,6 +1,6 @@
-//! Media device contracts: camera (video capture), microphone (audio capture), display (video
-//! player) and speaker (audio player), mirroring the seed SDK's media interfaces
-//! (init/start/stop/get frame/release frame; bitrate; JPEG snapshot).
+//! Media device contracts: camera (video capture) and microphone (audio capture), mirroring the
+//! seed SDK's media interfaces (init/start/stop/get frame/release frame; bitrate; JPEG
+//! snapshot). The receive side (display, speaker) comes with two-way media.
 //!
 //! Captures hand out *encoded* frames: on the seed's devices the camera or a hardware encoder
 //! produces H.264, and the microphone path produces Opus. Releasing a frame is dropping it;
@@ -160,20 +160,4 @@ pub trait AudioCapture: Send {
     fn stop(&mut self);
     /// Block until the next frame is due and return it; `Ok(None)` at the end of the stream.
     fn next_frame(&mut self) -> Result<Option<EncodedFrame>, CaptureError>;
-}
-
-/// A display for video received from a viewer.
-pub trait VideoPlayer: Send {
-    fn start(&mut self) -> Result<(), CaptureError>;
-    fn stop(&mut self);
-    /// Decode and show one received frame.
-    fn play(&mut self, frame: &EncodedFrame) -> Result<(), CaptureError>;
-}
-
-/// A speaker for audio received from a viewer (two-way audio).
-pub trait AudioPlayer: Send {
-    fn start(&mut self) -> Result<(), CaptureError>;
-    fn stop(&mut self);
-    /// Decode and play one received frame.
-    fn play(&mut self, frame: &EncodedFrame) -> Result<(), CaptureError>;
 }
