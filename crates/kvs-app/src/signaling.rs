@@ -28,6 +28,8 @@ pub enum SignalingSetupError {
     Trust(#[from] kvs_aws::https::HttpError),
     #[error("the embedded default is started with kvs_app::embedded::start, not as a client")]
     Embedded,
+    #[error("a KVS client needs `signaling.mode = \"kvs\"`")]
+    NotKvs,
 }
 
 /// The provider `[signaling.credentials]` names.
@@ -105,7 +107,7 @@ pub fn kvs_client_config(
         credentials: from_file,
     } = config
     else {
-        return Err(kvs_signaling::SignalingError::Config("not a KVS configuration".into()).into());
+        return Err(SignalingSetupError::NotKvs);
     };
     let credentials = match credentials {
         Some(c) => c,

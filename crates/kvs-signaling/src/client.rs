@@ -85,6 +85,9 @@ pub enum SignalingError {
     Http(String),
     #[error("invalid signaling configuration: {0}")]
     Config(String),
+    /// The channel exists but cannot be used (being created or deleted).
+    #[error("{0}")]
+    ChannelState(String),
 }
 
 /// What a connected link reports.

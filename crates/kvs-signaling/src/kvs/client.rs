@@ -411,13 +411,13 @@ impl KvsSignalingClient {
                     description = self.describe().await?;
                 }
                 Some(d) => {
-                    return Err(SignalingError::Config(format!(
+                    return Err(SignalingError::ChannelState(format!(
                         "signaling channel {} is {}, not ACTIVE",
                         d.arn, d.status
                     )))
                 }
                 None => {
-                    return Err(SignalingError::Config(
+                    return Err(SignalingError::ChannelState(
                         "the signaling channel disappeared while it was being created".into(),
                     ))
                 }
