@@ -23,6 +23,7 @@ use crate::api::{
     Datagram, PeerCommand, PeerConfig, PeerError, PeerEvent, SessionStats, SessionTiming,
 };
 use crate::candidate::{parse_candidate, ParsedCandidate};
+use crate::drain::{drain, DrainPolicy, DrainTarget};
 use bytes::Bytes;
 use kvs_media::fanout::{FanoutKind, PushOutcome, Subscriber};
 use kvs_media::rtp::{PacketizedFrame, DEFAULT_MAX_PAYLOAD};
@@ -38,7 +39,7 @@ use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid, Pt};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{Extension, RtpWrite};
-use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
+use str0m::{Candidate, Event, IceConnectionState, Input, Rtc, RtcConfig};
 use tracing::{debug, info, warn};
 
 /// Remote candidates held per peer before its offer arrives.
@@ -832,47 +833,54 @@ impl PeerCore {
     }
 }
 
+/// How sessions are drained: a timeout already due is handled here and now rather than on
+/// the driver's next turn: str0m asks for one after every RTP write (it stamps queued packets
+/// on a timeout), so this sends a frame's packets in the same pass that wrote them.
+const SESSION_DRAIN: DrainPolicy = DrainPolicy {
+    rounds: 4,
+    due_timeouts: 4,
+};
+
+/// One session as the drain loop sees it, with what its event handling needs.
+struct Serviced<'a> {
+    s: &'a mut Session,
+    now: Instant,
+    config: &'a PeerConfig,
+    out: &'a mut Outputs,
+}
+
+impl DrainTarget for Serviced<'_> {
+    fn rtc(&mut self) -> &mut Rtc {
+        &mut self.s.rtc
+    }
+
+    fn before_round(&mut self) {
+        flush_data(self.s);
+    }
+
+    fn transmit(&mut self, datagram: Datagram) {
+        self.out.transmits.push_back(datagram);
+    }
+
+    fn event(&mut self, event: Event) -> bool {
+        on_event(self.s, event, self.now, self.config, self.out)
+    }
+}
+
 /// After any change to a session: flush queued data, then drain the `Rtc` until it only has
-/// a timeout left.
+/// a timeout left (see [`crate::drain`]).
 fn service(s: &mut Session, now: Instant, config: &PeerConfig, out: &mut Outputs) {
-    // A timeout already due is handled here and now rather than on the driver's next turn:
-    // str0m asks for one after every RTP write (it stamps queued packets on a timeout), so
-    // this sends a frame's packets in the same pass that wrote them.
-    let mut due_timeouts = 4;
-    for _round in 0..4 {
-        flush_data(s);
-        let mut again = false;
-        loop {
-            if !s.rtc.is_alive() {
-                return;
-            }
-            match s.rtc.poll_output() {
-                Ok(Output::Timeout(t)) if t <= now && due_timeouts > 0 => {
-                    due_timeouts -= 1;
-                    if let Err(e) = s.rtc.handle_input(Input::Timeout(now)) {
-                        s.fail(format!("timeout handling failed: {e}"));
-                        return;
-                    }
-                }
-                Ok(Output::Timeout(t)) => {
-                    s.next_timeout = t;
-                    break;
-                }
-                Ok(Output::Transmit(t)) => out.transmits.push_back(Datagram {
-                    source: t.source,
-                    destination: t.destination,
-                    data: t.contents.into(),
-                }),
-                Ok(Output::Event(e)) => again |= on_event(s, e, now, config, out),
-                Err(e) => {
-                    s.fail(format!("poll_output failed: {e}"));
-                    return;
-                }
-            }
-        }
-        if !again {
-            return;
-        }
+    let mut target = Serviced {
+        s,
+        now,
+        config,
+        out,
+    };
+    match drain(&mut target, now, SESSION_DRAIN) {
+        Ok(Some(t)) => target.s.next_timeout = t,
+        // Not alive: reaped by the caller.
+        Ok(None) => {}
+        Err(e) => target.s.fail(e.to_string()),
     }
 }
 

@@ -6,6 +6,7 @@
 //! - [`engine`]: the tokio driver ([`PeerEngine`], [`PeerHandle`], [`FrameSink`]): UDP sockets
 //!   (one per bind address, shared by all sessions), the engine task, bounded channels.
 //! - `udp`: batched UDP I/O (segmented sends, `recvmmsg`) and the sans-IO send grouping.
+//! - `drain`: the one loop that drains a str0m `Rtc` after every change (used by both cores).
 //! - [`viewer`]: a Rust viewer peer (sans-IO core + small driver) for tests and benchmarks.
 //! - [`api`]: configuration, commands, events, timings, stats, errors.
 //!
@@ -16,6 +17,7 @@
 pub mod api;
 pub mod candidate;
 pub mod core;
+mod drain;
 pub mod engine;
 mod udp;
 pub mod viewer;

@@ -6,6 +6,7 @@
 
 use crate::api::{Datagram, PeerError};
 use crate::candidate::{parse_candidate, ParsedCandidate};
+use crate::drain::{drain, DrainPolicy, DrainTarget};
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -14,7 +15,7 @@ use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::channel::ChannelId;
 use str0m::media::{Direction, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
+use str0m::{Candidate, Event, Input, Rtc, RtcConfig};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
@@ -208,37 +209,18 @@ impl ViewerCore {
         self.next_timeout.clamp(now, now + Duration::from_secs(1))
     }
 
-    fn service(&mut self, _now: Instant) {
-        for _ in 0..4 {
-            self.flush_data();
-            let mut again = false;
-            loop {
-                if !self.rtc.is_alive() {
-                    if !self.closed_reported {
-                        self.closed_reported = true;
-                        self.events.push_back(ViewerEvent::Closed);
-                    }
-                    return;
-                }
-                match self.rtc.poll_output() {
-                    Ok(Output::Timeout(t)) => {
-                        self.next_timeout = t;
-                        break;
-                    }
-                    Ok(Output::Transmit(t)) => self.transmits.push_back(Datagram {
-                        source: t.source,
-                        destination: t.destination,
-                        data: t.contents.into(),
-                    }),
-                    Ok(Output::Event(e)) => again |= self.on_event(e),
-                    Err(_) => {
-                        self.rtc.disconnect();
-                    }
-                }
-            }
-            if !again {
+    fn service(&mut self, now: Instant) {
+        match drain(self, now, VIEWER_DRAIN) {
+            Ok(Some(t)) => {
+                self.next_timeout = t;
                 return;
             }
+            Ok(None) => {}
+            Err(_) => self.rtc.disconnect(),
+        }
+        if !self.closed_reported {
+            self.closed_reported = true;
+            self.events.push_back(ViewerEvent::Closed);
         }
     }
 
@@ -301,6 +283,30 @@ impl ViewerCore {
                 }
             }
         }
+    }
+}
+
+/// The viewer handles its timeouts only when the driver says they are due.
+const VIEWER_DRAIN: DrainPolicy = DrainPolicy {
+    rounds: 4,
+    due_timeouts: 0,
+};
+
+impl DrainTarget for ViewerCore {
+    fn rtc(&mut self) -> &mut Rtc {
+        &mut self.rtc
+    }
+
+    fn before_round(&mut self) {
+        self.flush_data();
+    }
+
+    fn transmit(&mut self, datagram: Datagram) {
+        self.transmits.push_back(datagram);
+    }
+
+    fn event(&mut self, event: Event) -> bool {
+        self.on_event(event)
     }
 }
 
