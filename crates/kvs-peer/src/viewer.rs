@@ -21,6 +21,8 @@ use tokio::sync::{mpsc, oneshot};
 
 const PEER: &str = "viewer";
 const MAX_DATA_QUEUE: usize = 64;
+/// Longest wait between two timer turns.
+const MAX_IDLE: Duration = Duration::from_secs(1);
 
 /// One received media frame.
 #[derive(Debug, Clone)]
@@ -206,7 +208,12 @@ impl ViewerCore {
     }
 
     pub fn poll_timeout(&self, now: Instant) -> Instant {
-        self.next_timeout.clamp(now, now + Duration::from_secs(1))
+        if self.closed_reported {
+            // Nothing left to drive: the last timeout str0m gave is stale, and returning it
+            // would wake the driver in a busy loop.
+            return now + MAX_IDLE;
+        }
+        self.next_timeout.clamp(now, now + MAX_IDLE)
     }
 
     fn service(&mut self, now: Instant) {
