@@ -122,7 +122,7 @@ struct HeldDatagram {
 }
 
 /// RFC 7983 demultiplexing: DTLS records start with a byte in 20..=63.
-fn is_dtls(data: &[u8]) -> bool {
+pub(crate) fn is_dtls(data: &[u8]) -> bool {
     matches!(data.first(), Some(20..=63))
 }
 
@@ -1221,3 +1221,6 @@ fn flush_data(s: &mut Session) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

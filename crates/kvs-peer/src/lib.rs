@@ -9,6 +9,7 @@
 //! - `drain`: the one loop that drains a str0m `Rtc` after every change (used by both cores).
 //! - [`viewer`]: a Rust viewer peer (sans-IO core + small driver) for tests and benchmarks.
 //! - [`api`]: configuration, commands, events, timings, stats, errors.
+//! - `sim` (tests only): a virtual-time harness running the device core against viewer cores.
 //!
 //! This crate owns transport and session state. It must not know about signaling protocols
 //! (SDP and candidates arrive as strings from the application), capture devices or encoders
@@ -19,6 +20,8 @@ pub mod candidate;
 pub mod core;
 mod drain;
 pub mod engine;
+#[cfg(test)]
+mod sim;
 mod udp;
 pub mod viewer;
 

@@ -13,7 +13,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::channel::ChannelId;
-use str0m::media::{Direction, MediaKind, Mid};
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Rtc, RtcConfig};
 use tokio::net::UdpSocket;
@@ -157,6 +157,23 @@ impl ViewerCore {
             return Err(PeerError::DataQueueFull(PEER.into()));
         }
         self.data_out.push_back((data, binary));
+        self.service(now);
+        Ok(())
+    }
+
+    /// Ask the device for a keyframe: an RTCP PLI on the video stream, sent on the next
+    /// timeout (str0m arms one for now).
+    pub fn request_keyframe(&mut self, now: Instant) -> Result<(), PeerError> {
+        let mid = self
+            .video_mid
+            .ok_or_else(|| rtc_err("no video negotiated"))?;
+        let mut writer = self
+            .rtc
+            .writer(mid)
+            .ok_or_else(|| rtc_err("no video stream"))?;
+        writer
+            .request_keyframe(None, KeyframeRequestKind::Pli)
+            .map_err(|e| rtc_err(&e.to_string()))?;
         self.service(now);
         Ok(())
     }
