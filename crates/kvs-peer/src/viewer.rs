@@ -2,7 +2,8 @@
 //! a data channel, accepts the answer and trickled candidates, and yields received media as
 //! complete frames (H.264 access units in Annex-B, Opus packets) with arrival times.
 //!
-//! [`ViewerCore`] is sans-IO; [`Viewer::start`] is a small tokio driver bound to 127.0.0.1.
+//! [`ViewerCore`] is sans-IO; [`Viewer::start`] is a small tokio driver bound to 127.0.0.1;
+//! [`SignaledViewer`] joins one to a device through any signaling client.
 
 use crate::api::{Datagram, PeerError};
 use crate::candidate::{parse_candidate, ParsedCandidate};
@@ -18,6 +19,9 @@ use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Rtc, RtcConfig};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
+
+mod join;
+pub use join::{viewer_signaling_client, JoinEvent, SignaledViewer, ViewerJoinError};
 
 const PEER: &str = "viewer";
 const MAX_DATA_QUEUE: usize = 64;
