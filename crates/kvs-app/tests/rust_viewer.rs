@@ -7,11 +7,7 @@
 //! offer beyond the viewer limit is refused with a reason while the first viewer keeps going.
 
 use kvs_app::{AudioSourceConfig, DeviceConfig, SignalingConfig, VideoSourceConfig};
-use kvs_peer::viewer::{Viewer, ViewerEvent, ViewerHandle};
-use kvs_signaling::{
-    data_plane_url, IceCandidateInit, MessageKind, MessagePayload, Role, SignalingClient,
-    SignalingEvent, SignalingLink, SignalingMessage, WsSignalingClient,
-};
+use kvs_peer::viewer::{viewer_signaling_client, JoinEvent, SignaledViewer, ViewerEvent};
 use openh264::formats::YUVSource;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
@@ -50,43 +46,12 @@ fn config_with_sources(
     config
 }
 
-/// A viewer joined through signaling: its str0m peer and its signaling link.
-struct JoinedViewer {
-    viewer: ViewerHandle,
-    events: tokio::sync::mpsc::Receiver<ViewerEvent>,
-    link: SignalingLink,
-}
-
 /// Connect to signaling as `client_id`, send the offer and our candidates.
-async fn join(signaling_url: &str, channel_arn: &str, client_id: &str) -> JoinedViewer {
-    let role = Role::Viewer {
-        client_id: client_id.into(),
-    };
-    let url = data_plane_url(signaling_url, channel_arn, &role).unwrap();
-    let link = WsSignalingClient::new(url, role)
-        .connect()
+async fn join(signaling_url: &str, channel_arn: &str, client_id: &str) -> SignaledViewer {
+    let client = viewer_signaling_client(signaling_url, channel_arn, client_id).unwrap();
+    SignaledViewer::join(&client, Some(format!("{client_id}-offer")))
         .await
-        .expect("viewer connects to signaling");
-    let (viewer, events) = Viewer::start().await.unwrap();
-    let sdp = viewer.create_offer().await.unwrap();
-    let offer =
-        SignalingMessage::offer(None, sdp).with_correlation_id(format!("{client_id}-offer"));
-    link.outgoing.send(offer).await.unwrap();
-    let candidate = IceCandidateInit {
-        candidate: viewer.local_candidate().to_owned(),
-        sdp_mid: Some("0".into()),
-        sdp_m_line_index: Some(0),
-        username_fragment: None,
-    };
-    link.outgoing
-        .send(SignalingMessage::ice_candidate(None, candidate))
-        .await
-        .unwrap();
-    JoinedViewer {
-        viewer,
-        events,
-        link,
-    }
+        .expect("viewer connects to signaling")
 }
 
 /// What the test observed, step by step.
@@ -104,39 +69,48 @@ struct Observed {
 }
 
 /// Drive one viewer: relay signaling to it, decode its media, until `done` says so.
-async fn drive(j: &mut JoinedViewer, obs: &mut Observed, done: impl Fn(&Observed) -> bool) {
+async fn drive(j: &mut SignaledViewer, obs: &mut Observed, done: impl Fn(&Observed) -> bool) {
     let mut h264 = openh264::decoder::Decoder::new().unwrap();
     let mut opus = opus_rs::OpusDecoder::new(48_000, 1).unwrap();
     let mut pcm = vec![0f32; 5760];
     let deadline = tokio::time::Instant::now() + WAIT;
     while !done(obs) {
-        let event = tokio::select! {
-            _ = tokio::time::sleep_until(deadline) => panic!(
+        // The join helper applies answers and candidates; a lost link, a rejected answer or
+        // a dead viewer task is an error here.
+        let event = match j.next(deadline).await {
+            Ok(Some(event)) => event,
+            Ok(None) => panic!(
                 "timed out: connected={} channel_open={} video={} decoded={} audio={} echoes={}",
-                obs.connected, obs.channel_open, obs.video_frames.len(), obs.decoded_lumas.len(), obs.audio_packets, obs.echoes.len()
+                obs.connected,
+                obs.channel_open,
+                obs.video_frames.len(),
+                obs.decoded_lumas.len(),
+                obs.audio_packets,
+                obs.echoes.len()
             ),
-            s = j.link.incoming.recv() => Err(s.expect("signaling link stays open")),
-            v = j.events.recv() => Ok(v.expect("viewer task alive")),
+            Err(e) => panic!("{e}"),
+        };
+        let event = match event {
+            JoinEvent::Viewer(v) => v,
+            JoinEvent::Refused { code, reason } => {
+                obs.refusal = Some((code, reason));
+                continue;
+            }
+            JoinEvent::CandidateRejected { candidate, error } => {
+                panic!("device candidate {candidate:?} rejected: {error}")
+            }
+            JoinEvent::Signaling(msg) => {
+                panic!(
+                    "unexpected signaling message {:?} {:?}",
+                    msg.kind, msg.payload
+                )
+            }
         };
         match event {
-            Err(SignalingEvent::Message(msg)) => match (msg.kind, msg.payload) {
-                (MessageKind::Answer, MessagePayload::Sdp(sdp)) => {
-                    j.viewer.accept_answer(sdp).await.unwrap()
-                }
-                (MessageKind::Answer, MessagePayload::Refusal(r)) => {
-                    obs.refusal = Some((r.code, r.reason))
-                }
-                (MessageKind::IceCandidate, MessagePayload::Candidate(c)) => {
-                    j.viewer.add_candidate(c.candidate).await.unwrap()
-                }
-                (kind, payload) => panic!("unexpected signaling message {kind:?} {payload:?}"),
-            },
-            Err(SignalingEvent::Disconnected { reason }) => panic!("signaling lost: {reason}"),
-            Err(SignalingEvent::Renewed { .. }) => {}
-            Ok(ViewerEvent::Connected) => obs.connected = true,
-            Ok(ViewerEvent::ChannelOpen) => obs.channel_open = true,
-            Ok(ViewerEvent::Data { data, binary }) => obs.echoes.push((data.to_vec(), binary)),
-            Ok(ViewerEvent::Video(m)) => {
+            ViewerEvent::Connected => obs.connected = true,
+            ViewerEvent::ChannelOpen => obs.channel_open = true,
+            ViewerEvent::Data { data, binary } => obs.echoes.push((data.to_vec(), binary)),
+            ViewerEvent::Video(m) => {
                 let decoded = h264.decode(&m.data).ok().flatten().map(|pic| {
                     let (w, h) = pic.dimensions();
                     assert_eq!((w, h), (640, 480), "decoded picture size");
@@ -149,14 +123,14 @@ async fn drive(j: &mut JoinedViewer, obs: &mut Observed, done: impl Fn(&Observed
                 obs.video_frames.push(m.data.to_vec());
                 obs.decoded_lumas.extend(decoded);
             }
-            Ok(ViewerEvent::Audio(m)) => {
+            ViewerEvent::Audio(m) => {
                 let n = opus
                     .decode(&m.data, 5760, &mut pcm)
                     .expect("Opus packet decodes");
                 obs.audio_peak = pcm[..n].iter().fold(obs.audio_peak, |p, s| p.max(s.abs()));
                 obs.audio_packets += 1;
             }
-            Ok(ViewerEvent::Closed) => panic!("viewer closed"),
+            ViewerEvent::Closed => panic!("viewer closed"),
         }
     }
 }
@@ -203,12 +177,12 @@ async fn rust_viewer_decodes_moving_video_and_audio_and_a_second_viewer_is_refus
     // The device echoes the data channel, text and binary, bytes intact.
     let binary: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
     first
-        .viewer
+        .viewer()
         .send_data(binary.clone().into(), true)
         .await
         .unwrap();
     first
-        .viewer
+        .viewer()
         .send_data("héllo device".into(), false)
         .await
         .unwrap();
@@ -233,7 +207,8 @@ async fn rust_viewer_decodes_moving_video_and_audio_and_a_second_viewer_is_refus
     .await;
 
     // Closing the viewer frees its session on the device.
-    first.viewer.close().await;
+    // The peer only: the signaling link stays up, so the session is freed by the peer close.
+    first.viewer().close().await;
     let freed = timeout(WAIT, async {
         while running.device.viewer_count() > 0 {
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -21,6 +21,8 @@ use std::sync::Arc;
 
 /// The largest RTP payload we cut by default: with the RTP header, header extensions and the
 /// SRTP tag the datagram stays under ~1200 bytes, which every path WebRTC uses carries.
+/// The one figure for the RTP payload size: the peer engine also sizes its resend buffers
+/// (packets per second of video) from it.
 pub const DEFAULT_MAX_PAYLOAD: usize = 1100;
 /// The smallest payload limit the packetizer accepts (smaller limits are raised to it).
 pub const MIN_MAX_PAYLOAD: usize = 16;

@@ -3,6 +3,7 @@
 //! Shared by the sans-IO core ([`crate::core`]) and the tokio driver ([`crate::engine`]).
 
 use bytes::Bytes;
+use kvs_media::rtp::DEFAULT_MAX_PAYLOAD;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -87,8 +88,6 @@ impl Default for PeerConfig {
     }
 }
 
-/// Payload bytes of one RTP packet, for the buffer formulas (MTU 1200 minus headers).
-const RTP_PAYLOAD_BYTES: u64 = 1100;
 /// Floor of the video resend buffer, so a low bitrate still keeps a keyframe's packets.
 const MIN_VIDEO_PACKETS: usize = 32;
 /// Opus frames are 20 ms: 50 packets a second.
@@ -98,12 +97,14 @@ const MIN_AUDIO_PACKETS: usize = 16;
 impl PeerConfig {
     /// Most packets the video resend buffer keeps:
     /// `max(32, ceil(resend_window_s × video_bitrate_bps / 8 / 1100))`, instead of str0m's
-    /// 1000. The payloads are shared by every viewer (see `kvs_media::rtp`); per viewer the
-    /// buffer costs str0m's packet record (~430 bytes) per packet kept.
+    /// 1000, where 1100 is the payload size frames are cut to
+    /// ([`kvs_media::rtp::DEFAULT_MAX_PAYLOAD`]). The payloads are shared by every viewer
+    /// (see `kvs_media::rtp`); per viewer the buffer costs str0m's packet record (~430 bytes)
+    /// per packet kept.
     pub fn send_buffer_video_packets(&self) -> usize {
         let bytes =
             self.resend_window.as_micros() as u64 * self.video_bitrate_bps as u64 / 8 / 1_000_000;
-        let packets = bytes.div_ceil(RTP_PAYLOAD_BYTES) as usize;
+        let packets = bytes.div_ceil(DEFAULT_MAX_PAYLOAD as u64) as usize;
         packets.max(MIN_VIDEO_PACKETS)
     }
 

@@ -23,6 +23,7 @@ use crate::api::{
     Datagram, PeerCommand, PeerConfig, PeerError, PeerEvent, SessionStats, SessionTiming,
 };
 use crate::candidate::{parse_candidate, ParsedCandidate};
+use crate::drain::{drain, DrainPolicy, DrainTarget};
 use bytes::Bytes;
 use kvs_media::fanout::{FanoutKind, PushOutcome, Subscriber};
 use kvs_media::rtp::{PacketizedFrame, DEFAULT_MAX_PAYLOAD};
@@ -38,7 +39,7 @@ use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid, Pt};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{Extension, RtpWrite};
-use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
+use str0m::{Candidate, Event, IceConnectionState, Input, Rtc, RtcConfig};
 use tracing::{debug, info, warn};
 
 /// Remote candidates held per peer before its offer arrives.
@@ -121,7 +122,7 @@ struct HeldDatagram {
 }
 
 /// RFC 7983 demultiplexing: DTLS records start with a byte in 20..=63.
-fn is_dtls(data: &[u8]) -> bool {
+pub(crate) fn is_dtls(data: &[u8]) -> bool {
     matches!(data.first(), Some(20..=63))
 }
 
@@ -298,8 +299,27 @@ impl PeerCore {
     /// When [`PeerCore::handle_timeout`] must be called next.
     pub fn poll_timeout(&self, now: Instant) -> Instant {
         let mut t = now + MAX_IDLE;
+        // Expiries are fixed instants: a driver woken more often than MAX_IDLE by other input
+        // (frames keep coming while no session exists) must still get to them.
+        let ttl = self.config.pending_candidate_ttl;
+        for q in self.pending_candidates.values() {
+            if let Some(oldest) = q.front() {
+                t = t.min(oldest.received + ttl);
+            }
+        }
+        if let Some(oldest) = self.held_datagrams.front() {
+            t = t.min(oldest.received + HELD_DATAGRAM_TTL);
+        }
         for s in self.sessions.values() {
             t = t.min(s.next_timeout);
+            // The session deadlines too: str0m may have no timer of its own left (its ICE
+            // agent gave up), and frames waking the driver must not keep pushing them out.
+            if !s.connected {
+                t = t.min(s.started + self.config.connect_timeout);
+            }
+            if let Some(since) = s.disconnected_since {
+                t = t.min(since + self.config.disconnected_timeout);
+            }
             if s.keyframe_request_pending {
                 if let Some(last) = s.last_keyframe_request {
                     t = t.min(last + self.config.keyframe_request_min_interval);
@@ -368,7 +388,7 @@ impl PeerCore {
         }
         let held = std::mem::take(&mut self.held_datagrams);
         for d in held {
-            if now.saturating_duration_since(d.received) > HELD_DATAGRAM_TTL {
+            if now.saturating_duration_since(d.received) >= HELD_DATAGRAM_TTL {
                 continue;
             }
             if !self.route_datagram(now, d.source, d.destination, &d.data) {
@@ -443,7 +463,7 @@ impl PeerCore {
     /// Time passed: drive every session's timers, expire held candidates, enforce timeouts.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.held_datagrams
-            .retain(|d| now.saturating_duration_since(d.received) <= HELD_DATAGRAM_TTL);
+            .retain(|d| now.saturating_duration_since(d.received) < HELD_DATAGRAM_TTL);
         let ttl = self.config.pending_candidate_ttl;
         self.pending_candidates.retain(|_, q| {
             q.retain(|c| now.saturating_duration_since(c.received) < ttl);
@@ -451,7 +471,7 @@ impl PeerCore {
         });
         for s in self.sessions.values_mut() {
             if !s.connected
-                && now.saturating_duration_since(s.started) > self.config.connect_timeout
+                && now.saturating_duration_since(s.started) >= self.config.connect_timeout
             {
                 s.fail(format!(
                     "not connected within {:?}",
@@ -459,7 +479,7 @@ impl PeerCore {
                 ));
             }
             if let Some(since) = s.disconnected_since {
-                if now.saturating_duration_since(since) > self.config.disconnected_timeout {
+                if now.saturating_duration_since(since) >= self.config.disconnected_timeout {
                     s.fail(format!(
                         "ICE disconnected for more than {:?}",
                         self.config.disconnected_timeout
@@ -558,6 +578,9 @@ impl PeerCore {
     }
 
     fn remote_offer(&mut self, now: Instant, peer_id: String, sdp: &str) -> Result<(), PeerError> {
+        // The peer's early candidates belong to this offer: taken first, so that no way out
+        // of here (a bad SDP, a refusal, an offer str0m rejects) leaves them behind.
+        let held = self.pending_candidates.remove(&peer_id);
         let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| PeerError::InvalidSdp {
             peer_id: peer_id.clone(),
             reason: e.to_string(),
@@ -616,7 +639,8 @@ impl PeerCore {
             sdp: sdp.clone(),
         });
         self.emit_local_candidates(&peer_id, &sdp);
-        self.apply_held_candidates(&mut s);
+        self.apply_held_candidates(&mut s, held, now);
+        start_checks(&mut s, now);
         service(&mut s, now, &self.config, &mut self.out);
         self.sessions.insert(peer_id, s);
         Ok(())
@@ -687,7 +711,9 @@ impl PeerCore {
             });
         }
         s.timing.answer_sent = Some(now.saturating_duration_since(s.started));
-        self.apply_held_candidates(&mut s);
+        let held = self.pending_candidates.remove(&peer_id);
+        self.apply_held_candidates(&mut s, held, now);
+        start_checks(&mut s, now);
         service(&mut s, now, &self.config, &mut self.out);
         self.sessions.insert(peer_id, s);
         Ok(())
@@ -732,11 +758,20 @@ impl PeerCore {
         }
     }
 
-    fn apply_held_candidates(&mut self, s: &mut Session) {
-        let Some(held) = self.pending_candidates.remove(&s.peer_id) else {
-            return;
-        };
-        for c in held {
+    /// Add the candidates held for the session's peer, except those past their TTL: the timer
+    /// that drops them may not have run yet.
+    fn apply_held_candidates(
+        &self,
+        s: &mut Session,
+        held: Option<VecDeque<PendingCandidate>>,
+        now: Instant,
+    ) {
+        let ttl = self.config.pending_candidate_ttl;
+        for c in held.into_iter().flatten() {
+            if now.saturating_duration_since(c.received) >= ttl {
+                debug!(peer = %s.peer_id, "dropping expired held candidate");
+                continue;
+            }
             match parse_candidate(&c.candidate) {
                 Ok(ParsedCandidate::Candidate(c)) => {
                     debug!(peer = %s.peer_id, "applying held candidate {c}");
@@ -832,47 +867,64 @@ impl PeerCore {
     }
 }
 
+/// Give a freshly negotiated session its first timeout. str0m's ICE agent starts checking
+/// (and keeping time) only on a timeout input; until then it reports no timer of its own, so
+/// without this the session would stay silent until the viewer's first check arrives, and
+/// could never connect through a candidate only this side can reach.
+fn start_checks(s: &mut Session, now: Instant) {
+    if let Err(e) = s.rtc.handle_input(Input::Timeout(now)) {
+        s.fail(format!("timeout handling failed: {e}"));
+    }
+}
+
+/// How sessions are drained: a timeout already due is handled here and now rather than on
+/// the driver's next turn: str0m asks for one after every RTP write (it stamps queued packets
+/// on a timeout), so this sends a frame's packets in the same pass that wrote them.
+const SESSION_DRAIN: DrainPolicy = DrainPolicy {
+    rounds: 4,
+    due_timeouts: 4,
+};
+
+/// One session as the drain loop sees it, with what its event handling needs.
+struct Serviced<'a> {
+    s: &'a mut Session,
+    now: Instant,
+    config: &'a PeerConfig,
+    out: &'a mut Outputs,
+}
+
+impl DrainTarget for Serviced<'_> {
+    fn rtc(&mut self) -> &mut Rtc {
+        &mut self.s.rtc
+    }
+
+    fn before_round(&mut self) {
+        flush_data(self.s);
+    }
+
+    fn transmit(&mut self, datagram: Datagram) {
+        self.out.transmits.push_back(datagram);
+    }
+
+    fn event(&mut self, event: Event) -> bool {
+        on_event(self.s, event, self.now, self.config, self.out)
+    }
+}
+
 /// After any change to a session: flush queued data, then drain the `Rtc` until it only has
-/// a timeout left.
+/// a timeout left (see [`crate::drain`]).
 fn service(s: &mut Session, now: Instant, config: &PeerConfig, out: &mut Outputs) {
-    // A timeout already due is handled here and now rather than on the driver's next turn:
-    // str0m asks for one after every RTP write (it stamps queued packets on a timeout), so
-    // this sends a frame's packets in the same pass that wrote them.
-    let mut due_timeouts = 4;
-    for _round in 0..4 {
-        flush_data(s);
-        let mut again = false;
-        loop {
-            if !s.rtc.is_alive() {
-                return;
-            }
-            match s.rtc.poll_output() {
-                Ok(Output::Timeout(t)) if t <= now && due_timeouts > 0 => {
-                    due_timeouts -= 1;
-                    if let Err(e) = s.rtc.handle_input(Input::Timeout(now)) {
-                        s.fail(format!("timeout handling failed: {e}"));
-                        return;
-                    }
-                }
-                Ok(Output::Timeout(t)) => {
-                    s.next_timeout = t;
-                    break;
-                }
-                Ok(Output::Transmit(t)) => out.transmits.push_back(Datagram {
-                    source: t.source,
-                    destination: t.destination,
-                    data: t.contents.into(),
-                }),
-                Ok(Output::Event(e)) => again |= on_event(s, e, now, config, out),
-                Err(e) => {
-                    s.fail(format!("poll_output failed: {e}"));
-                    return;
-                }
-            }
-        }
-        if !again {
-            return;
-        }
+    let mut target = Serviced {
+        s,
+        now,
+        config,
+        out,
+    };
+    match drain(&mut target, now, SESSION_DRAIN) {
+        Ok(Some(t)) => target.s.next_timeout = t,
+        // Not alive: reaped by the caller.
+        Ok(None) => {}
+        Err(e) => target.s.fail(e.to_string()),
     }
 }
 
@@ -920,7 +972,15 @@ fn on_event(
         }
         Event::MediaAdded(m) => {
             match m.kind {
-                MediaKind::Video if s.video_mid.is_none() => s.video_mid = Some(m.mid),
+                MediaKind::Video if s.video_mid.is_none() => {
+                    s.video_mid = Some(m.mid);
+                    // str0m announces an answerer's media only after `Connected`: the request
+                    // made there waits for the video mid, and goes out now rather than with
+                    // the next frame.
+                    if s.keyframe_request_pending {
+                        request_keyframe(s, now, config, out);
+                    }
+                }
                 MediaKind::Audio if s.audio_mid.is_none() => s.audio_mid = Some(m.mid),
                 _ => {}
             }
@@ -1161,3 +1221,6 @@ fn flush_data(s: &mut Session) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -6,17 +6,25 @@
 //! - [`engine`]: the tokio driver ([`PeerEngine`], [`PeerHandle`], [`FrameSink`]): UDP sockets
 //!   (one per bind address, shared by all sessions), the engine task, bounded channels.
 //! - `udp`: batched UDP I/O (segmented sends, `recvmmsg`) and the sans-IO send grouping.
-//! - [`viewer`]: a Rust viewer peer (sans-IO core + small driver) for tests and benchmarks.
+//! - `drain`: the one loop that drains a str0m `Rtc` after every change (used by both cores).
+//! - [`viewer`]: a Rust viewer peer (sans-IO core + small driver) for tests and benchmarks,
+//!   and [`viewer::SignaledViewer`], which joins one to a device through signaling.
 //! - [`api`]: configuration, commands, events, timings, stats, errors.
+//! - `sim` (tests only): a virtual-time harness running the device core against viewer cores.
 //!
-//! This crate owns transport and session state. It must not know about signaling protocols
-//! (SDP and candidates arrive as strings from the application), capture devices or encoders
-//! (frames arrive as [`kvs_platform::EncodedFrame`]s; keyframes are *requested* by event).
+//! This crate owns transport and session state. The engine does not talk to signaling (SDP
+//! and candidates arrive as strings from the application); only the viewer join helper does,
+//! and only through the [`kvs_signaling::SignalingClient`] trait. It must not know about
+//! capture devices or encoders (frames arrive as [`kvs_platform::EncodedFrame`]s; keyframes
+//! are *requested* by event).
 
 pub mod api;
 pub mod candidate;
 pub mod core;
+mod drain;
 pub mod engine;
+#[cfg(test)]
+mod sim;
 mod udp;
 pub mod viewer;
 
@@ -26,4 +34,7 @@ pub use api::{
 };
 pub use core::PeerCore;
 pub use engine::{FrameSink, PeerEngine, PeerHandle};
-pub use viewer::{ReceivedFrame, Viewer, ViewerCore, ViewerEvent, ViewerHandle};
+pub use viewer::{
+    JoinEvent, ReceivedFrame, SignaledViewer, Viewer, ViewerCore, ViewerEvent, ViewerHandle,
+    ViewerJoinError,
+};

@@ -2,24 +2,31 @@
 //! a data channel, accepts the answer and trickled candidates, and yields received media as
 //! complete frames (H.264 access units in Annex-B, Opus packets) with arrival times.
 //!
-//! [`ViewerCore`] is sans-IO; [`Viewer::start`] is a small tokio driver bound to 127.0.0.1.
+//! [`ViewerCore`] is sans-IO; [`Viewer::start`] is a small tokio driver bound to 127.0.0.1;
+//! [`SignaledViewer`] joins one to a device through any signaling client.
 
 use crate::api::{Datagram, PeerError};
 use crate::candidate::{parse_candidate, ParsedCandidate};
+use crate::drain::{drain, DrainPolicy, DrainTarget};
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::channel::ChannelId;
-use str0m::media::{Direction, MediaKind, Mid};
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
+use str0m::{Candidate, Event, Input, Rtc, RtcConfig};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
+mod join;
+pub use join::{viewer_signaling_client, JoinEvent, SignaledViewer, ViewerJoinError};
+
 const PEER: &str = "viewer";
 const MAX_DATA_QUEUE: usize = 64;
+/// Longest wait between two timer turns.
+const MAX_IDLE: Duration = Duration::from_secs(1);
 
 /// One received media frame.
 #[derive(Debug, Clone)]
@@ -158,6 +165,23 @@ impl ViewerCore {
         Ok(())
     }
 
+    /// Ask the device for a keyframe: an RTCP PLI on the video stream, sent on the next
+    /// timeout (str0m arms one for now).
+    pub fn request_keyframe(&mut self, now: Instant) -> Result<(), PeerError> {
+        let mid = self
+            .video_mid
+            .ok_or_else(|| rtc_err("no video negotiated"))?;
+        let mut writer = self
+            .rtc
+            .writer(mid)
+            .ok_or_else(|| rtc_err("no video stream"))?;
+        writer
+            .request_keyframe(None, KeyframeRequestKind::Pli)
+            .map_err(|e| rtc_err(&e.to_string()))?;
+        self.service(now);
+        Ok(())
+    }
+
     pub fn handle_datagram(&mut self, now: Instant, source: SocketAddr, data: &[u8]) {
         let Ok(contents) = data.try_into() else {
             return;
@@ -205,40 +229,26 @@ impl ViewerCore {
     }
 
     pub fn poll_timeout(&self, now: Instant) -> Instant {
-        self.next_timeout.clamp(now, now + Duration::from_secs(1))
+        if self.closed_reported {
+            // Nothing left to drive: the last timeout str0m gave is stale, and returning it
+            // would wake the driver in a busy loop.
+            return now + MAX_IDLE;
+        }
+        self.next_timeout.clamp(now, now + MAX_IDLE)
     }
 
-    fn service(&mut self, _now: Instant) {
-        for _ in 0..4 {
-            self.flush_data();
-            let mut again = false;
-            loop {
-                if !self.rtc.is_alive() {
-                    if !self.closed_reported {
-                        self.closed_reported = true;
-                        self.events.push_back(ViewerEvent::Closed);
-                    }
-                    return;
-                }
-                match self.rtc.poll_output() {
-                    Ok(Output::Timeout(t)) => {
-                        self.next_timeout = t;
-                        break;
-                    }
-                    Ok(Output::Transmit(t)) => self.transmits.push_back(Datagram {
-                        source: t.source,
-                        destination: t.destination,
-                        data: t.contents.into(),
-                    }),
-                    Ok(Output::Event(e)) => again |= self.on_event(e),
-                    Err(_) => {
-                        self.rtc.disconnect();
-                    }
-                }
-            }
-            if !again {
+    fn service(&mut self, now: Instant) {
+        match drain(self, now, VIEWER_DRAIN) {
+            Ok(Some(t)) => {
+                self.next_timeout = t;
                 return;
             }
+            Ok(None) => {}
+            Err(_) => self.rtc.disconnect(),
+        }
+        if !self.closed_reported {
+            self.closed_reported = true;
+            self.events.push_back(ViewerEvent::Closed);
         }
     }
 
@@ -301,6 +311,30 @@ impl ViewerCore {
                 }
             }
         }
+    }
+}
+
+/// The viewer handles its timeouts only when the driver says they are due.
+const VIEWER_DRAIN: DrainPolicy = DrainPolicy {
+    rounds: 4,
+    due_timeouts: 0,
+};
+
+impl DrainTarget for ViewerCore {
+    fn rtc(&mut self) -> &mut Rtc {
+        &mut self.rtc
+    }
+
+    fn before_round(&mut self) {
+        self.flush_data();
+    }
+
+    fn transmit(&mut self, datagram: Datagram) {
+        self.transmits.push_back(datagram);
+    }
+
+    fn event(&mut self, event: Event) -> bool {
+        self.on_event(event)
     }
 }
 

@@ -1,90 +1,52 @@
 //! Rust viewers (kvs-peer's str0m viewer) joined through the local signaling service, the way
 //! a browser joins: WebSocket with `X-Amz-ClientId`, offer, trickled candidates.
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Result};
 use bytes::Bytes;
-use kvs_peer::viewer::{ReceivedFrame, Viewer, ViewerEvent, ViewerHandle};
-use kvs_signaling::{
-    data_plane_url, IceCandidateInit, MessageKind, MessagePayload, Role, SignalingClient,
-    SignalingEvent, SignalingLink, SignalingMessage, WsSignalingClient,
+use kvs_peer::viewer::{
+    viewer_signaling_client, JoinEvent, ReceivedFrame, SignaledViewer, ViewerEvent,
 };
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 
-/// A viewer joined through signaling.
-pub struct Joined {
-    pub viewer: ViewerHandle,
-    events: mpsc::Receiver<ViewerEvent>,
-    link: SignalingLink,
-    /// When the offer was handed to the signaling connection.
-    pub offer_sent: Instant,
-}
+/// A viewer joined through signaling (see [`SignaledViewer`]), with the benchmark's view of
+/// it: a refusal is an error, other signaling is not its business.
+pub struct Joined(SignaledViewer);
 
 impl Joined {
     /// Connect to signaling as `client_id`, send the offer and our candidate.
     pub async fn join(signaling_url: &str, channel_arn: &str, client_id: &str) -> Result<Self> {
-        let role = Role::Viewer {
-            client_id: client_id.into(),
-        };
-        let url = data_plane_url(signaling_url, channel_arn, &role)?;
-        let link = WsSignalingClient::new(url, role)
-            .connect()
-            .await
-            .context("viewer connects to signaling")?;
-        let (viewer, events) = Viewer::start().await?;
-        let sdp = viewer.create_offer().await?;
-        let offer = SignalingMessage::offer(None, sdp).with_correlation_id(client_id.to_string());
-        link.outgoing
-            .send(offer)
-            .await
-            .map_err(|_| anyhow!("signaling closed"))?;
-        let offer_sent = Instant::now();
-        let candidate = IceCandidateInit {
-            candidate: viewer.local_candidate().to_owned(),
-            sdp_mid: Some("0".into()),
-            sdp_m_line_index: Some(0),
-            username_fragment: None,
-        };
-        link.outgoing
-            .send(SignalingMessage::ice_candidate(None, candidate))
-            .await
-            .map_err(|_| anyhow!("signaling closed"))?;
-        Ok(Self {
-            viewer,
-            events,
-            link,
-            offer_sent,
-        })
+        let client = viewer_signaling_client(signaling_url, channel_arn, client_id)?;
+        Ok(Self(
+            SignaledViewer::join(&client, Some(client_id.to_string())).await?,
+        ))
     }
 
-    /// The next viewer event, applying signaling messages on the way; `None` at the deadline.
+    /// When the offer was handed to the signaling connection.
+    fn offer_sent(&self) -> Instant {
+        self.0.offer_sent()
+    }
+
+    /// The next viewer event (signaling applied on the way); `None` at the deadline.
     pub async fn next(&mut self, deadline: tokio::time::Instant) -> Result<Option<ViewerEvent>> {
         loop {
-            tokio::select! {
-                _ = tokio::time::sleep_until(deadline) => return Ok(None),
-                s = self.link.incoming.recv() => match s {
-                    Some(SignalingEvent::Message(msg)) => match (msg.kind, msg.payload) {
-                        (MessageKind::Answer, MessagePayload::Sdp(sdp)) => self.viewer.accept_answer(sdp).await?,
-                        (MessageKind::Answer, MessagePayload::Refusal(r)) => bail!("refused: {} {}", r.code, r.reason),
-                        (MessageKind::IceCandidate, MessagePayload::Candidate(c)) => {
-                            if let Err(e) = self.viewer.add_candidate(c.candidate).await {
-                                tracing::debug!("candidate not applied: {e}");
-                            }
-                        }
-                        _ => {}
-                    },
-                    Some(SignalingEvent::Disconnected { reason }) => bail!("signaling lost: {reason}"),
-                    Some(_) => {}
-                    None => bail!("signaling closed"),
-                },
-                v = self.events.recv() => return Ok(Some(v.ok_or_else(|| anyhow!("viewer task ended"))?)),
+            match self.0.next(deadline).await? {
+                None => return Ok(None),
+                Some(JoinEvent::Viewer(e)) => return Ok(Some(e)),
+                Some(JoinEvent::Refused { code, reason }) => bail!("refused: {code} {reason}"),
+                Some(JoinEvent::CandidateRejected { error, .. }) => {
+                    tracing::debug!("candidate not applied: {error}")
+                }
+                Some(JoinEvent::Signaling(_)) => {}
             }
         }
     }
 
+    async fn send_data(&self, data: Bytes, binary: bool) -> Result<(), kvs_peer::PeerError> {
+        self.0.viewer().send_data(data, binary).await
+    }
+
     pub async fn close(self) {
-        self.viewer.close().await;
-        drop(self.link);
+        self.0.close().await;
     }
 }
 
@@ -105,11 +67,11 @@ pub async fn first_frame(j: &mut Joined, timeout: Duration) -> Result<FirstFrame
     loop {
         match j.next(deadline).await? {
             None => bail!("no decoded video within {timeout:?}"),
-            Some(ViewerEvent::Connected) => connected = Some(j.offer_sent.elapsed()),
+            Some(ViewerEvent::Connected) => connected = Some(j.offer_sent().elapsed()),
             Some(ViewerEvent::Video(f)) => {
-                first_packet.get_or_insert(f.arrival.saturating_duration_since(j.offer_sent));
+                first_packet.get_or_insert(f.arrival.saturating_duration_since(j.offer_sent()));
                 if let Ok(Some(_picture)) = decoder.decode(&f.data) {
-                    let decoded = j.offer_sent.elapsed();
+                    let decoded = j.offer_sent().elapsed();
                     return Ok(FirstFrame {
                         connected: connected.unwrap_or(decoded),
                         first_packet: first_packet.unwrap_or(decoded),
@@ -223,7 +185,7 @@ pub async fn data_channel(
     for i in 0..pings {
         let ping = Bytes::from(format!("ping {i:08}"));
         let sent = Instant::now();
-        j.viewer.send_data(ping.clone(), false).await?;
+        j.send_data(ping.clone(), false).await?;
         loop {
             match j.next(deadline).await? {
                 Some(ViewerEvent::Data { data, .. }) if data == ping => break,
@@ -238,7 +200,7 @@ pub async fn data_channel(
     let start = Instant::now();
     while echoed < total {
         while sent < total && sent - echoed + message <= window {
-            match j.viewer.send_data(payload.clone(), true).await {
+            match j.send_data(payload.clone(), true).await {
                 Ok(()) => sent += message,
                 Err(kvs_peer::PeerError::DataQueueFull(_)) => break,
                 Err(e) => return Err(e.into()),

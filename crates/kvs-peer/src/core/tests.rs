@@ -1,0 +1,473 @@
+//! [`PeerCore`] against [`crate::viewer::ViewerCore`]s in virtual time (see [`crate::sim`]):
+//! every instant asserted here is virtual, so the assertions are exact where the behaviour
+//! defines the instant, and no test sleeps.
+
+use super::*;
+use crate::sim::*;
+use crate::viewer::ViewerEvent;
+
+const FRAME: Duration = Duration::from_millis(33);
+const AUDIO_FRAME: Duration = Duration::from_millis(20);
+const MS: Duration = Duration::from_millis(1);
+
+fn connected(peer: &'static str) -> impl Fn(&PeerEvent) -> bool {
+    move |e| matches!(e, PeerEvent::Connected { peer_id } if peer_id == peer)
+}
+
+fn closed(peer: &'static str) -> impl Fn(&PeerEvent) -> bool {
+    move |e| matches!(e, PeerEvent::Closed { peer_id, .. } if peer_id == peer)
+}
+
+fn keyframe_requested(e: &PeerEvent) -> bool {
+    matches!(e, PeerEvent::KeyframeRequested { .. })
+}
+
+/// Run until the device reports `pick`, or panic after `limit`; the event's instant.
+fn wait_device(sim: &mut Sim, limit: Duration, pick: impl Fn(&PeerEvent) -> bool) -> Instant {
+    let found = sim.run_until(limit, |s| s.device_event(&pick).is_some());
+    assert!(found, "no such device event; saw\n{}", sim.dump());
+    sim.device_event(&pick).unwrap().0
+}
+
+/// The failure of `peer`: (instant of Failed, reason), checking Closed follows at once.
+fn failure(sim: &Sim, peer: &'static str) -> (Instant, String) {
+    let i = sim
+        .device_events
+        .iter()
+        .position(|(_, e)| matches!(e, PeerEvent::Failed { peer_id, .. } if peer_id == peer))
+        .expect("the session failed");
+    let (t, PeerEvent::Failed { reason, .. }) = &sim.device_events[i] else {
+        unreachable!()
+    };
+    let (t_closed, next) = &sim.device_events[i + 1];
+    assert!(closed(peer)(next), "Closed follows Failed, got {next:?}");
+    assert_eq!(t_closed, t, "Failed and Closed at the same instant");
+    (*t, reason.clone())
+}
+
+#[test]
+fn connects_and_streams_starting_with_a_keyframe() {
+    let mut sim = Sim::new(PeerConfig::default());
+    let v = sim.add_viewer("viewer-1");
+    sim.viewers[v].up.delay = 10 * MS;
+    sim.viewers[v].down.delay = 10 * MS;
+    sim.start_camera(FRAME, Some(AUDIO_FRAME));
+    let t0 = sim.now;
+    sim.signal(v);
+
+    // The answer and candidates go out with the offer.
+    let at_offer: Vec<&PeerEvent> = sim.device_events.iter().map(|(_, e)| e).collect();
+    assert!(
+        matches!(at_offer[0], PeerEvent::Requested { .. }),
+        "{at_offer:?}"
+    );
+    assert!(matches!(at_offer[1], PeerEvent::LocalAnswer { .. }));
+    let host = |c: &str| c.contains("10.0.0.1 5000 typ host");
+    assert!(matches!(at_offer[2], PeerEvent::LocalCandidate { candidate, .. } if host(candidate)));
+    assert!(matches!(at_offer[3], PeerEvent::GatheringComplete { .. }));
+    assert!(sim.device_events.iter().all(|(t, _)| *t == t0));
+
+    let t_conn = wait_device(&mut sim, Duration::from_secs(2), connected("viewer-1"));
+    assert!(
+        sim.device_event(|e| matches!(e, PeerEvent::Connecting { .. }))
+            .is_some_and(|(t, _)| t < t_conn),
+        "ICE checking before connected"
+    );
+    // ICE and DTLS over a 20 ms round trip: a few round trips, no retransmission.
+    assert!(
+        t_conn - t0 < Duration::from_millis(200),
+        "{:?}",
+        t_conn - t0
+    );
+    // A keyframe is asked for at the connect instant, and only once.
+    assert_eq!(sim.device_event_times(keyframe_requested), vec![t_conn]);
+
+    let found = sim.run_until(Duration::from_secs(2), |s| s.viewers[v].video().len() >= 20);
+    assert!(found, "the viewer receives video");
+    assert!(sim.viewers[v].connected_at().is_some());
+
+    let cam = sim.camera.as_ref().unwrap();
+    let video: Vec<&Pushed> = cam
+        .pushed
+        .iter()
+        .filter(|p| p.kind == FanoutKind::Video)
+        .collect();
+    // The camera's first frame (an IDR, at the offer) and the deltas after it came before
+    // the connection: none of them is sent.
+    assert_eq!(video[0].frame.kind, kvs_platform::FrameKind::Key);
+    assert_eq!(video[0].at, t0);
+    let first_after = video
+        .iter()
+        .position(|p| p.at > t_conn && p.frame.kind == kvs_platform::FrameKind::Key)
+        .expect("an IDR after the keyframe request");
+    assert!(first_after > 1, "deltas were pushed before the connection");
+    assert!(video[..first_after].iter().all(|p| p.at <= t_conn));
+
+    let received = sim.viewers[v].video();
+    assert!(
+        received[0].1.keyframe,
+        "the first video frame is a keyframe"
+    );
+    // Exactly the frames from that IDR on, whole and in order.
+    for (i, (_, f)) in received.iter().enumerate() {
+        assert_eq!(f.data, video[first_after + i].frame.data, "video frame {i}");
+        assert!(f.contiguous);
+    }
+    // One-way delay 10 ms: the IDR arrives 10 ms after it was pushed.
+    assert_eq!(received[0].0, video[first_after].at + 10 * MS);
+    assert!(sim.viewers[v].audio_count() > 0, "audio too");
+    assert_eq!(sim.unroutable, 0);
+}
+
+#[test]
+fn a_session_not_connected_in_time_fails_and_closes() {
+    let config = PeerConfig::default();
+    let timeout = config.connect_timeout;
+    let mut sim = Sim::new(config);
+    let v = sim.add_viewer("viewer-1");
+    sim.viewers[v].up.rule = Rule::DropAll;
+    sim.viewers[v].down.rule = Rule::DropAll;
+    // Frames keep waking the device, as a camera does: the deadline must hold regardless.
+    sim.start_camera(FRAME, None);
+    let t_offer = sim.now;
+    sim.signal(v);
+    assert_eq!(sim.device.session_count(), 1);
+
+    wait_device(
+        &mut sim,
+        timeout + Duration::from_secs(5),
+        closed("viewer-1"),
+    );
+    let (t_failed, reason) = failure(&sim, "viewer-1");
+    assert!(reason.contains("not connected within"), "{reason}");
+    // At the deadline: not before it, and not one poll interval later.
+    assert_eq!(t_failed, t_offer + timeout);
+    assert!(sim
+        .device_event(|e| matches!(e, PeerEvent::Connected { .. }))
+        .is_none());
+    assert_eq!(sim.device.session_count(), 0);
+    assert!(sim.device.addr_cache.is_empty());
+
+    // Only the offer arrives (no candidate ever), and the deadline is off str0m's 1 s timer
+    // grid: it still holds to the instant, though frames keep waking the device.
+    let timeout = Duration::from_millis(2500);
+    let mut sim = Sim::new(PeerConfig {
+        connect_timeout: timeout,
+        ..PeerConfig::default()
+    });
+    let v = sim.add_viewer("viewer-1");
+    sim.start_camera(FRAME, None);
+    let t_offer = sim.now;
+    sim.send_offer(v, true).unwrap();
+    wait_device(
+        &mut sim,
+        timeout + Duration::from_secs(5),
+        closed("viewer-1"),
+    );
+    let (t_failed, reason) = failure(&sim, "viewer-1");
+    assert!(reason.contains("not connected within"), "{reason}");
+    assert_eq!(t_failed, t_offer + timeout);
+    assert!(sim.viewers[v].down.delivered.is_empty());
+
+    // ICE gets through but DTLS never does: the deadline covers the whole connection.
+    let mut sim = Sim::new(PeerConfig {
+        connect_timeout: timeout,
+        ..PeerConfig::default()
+    });
+    let v = sim.add_viewer("viewer-1");
+    sim.viewers[v].up.rule = Rule::DropIf(is_dtls);
+    let t_offer = sim.now;
+    sim.signal(v);
+    wait_device(
+        &mut sim,
+        timeout + Duration::from_secs(5),
+        closed("viewer-1"),
+    );
+    assert!(sim.device.sessions.is_empty());
+    let (t_failed, reason) = failure(&sim, "viewer-1");
+    assert!(reason.contains("not connected within"), "{reason}");
+    assert_eq!(t_failed, t_offer + timeout);
+    assert!(sim.viewers[v].up.dropped > 0, "ClientHellos were lost");
+    assert!(
+        sim.device_event(|e| matches!(e, PeerEvent::Connecting { .. }))
+            .is_some(),
+        "ICE was checking"
+    );
+}
+
+#[test]
+fn a_session_disconnected_too_long_fails_and_closes() {
+    let config = PeerConfig::default();
+    let timeout = config.disconnected_timeout;
+    let mut sim = Sim::new(config);
+    let v = sim.add_viewer("viewer-1");
+    sim.start_camera(FRAME, None);
+    sim.signal(v);
+    let t_conn = wait_device(&mut sim, Duration::from_secs(2), connected("viewer-1"));
+    sim.run_for(Duration::from_secs(1));
+
+    // Cut the network both ways.
+    let t_cut = sim.now;
+    sim.viewers[v].up.rule = Rule::DropAll;
+    sim.viewers[v].down.rule = Rule::DropAll;
+    let t_disc = wait_device(&mut sim, Duration::from_secs(60), |e| {
+        matches!(e, PeerEvent::Disconnected { .. })
+    });
+    assert!(t_disc > t_cut && t_conn < t_cut);
+    eprintln!("DISC after {:?}", t_disc - t_cut);
+    wait_device(
+        &mut sim,
+        timeout + Duration::from_secs(5),
+        closed("viewer-1"),
+    );
+    let (t_failed, reason) = failure(&sim, "viewer-1");
+    assert!(
+        reason.contains("ICE disconnected for more than"),
+        "{reason}"
+    );
+    assert_eq!(t_failed, t_disc + timeout);
+    assert_eq!(sim.device.session_count(), 0);
+}
+
+/// The viewer's ClientHello overtakes its STUN answers to the device's checks (held on the
+/// way until it has arrived, then `after` more): the device cannot place it yet.
+fn client_hello_first(after: Duration) -> (Sim, usize, Instant) {
+    let mut sim = Sim::new(PeerConfig::default());
+    let v = sim.add_viewer("viewer-1");
+    sim.viewers[v].up.rule = Rule::HoldUntil {
+        hold: is_stun_success,
+        release: is_client_hello,
+        after,
+    };
+    sim.signal(v);
+    let found = sim.run_until(Duration::from_secs(1), |s| {
+        !s.viewers[0].up.delivered_at(is_client_hello).is_empty()
+    });
+    assert!(found, "the viewer sent a ClientHello");
+    let t_hello = sim.now;
+    assert!(sim.viewers[v].up.held() > 0, "STUN answers were held back");
+    assert_eq!(
+        sim.device.held_datagrams.len(),
+        1,
+        "the ClientHello is held, no session takes it yet"
+    );
+    assert!(sim.device_event(connected("viewer-1")).is_none());
+    (sim, v, t_hello)
+}
+
+#[test]
+fn an_early_client_hello_is_held_and_applied_without_a_retransmission() {
+    let (mut sim, v, t_hello) = client_hello_first(20 * MS);
+    let t_conn = wait_device(&mut sim, Duration::from_secs(2), connected("viewer-1"));
+    // Connected as soon as the STUN answers arrive, not after the viewer's DTLS
+    // retransmission timer (≥ 750 ms).
+    assert_eq!(t_conn, t_hello + 20 * MS);
+    assert!(t_conn - sim.start < Duration::from_millis(200));
+    assert_eq!(sim.viewers[v].up.delivered_at(is_client_hello).len(), 1);
+    assert!(sim.device.held_datagrams.is_empty());
+}
+
+#[test]
+fn a_held_datagram_past_its_ttl_is_discarded() {
+    let (mut sim, v, t_hello) = client_hello_first(600 * MS);
+    // Discarded at its TTL exactly.
+    sim.run_to(t_hello + HELD_DATAGRAM_TTL - MS);
+    assert_eq!(sim.device.held_datagrams.len(), 1);
+    sim.run_for(MS);
+    assert_eq!(sim.now, t_hello + HELD_DATAGRAM_TTL);
+    assert!(sim.device.held_datagrams.is_empty());
+
+    // The STUN answers arrive at +600 ms; the stale ClientHello is not applied: the device
+    // sends no DTLS until the viewer retransmits it, and connects only then.
+    let t_conn = wait_device(&mut sim, Duration::from_secs(3), connected("viewer-1"));
+    let hellos = sim.viewers[v].up.delivered_at(is_client_hello);
+    assert_eq!(hellos.len(), 2, "one retransmission");
+    assert!(hellos[1] >= t_hello + 750 * MS, "RTO 1 s ± 25 %");
+    let device_dtls = sim.viewers[v].down.delivered_at(is_dtls);
+    assert!(
+        device_dtls[0] >= hellos[1],
+        "nothing answered the stale one"
+    );
+    assert!(t_conn >= hellos[1]);
+}
+
+#[test]
+fn keyframe_requests_are_rate_limited_and_a_late_one_goes_out_when_the_interval_ends() {
+    let config = PeerConfig::default();
+    let interval = config.keyframe_request_min_interval;
+    let mut sim = Sim::new(config);
+    let v = sim.add_viewer("viewer-1");
+    sim.start_camera(FRAME, None);
+    sim.signal(v);
+    let t_conn = wait_device(&mut sim, Duration::from_secs(2), connected("viewer-1"));
+    let found = sim.run_until(Duration::from_secs(1), |s| !s.viewers[0].video().is_empty());
+    assert!(found);
+
+    let pli_at = |sim: &mut Sim, at: Instant| {
+        sim.run_to(at);
+        assert_eq!(sim.now, at);
+        sim.with_viewer(v, |core, now| core.request_keyframe(now))
+            .unwrap();
+    };
+    // Inside the interval after the connect-time request: held until it ends.
+    pli_at(&mut sim, t_conn + 100 * MS);
+    sim.run_for(MS);
+    assert!(sim.device.sessions["viewer-1"].keyframe_request_pending);
+    // Three more inside the next interval: one event, when it ends.
+    for at in [600, 700, 800] {
+        pli_at(&mut sim, t_conn + at * MS);
+    }
+    // After a quiet spell: at once.
+    pli_at(&mut sim, t_conn + 2000 * MS);
+    sim.run_for(Duration::from_secs(1));
+
+    assert_eq!(
+        sim.device_event_times(keyframe_requested),
+        vec![
+            t_conn,
+            t_conn + interval,
+            t_conn + 2 * interval,
+            t_conn + 2000 * MS
+        ]
+    );
+    assert_eq!(sim.device.sessions["viewer-1"].stats.keyframe_requests, 4);
+}
+
+#[test]
+fn a_candidate_sent_before_the_offer_is_held_and_used() {
+    let mut sim = Sim::new(PeerConfig::default());
+    let v = sim.add_viewer("viewer-1");
+    sim.start_camera(FRAME, None);
+    sim.send_viewer_candidate(v).unwrap();
+    assert_eq!(sim.device.pending_candidates["viewer-1"].len(), 1);
+    sim.run_for(Duration::from_secs(1));
+
+    // The offer and the answer carry no candidates, and the device's candidate never reaches
+    // the viewer: the early candidate is the only address either side has.
+    sim.send_offer(v, true).unwrap();
+    assert!(sim.device.pending_candidates.is_empty());
+    sim.deliver_answer(v, true);
+    wait_device(&mut sim, Duration::from_secs(5), connected("viewer-1"));
+    // The device checked first (the viewer had nothing to check).
+    let first_down = sim.viewers[v].down.delivered[0].at;
+    assert!(sim.viewers[v].up.delivered[0].at >= first_down);
+}
+
+#[test]
+fn a_held_candidate_past_its_ttl_is_dropped() {
+    let config = PeerConfig::default();
+    let ttl = config.pending_candidate_ttl;
+    let mut sim = Sim::new(config.clone());
+    let v = sim.add_viewer("viewer-1");
+    // Frames wake the device every 33 ms: the expiry must not wait for an idle timer.
+    sim.start_camera(FRAME, None);
+    let t0 = sim.now;
+    sim.send_viewer_candidate(v).unwrap();
+    sim.run_for(ttl - MS);
+    assert_eq!(sim.device.pending_candidates.len(), 1);
+    sim.run_for(MS);
+    assert_eq!(sim.now, t0 + ttl);
+    assert!(
+        sim.device.pending_candidates.is_empty(),
+        "expired at its TTL"
+    );
+
+    sim.send_offer(v, true).unwrap();
+    sim.deliver_answer(v, true);
+    sim.run_for(Duration::from_secs(3));
+    assert!(sim.device_event(connected("viewer-1")).is_none());
+    assert!(
+        sim.viewers[v].down.delivered.is_empty(),
+        "no address to check"
+    );
+
+    // Also when the offer comes before the timer turn that would drop the candidate.
+    let mut sim = Sim::new(config);
+    let v = sim.add_viewer("viewer-1");
+    sim.send_viewer_candidate(v).unwrap();
+    sim.now += ttl;
+    sim.send_offer(v, true).unwrap();
+    sim.deliver_answer(v, true);
+    sim.run_for(Duration::from_secs(3));
+    assert!(sim.device_event(connected("viewer-1")).is_none());
+    assert!(
+        sim.viewers[v].down.delivered.is_empty(),
+        "no address to check"
+    );
+}
+
+#[test]
+fn an_offer_beyond_max_sessions_is_refused_while_the_first_keeps_streaming() {
+    let mut sim = Sim::new(PeerConfig {
+        max_sessions: 1,
+        ..PeerConfig::default()
+    });
+    let a = sim.add_viewer("viewer-1");
+    let b = sim.add_viewer("viewer-2");
+    sim.start_camera(FRAME, None);
+    sim.signal(a);
+    wait_device(&mut sim, Duration::from_secs(2), connected("viewer-1"));
+    sim.run_for(Duration::from_secs(1));
+
+    // B's candidate comes first, then its offer.
+    let t_refused = sim.now;
+    sim.send_viewer_candidate(b).unwrap();
+    sim.send_offer(b, false).unwrap();
+    let (t, e) = sim
+        .device_event(|e| e.peer_id() == "viewer-2")
+        .expect("an answer for viewer-2");
+    assert_eq!(t, t_refused);
+    match e {
+        PeerEvent::OfferRefused { reason, .. } => {
+            assert!(reason.contains("limit of 1"), "{reason}")
+        }
+        other => panic!("expected OfferRefused, got {other:?}"),
+    }
+    assert_eq!(sim.device.session_count(), 1);
+    assert!(
+        sim.device.pending_candidates.is_empty(),
+        "the refused peer's candidate is not kept"
+    );
+
+    let before = sim.viewers[a].video().len();
+    sim.run_for(Duration::from_secs(1));
+    let after = sim.viewers[a].video().len();
+    // 30 frames a second, each delivered at once.
+    assert!(after - before >= 30, "{before} → {after}");
+    assert!(sim.viewers[b].events.is_empty());
+    assert!(sim.viewers[b].down.delivered.is_empty());
+    assert!(sim
+        .device_events
+        .iter()
+        .filter(|(_, e)| e.peer_id() == "viewer-2")
+        .all(|(_, e)| matches!(e, PeerEvent::OfferRefused { .. })));
+}
+
+#[test]
+fn an_unparsable_offer_is_an_error_and_leaves_nothing_behind() {
+    let mut sim = Sim::new(PeerConfig::default());
+    let v = sim.add_viewer("viewer-1");
+    sim.send_viewer_candidate(v).unwrap();
+    let err = sim
+        .command(PeerCommand::RemoteOffer {
+            peer_id: "viewer-1".into(),
+            sdp: "v=0\r\nthis is no SDP\r\n".into(),
+        })
+        .unwrap_err();
+    assert!(
+        matches!(&err, PeerError::InvalidSdp { peer_id, .. } if peer_id == "viewer-1"),
+        "{err}"
+    );
+    assert_eq!(sim.device.session_count(), 0);
+    assert!(sim.device.pending_candidates.is_empty());
+    assert!(sim.device.addr_cache.is_empty());
+    assert!(sim.device_events.is_empty(), "{:?}", sim.device_events);
+
+    // The peer can still connect with a good offer afterwards.
+    sim.signal(v);
+    wait_device(&mut sim, Duration::from_secs(2), connected("viewer-1"));
+    assert!(matches!(
+        sim.viewers[v].events.first(),
+        Some((_, ViewerEvent::Connected))
+    ));
+}
