@@ -25,6 +25,8 @@ mod drain;
 pub mod engine;
 #[cfg(test)]
 mod sim;
+#[doc(hidden)]
+pub mod synthetic;
 mod udp;
 pub mod viewer;
 

@@ -21,7 +21,6 @@
 use crate::api::{Datagram, PeerCommand, PeerConfig, PeerError, PeerEvent};
 use crate::core::PeerCore;
 use crate::viewer::{ViewerCore, ViewerEvent};
-use bytes::Bytes;
 use kvs_media::fanout::FanoutKind;
 use kvs_platform::{EncodedFrame, FrameKind};
 use std::collections::VecDeque;
@@ -46,31 +45,7 @@ fn certs() -> &'static (DtlsCert, DtlsCert) {
     })
 }
 
-/// Synthetic H.264 IDR access unit: SPS (7), PPS (8), IDR slice (5) of ~3 KB (cut in FU-A
-/// fragments). Not a decodable picture; the NAL structure is what the packetizer and the
-/// keyframe detection look at.
-pub(crate) fn idr(n: u8) -> Bytes {
-    let mut v = vec![
-        0, 0, 0, 1, 0x67, 0x42, 0xe0, 0x1f, 0xda, 0x01, 0x40, 0x16, 0xe8,
-    ];
-    v.extend_from_slice(&[0, 0, 0, 1, 0x68, 0xce, 0x3c, 0x80]);
-    v.extend_from_slice(&[0, 0, 0, 1, 0x65, 0x88, 0x84, n]);
-    // Never zero: zeros at the end of a NAL unit are Annex-B trailing bytes and not sent.
-    v.extend(std::iter::repeat_n(n | 0x10, 3000));
-    Bytes::from(v)
-}
-
-/// Synthetic non-IDR slice (NAL type 1), one packet.
-pub(crate) fn non_idr(n: u8) -> Bytes {
-    let mut v = vec![0, 0, 0, 1, 0x41, 0x9a, 0x02, n];
-    v.extend(std::iter::repeat_n(n | 0x10, 200));
-    Bytes::from(v)
-}
-
-/// Synthetic Opus packet (TOC byte of a 20 ms CELT frame, then filler).
-pub(crate) fn opus(n: u8) -> Bytes {
-    Bytes::from(vec![0xfc, n, n.wrapping_mul(7), 0x55, n])
-}
+pub(crate) use crate::synthetic::{idr, non_idr, opus};
 
 /// A STUN Binding success response (type 0x0101).
 pub(crate) fn is_stun_success(d: &[u8]) -> bool {

@@ -20,24 +20,7 @@ fn config(max_sessions: usize) -> PeerConfig {
     }
 }
 
-/// Synthetic H.264 access units: SPS+PPS+IDR, then non-IDR slices. Contents are not decodable
-/// pictures, but the NAL structure is what the packetizer and keyframe detection look at.
-fn idr(n: u8) -> Bytes {
-    let mut v = vec![
-        0, 0, 0, 1, 0x67, 0x42, 0xe0, 0x1f, 0xda, 0x01, 0x40, 0x16, 0xe8,
-    ];
-    v.extend_from_slice(&[0, 0, 0, 1, 0x68, 0xce, 0x3c, 0x80]);
-    v.extend_from_slice(&[0, 0, 0, 1, 0x65, 0x88, 0x84, n]);
-    // Larger than one packet (FU-A). Never zero: zeros at the end of a NAL unit are Annex-B
-    // trailing bytes, not part of it, and are not sent.
-    v.extend(std::iter::repeat_n(n | 0x10, 3000));
-    Bytes::from(v)
-}
-fn non_idr(n: u8) -> Bytes {
-    let mut v = vec![0, 0, 0, 1, 0x41, 0x9a, 0x02, n];
-    v.extend(std::iter::repeat_n(n, 200));
-    Bytes::from(v)
-}
+use kvs_peer::synthetic::{idr, non_idr};
 
 /// The engine's events, with the ones not yet asked for kept for later questions.
 struct Events {
