@@ -24,5 +24,11 @@
 //! programs that use it.
 
 pub mod frame;
+pub mod message;
 
 pub use frame::{Deframer, DeframerConfig, DeframerStats, FrameError, Framer};
+pub use message::{
+    CandidateMessage, Command, CommandKind, CommandResponse, CorrelationId, IceCandidate,
+    IceServer, IceServerList, MediaState, MediaStatus, Message, MessageError, MessageType, PeerId,
+    PeerRef, Refusal, Resolution, SdpMessage, Status, TimeSample, ValueError,
+};
