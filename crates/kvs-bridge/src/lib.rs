@@ -23,12 +23,22 @@
 //! beyond the strings it carries: drivers (tokio tasks, GPIO, process control) live in the
 //! programs that use it.
 
+pub mod command;
 pub mod frame;
+mod link;
+pub mod media;
 pub mod message;
+pub mod relay;
 
+pub use command::{CommandDone, CommandError, CommandValue, RespondError};
 pub use frame::{Deframer, DeframerConfig, DeframerStats, FrameError, Framer};
+pub use media::{MediaConfig, MediaOutput, MediaPhase, MediaSideCore, MediaStats};
 pub use message::{
     CandidateMessage, Command, CommandKind, CommandResponse, CorrelationId, IceCandidate,
     IceServer, IceServerList, MediaState, MediaStatus, Message, MessageError, MessageType, PeerId,
     PeerRef, Refusal, Resolution, SdpMessage, Status, TimeSample, ValueError,
+};
+pub use relay::{
+    MediaPresence, RefusalReason, RelayConfig, RelayOutput, RelayState, RelayStats,
+    SignalingSideCore, ViewerMessage, ViewerRefusal,
 };
