@@ -437,3 +437,36 @@ fn random_input_never_panics_and_stays_bounded() {
         });
     }
 }
+
+#[test]
+fn damaged_streams_deliver_the_same_whatever_the_split() {
+    let mut rng = Rng::new(0xD1CE);
+    for round in 0..300 {
+        let mut wire = Vec::new();
+        let mut framer = Framer::new(DEFAULT_MAX_MESSAGE);
+        for _ in 0..1 + rng.below(5) {
+            wire.extend(rng.junk(40));
+            let len = rng.below(20_000);
+            framer.emit(&rng.bytes(len), &mut wire).unwrap();
+        }
+        for _ in 0..rng.below(4) {
+            let at = rng.below(wire.len());
+            match rng.below(3) {
+                0 => wire[at] ^= 1 << rng.below(8),
+                1 => {
+                    wire.remove(at);
+                }
+                _ => wire.insert(at, rng.next_u64() as u8),
+            }
+        }
+        let now = Instant::now();
+        let whole = collect(&mut Deframer::new(DeframerConfig::default()), &wire, now);
+        let mut d = Deframer::new(DeframerConfig::default());
+        let mut split = Vec::new();
+        let max_piece = 1 + rng.below(3000);
+        for piece in rng.split(&wire, max_piece) {
+            d.feed(piece, now, |m| split.push(m.to_vec()));
+        }
+        assert_eq!(whole, split, "round {round}");
+    }
+}
