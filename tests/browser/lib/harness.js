@@ -64,13 +64,13 @@ function recordLines(program, stream, name) {
 
 /**
  * Wait until `program` printed (stdout or stderr) a line matching `re` at or after time `since`
- * (Date.now() value; default: any time); resolves with the line ({t, stream, text}). Fails after
- * `timeoutMs` saying what was awaited.
+ * (Date.now() value; default: any time), on `stream` ('stdout' or 'stderr') if given; resolves
+ * with the line ({t, stream, text}). Fails after `timeoutMs` saying what was awaited.
  */
-async function waitForLine(program, re, { since = 0, timeoutMs = WAIT_TIMEOUT_MS, what = String(re) } = {}) {
+async function waitForLine(program, re, { since = 0, timeoutMs = WAIT_TIMEOUT_MS, what = String(re), stream = null } = {}) {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    const line = program.lines.find((l) => l.t >= since && re.test(l.text));
+    const line = program.lines.find((l) => l.t >= since && (!stream || l.stream === stream) && re.test(l.text));
     if (line) return line;
     if (Date.now() >= deadline) {
       throw new Error(`timed out after ${timeoutMs / 1000} s waiting for the program to log ${what}`);
