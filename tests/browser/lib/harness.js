@@ -213,7 +213,12 @@ async function openViewer(url, name, { browserArgs = [], executablePath } = {}) 
   const consoleLog = new TailBuffer(64 * 1024);
   page.on('console', (m) => consoleLog.push(`[${m.type()}] ${m.text()}\n`));
   page.on('pageerror', (e) => consoleLog.push(`[pageerror] ${e.stack || e.message}\n`));
-  await page.goto(url, { waitUntil: 'load', timeout: WAIT_TIMEOUT_MS });
+  try {
+    await page.goto(url, { waitUntil: 'load', timeout: WAIT_TIMEOUT_MS });
+  } catch (e) {
+    await browser.close().catch(() => {}); // no browser left running behind a failed open
+    throw e;
+  }
   const viewer = {
     name,
     browser,
