@@ -135,6 +135,8 @@ test('service killed with SIGKILL and restarted: media keeps flowing, the device
     console.log(`# channel ARN before ${first.arn}, after restart ${second.arn}`);
     assert.equal(second.arn, first.arn, 'the channel (and its ARN) survived the restart');
     const reconnected = await waitForLine(device, /SignalingConnected/, { since: restartedAt, timeoutMs: 70_000 });
+    const tries = linesMatching(device, /SignalingConnecting/, killedAt).map((l) => `+${l.t - killedAt} ms`);
+    console.log(`# device connect attempts after the kill at: ${tries.join(', ')}`);
     const attempts = linesMatching(device, /SignalingReconnectScheduled/, killedAt).filter((l) => l.stream === 'stdout').map((l) => `+${l.t - killedAt} ms ${l.text.trim()}`);
     console.log(`# device retries since the kill:\n#   ${attempts.join('\n#   ')}`);
     console.log(`# device reconnected ${reconnected.t - restartedAt} ms after the restart (${reconnected.t - killedAt} ms after the kill)`);
@@ -173,6 +175,12 @@ test('service stopped gracefully (GO_AWAY) and restarted: the device reconnects,
     assert.equal(exit.killed, false, 'the service stopped on SIGTERM within 10 s');
     const goAway = await waitForLine(device, /GO_AWAY/, { since: stoppedAt, stream: 'stdout', timeoutMs: 10_000 });
     console.log(`# device: "${goAway.text.trim()}" ${goAway.t - stoppedAt} ms after SIGTERM`);
+    // GO_AWAY means "reconnect now": the first attempt goes out at once, not after the 5 s backoff
+    // a lost connection waits (it fails here — the service is gone — and then backs off).
+    const attempt = await waitForLine(device, /SignalingConnecting/, {
+      since: goAway.t, timeoutMs: 2000, what: 'a reconnect attempt right after GO_AWAY (no backoff)',
+    });
+    console.log(`# device: first reconnect attempt ${attempt.t - goAway.t} ms after GO_AWAY`);
     const seen = await viewer.page.evaluate(() => window.kvsViewer.messages.slice(-5));
     console.log(`# viewer's last signaling messages: ${JSON.stringify(seen)}`);
 
