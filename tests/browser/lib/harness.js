@@ -196,8 +196,10 @@ async function startProgram(extraArgs = []) {
   return program;
 }
 
-/** A fresh headless Chromium (playwright gives each launch its own temporary profile). */
-/** `executablePath` replaces Chromium itself (e.g. a wrapper that runs it in a network namespace). */
+/**
+ * A fresh headless Chromium (playwright gives each launch its own temporary profile).
+ * `executablePath` replaces Chromium itself (e.g. a wrapper that runs it in a network namespace).
+ */
 async function launchBrowser(extraArgs = [], { executablePath = CHROMIUM } = {}) {
   if (!fs.existsSync(CHROMIUM)) {
     throw new Error(`${CHROMIUM} not found: install Debian's chromium package (scripts/test.sh does)`);
