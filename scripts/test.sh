@@ -135,6 +135,9 @@ rust_tests() {
 browser_tests() {
   # One test file at a time: each starts the program and Chromium, and the machine has 2 cores.
   node --test --test-concurrency=1 tests/browser/
+  # Faults while a viewer watches: the service killed and restarted, GO_AWAY, a vanished viewer,
+  # a lossy network between namespaces (docs/TESTING.md).
+  node --test --test-concurrency=1 tests/faults/
 }
 
 conformance_tests() {
@@ -167,7 +170,7 @@ step "1/9 system packages" install_system_packages
 step "2/9 npm ci (tests/browser)" npm_install
 step "3/9 cargo build --release -p kvs-webrtc" build_release
 step "4/9 cargo test --workspace" rust_tests
-step "5/9 browser tests (node --test tests/browser/)" browser_tests
+step "5/9 browser tests (node --test tests/browser/ tests/faults/)" browser_tests
 step "6/9 conformance (official AWS clients vs the local service)" conformance_tests
 step "7/9 fuzz targets build (cargo check in fuzz/)" fuzz_build
 step "8/9 lint (cargo fmt --check, clippy -D warnings)" lint

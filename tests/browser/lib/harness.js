@@ -47,18 +47,60 @@ class TailBuffer {
   }
 }
 
+const MAX_RECORDED_LINES = 20_000;
+
+/** Split `stream` into lines and keep each in `program.lines` with its arrival time. */
+function recordLines(program, stream, name) {
+  let partial = '';
+  stream.on('data', (d) => {
+    partial += d;
+    const parts = partial.split('\n');
+    partial = parts.pop();
+    const t = Date.now();
+    for (const text of parts) program.lines.push({ t, stream: name, text });
+    if (program.lines.length > MAX_RECORDED_LINES) program.lines.splice(0, program.lines.length - MAX_RECORDED_LINES);
+  });
+}
+
+/**
+ * Wait until `program` printed (stdout or stderr) a line matching `re` at or after time `since`
+ * (Date.now() value; default: any time), on `stream` ('stdout' or 'stderr') if given; resolves
+ * with the line ({t, stream, text}). Fails after `timeoutMs` saying what was awaited.
+ */
+async function waitForLine(program, re, { since = 0, timeoutMs = WAIT_TIMEOUT_MS, what = String(re), stream = null } = {}) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const line = program.lines.find((l) => l.t >= since && (!stream || l.stream === stream) && re.test(l.text));
+    if (line) return line;
+    if (Date.now() >= deadline) {
+      throw new Error(`timed out after ${timeoutMs / 1000} s waiting for the program to log ${what}`);
+    }
+    await sleep(100);
+  }
+}
+
+/** The lines `program` printed matching `re` at or after `since`. */
+function linesMatching(program, re, since = 0) {
+  return program.lines.filter((l) => l.t >= since && re.test(l.text));
+}
+
 /**
  * Start the program with `args` (and `env` added to ours) and resolve once its stdout matches
- * `ready`; the match is kept as `program.ready`. `name` labels diagnostics.
+ * `ready`; the match is kept as `program.ready`. `name` labels diagnostics; `prefix` is a
+ * command line the program runs under (it must exec it, as `ip netns exec NS` does).
  */
-async function startProcess(args, { ready, env = {}, name = 'kvs-webrtc' }) {
+async function startProcess(args, { ready, env = {}, name = 'kvs-webrtc', prefix = [] }) {
   if (!fs.existsSync(PROGRAM)) {
     throw new Error(`${PROGRAM} does not exist: build it first with \`cargo build --release -p kvs-webrtc\` (or run scripts/test.sh)`);
   }
-  const child = spawn(PROGRAM, args, {
+  // `prefix` runs the program through another command that execs it (e.g. `ip netns exec NS`).
+  const [file, ...argv] = [...prefix, PROGRAM, ...args];
+  // KVS_WEBRTC_BIN is ours: the program would read it as a KVS_WEBRTC_<SECTION>__<KEY> override.
+  const { KVS_WEBRTC_BIN: _ours, ...inherited } = process.env;
+  const child = spawn(file, argv, {
     cwd: REPO_ROOT,
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, RUST_BACKTRACE: '1', ...env },
+    env: { ...inherited, RUST_BACKTRACE: '1', ...env },
   });
   const stdout = new TailBuffer(MAX_CAPTURED_OUTPUT);
   const stderr = new TailBuffer(MAX_CAPTURED_OUTPUT);
@@ -71,6 +113,8 @@ async function startProcess(args, { ready, env = {}, name = 'kvs-webrtc' }) {
     url: null,
     exit: null, // {code, signal} once it exited
     exited: null,
+    /** Every output line with the time it arrived: {t (Date.now()), stream, text}; see waitForLine. */
+    lines: [],
     /** Stop with SIGTERM; SIGKILL after `graceMs`. Resolves with {code, signal, killed}. */
     async stop(graceMs = 10_000) {
       if (program.exit) return { ...program.exit, killed: false };
@@ -108,6 +152,8 @@ async function startProcess(args, { ready, env = {}, name = 'kvs-webrtc' }) {
   child.stderr.setEncoding('utf8');
   child.stderr.on('data', (d) => stderr.push(d));
   child.stdout.setEncoding('utf8');
+  recordLines(program, child.stdout, 'stdout');
+  recordLines(program, child.stderr, 'stderr');
 
   const started = new Promise((resolve, reject) => {
     let text = '';
@@ -150,23 +196,31 @@ async function startProgram(extraArgs = []) {
   return program;
 }
 
-/** A fresh headless Chromium (playwright gives each launch its own temporary profile). */
-async function launchBrowser(extraArgs = []) {
+/**
+ * A fresh headless Chromium (playwright gives each launch its own temporary profile).
+ * `executablePath` replaces Chromium itself (e.g. a wrapper that runs it in a network namespace).
+ */
+async function launchBrowser(extraArgs = [], { executablePath = CHROMIUM } = {}) {
   if (!fs.existsSync(CHROMIUM)) {
     throw new Error(`${CHROMIUM} not found: install Debian's chromium package (scripts/test.sh does)`);
   }
-  return chromium.launch({ executablePath: CHROMIUM, args: [...CHROMIUM_ARGS, ...extraArgs], headless: true });
+  return chromium.launch({ executablePath, args: [...CHROMIUM_ARGS, ...extraArgs], headless: true });
 }
 
 /** Open the viewer page in a new browser; collects the page's console for diagnostics. */
-async function openViewer(url, name) {
-  const browser = await launchBrowser();
+async function openViewer(url, name, { browserArgs = [], executablePath } = {}) {
+  const browser = await launchBrowser(browserArgs, { executablePath });
   const context = await browser.newContext({ viewport: { width: 1280, height: 860 } });
   const page = await context.newPage();
   const consoleLog = new TailBuffer(64 * 1024);
   page.on('console', (m) => consoleLog.push(`[${m.type()}] ${m.text()}\n`));
   page.on('pageerror', (e) => consoleLog.push(`[pageerror] ${e.stack || e.message}\n`));
-  await page.goto(url, { waitUntil: 'load', timeout: WAIT_TIMEOUT_MS });
+  try {
+    await page.goto(url, { waitUntil: 'load', timeout: WAIT_TIMEOUT_MS });
+  } catch (e) {
+    await browser.close().catch(() => {}); // no browser left running behind a failed open
+    throw e;
+  }
   const viewer = {
     name,
     browser,
@@ -238,6 +292,12 @@ async function inboundStats(viewer) {
         packetsReceived: r.packetsReceived || 0,
         bytesReceived: r.bytesReceived || 0,
         framesDecoded: r.framesDecoded || 0,
+        packetsLost: r.packetsLost || 0,
+        nackCount: r.nackCount || 0,
+        pliCount: r.pliCount || 0,
+        retransmittedPacketsReceived: r.retransmittedPacketsReceived || 0,
+        freezeCount: r.freezeCount || 0,
+        totalFreezesDuration: r.totalFreezesDuration || 0,
         frameWidth: r.frameWidth || 0,
         frameHeight: r.frameHeight || 0,
         mimeType: codec ? codec.mimeType : null,
@@ -265,6 +325,66 @@ async function waitForDecodedVideo(viewer, minFrames = 1) {
     minFrames,
   );
   return inboundStats(viewer);
+}
+
+/**
+ * Serve the program's own viewer page (programs/kvs-webrtc/web) from a local HTTP server with
+ * `config` as its /config.json (e.g. {signalingUrl, channelArn, channelName, region, iceServers}
+ * for a separately run `kvs-webrtc service --plain --no-auth`). Resolves with {url, close}.
+ */
+async function serveViewerPage(config, host = '127.0.0.1') {
+  const http = require('node:http');
+  const web = path.join(REPO_ROOT, 'programs', 'kvs-webrtc', 'web');
+  const files = {
+    '/': ['index.html', 'text/html; charset=utf-8'],
+    '/index.html': ['index.html', 'text/html; charset=utf-8'],
+    '/viewer.js': ['viewer.js', 'text/javascript; charset=utf-8'],
+    '/style.css': ['style.css', 'text/css; charset=utf-8'],
+  };
+  const server = http.createServer((req, res) => {
+    const p = req.url.split('?')[0];
+    if (p === '/config.json') {
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(config));
+      return;
+    }
+    const entry = files[p];
+    if (!entry) {
+      res.writeHead(404).end();
+      return;
+    }
+    res.writeHead(200, { 'content-type': entry[1] });
+    fs.createReadStream(path.join(web, entry[0])).pipe(res);
+  });
+  await new Promise((resolve) => server.listen(0, host, resolve));
+  return {
+    url: `http://${host}:${server.address().port}/`,
+    close: () => new Promise((r) => { server.closeAllConnections(); server.close(r); }),
+  };
+}
+
+/**
+ * A script to give launchBrowser/openViewer as `executablePath`: it writes its process id (which
+ * stays Chromium's: it execs) to `<dir>/chromium.pid`, then runs Chromium, inside network
+ * namespace `netns` if given (`ip netns exec`, root only). Playwright starts the browser as its
+ * own process group, so `process.kill(-pid, 'SIGKILL')` kills the whole browser at once.
+ * Returns {path, pid()} where pid() reads the recorded id.
+ */
+function chromiumWrapper(dir, { netns } = {}) {
+  const file = path.join(dir, netns ? `chromium-in-${netns}.sh` : 'chromium.sh');
+  const pidFile = path.join(dir, 'chromium.pid');
+  const run = netns ? `exec ip netns exec ${netns} ${CHROMIUM} "$@"` : `exec ${CHROMIUM} "$@"`;
+  fs.writeFileSync(file, `#!/bin/sh\necho $$ > '${pidFile}'\n${run}\n`, { mode: 0o755 });
+  return { path: file, pid: () => Number(fs.readFileSync(pidFile, 'utf8').trim()) };
+}
+
+/** A TCP port that was free a moment ago on `host`. */
+async function freePort(host = '127.0.0.1') {
+  const net = require('node:net');
+  const server = net.createServer();
+  await new Promise((resolve) => server.listen(0, host, resolve));
+  const { port } = server.address();
+  await new Promise((resolve) => server.close(resolve));
+  return port;
 }
 
 /**
@@ -297,4 +417,9 @@ module.exports = {
   waitForDecodedVideo,
   withDiagnostics,
   sleep,
+  waitForLine,
+  linesMatching,
+  serveViewerPage,
+  freePort,
+  chromiumWrapper,
 };
