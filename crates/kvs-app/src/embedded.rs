@@ -6,8 +6,13 @@
 //!   made up at start-up, with a CA kept in the state directory — the device reaches it with
 //!   the same [`KvsSignalingClient`] it uses for real KVS (Describe/Create channel, endpoints,
 //!   ICE servers, presigned WSS), so the embedded default exercises the real path;
-//! - a plain loopback endpoint for the viewer page: its WebSocket data plane (no credentials
-//!   in a web page) plus the routes the caller adds (the program adds the page itself).
+//! - a plain endpoint for the viewer page, confined to what the page needs: viewer
+//!   connections to this one channel (REST calls and master connects are refused with 403)
+//!   plus the routes the caller adds (the program adds the page itself). No long-term secret
+//!   reaches a browser: the page server hands each page a short-lived presigned viewer URL
+//!   ([`ViewerUrlSigner`]), signed with this run's key. Listening beyond loopback, every
+//!   viewer connect must carry such a URL; on loopback, unsigned viewer connects are accepted
+//!   too (local tools and tests), but a signature that is present must be valid.
 
 use crate::config::{DeviceConfig, SignalingConfig};
 use crate::device::{Device, DeviceError, DeviceHandle, DeviceParts};
@@ -18,9 +23,87 @@ use kvs_signaling_service::{AccessKey, ServiceConfig, ServiceHandle, ServiceStat
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 /// The region written into the local service's ARNs and signatures.
 pub const EMBEDDED_REGION: &str = "us-west-2";
+
+/// How long a presigned viewer URL stays valid: a page connects right after fetching it, and
+/// fetches a new one to reconnect.
+pub const VIEWER_URL_LIFETIME: Duration = Duration::from_secs(60);
+
+/// Why a viewer URL could not be signed.
+#[derive(Debug, thiserror::Error)]
+pub enum ViewerUrlError {
+    #[error("not a usable host for the page's signaling URL: {0:?}")]
+    BadHost(String),
+    #[error("cannot presign the viewer URL: {0}")]
+    Signing(#[from] kvs_aws::SigningError),
+}
+
+/// A presigned viewer connect URL and the client id it was signed for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ViewerUrl {
+    /// `ws://<host>/?X-Amz-ChannelARN=…&X-Amz-ClientId=…&X-Amz-Signature=…`.
+    pub url: String,
+    pub client_id: String,
+}
+
+/// Presigns viewer connect URLs for the page's edge with this run's key. Holds the key: never
+/// hand it (or its Debug output, which hides the secret) to a page.
+#[derive(Clone)]
+pub struct ViewerUrlSigner {
+    credentials: Credentials,
+    channel_arn: String,
+    tls: bool,
+}
+
+impl std::fmt::Debug for ViewerUrlSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ViewerUrlSigner")
+            .field("channel_arn", &self.channel_arn)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ViewerUrlSigner {
+    /// A URL for a new viewer (a fresh random client id) reaching the page's edge at `host`
+    /// (the `Host` the page was fetched from, so the signature covers the host the browser
+    /// connects to), valid for [`VIEWER_URL_LIFETIME`].
+    pub fn presign(&self, host: &str) -> Result<ViewerUrl, ViewerUrlError> {
+        self.presign_at(host, SystemTime::now())
+    }
+
+    /// [`Self::presign`] at a given time (tests use a stale one).
+    pub fn presign_at(&self, host: &str, now: SystemTime) -> Result<ViewerUrl, ViewerUrlError> {
+        let plausible = !host.is_empty()
+            && host.len() <= 255
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-:[]_".contains(&b));
+        if !plausible {
+            return Err(ViewerUrlError::BadHost(host.chars().take(64).collect()));
+        }
+        let client_id = {
+            let n: u64 = rand::random();
+            format!("viewer-{n:016x}")
+        };
+        let scheme = if self.tls { "wss" } else { "ws" };
+        let url = kvs_aws::sigv4::presign_url(
+            &self.credentials,
+            EMBEDDED_REGION,
+            "kinesisvideo",
+            now,
+            &format!("{scheme}://{host}/"),
+            &[
+                ("X-Amz-ChannelARN", self.channel_arn.as_str()),
+                ("X-Amz-ClientId", client_id.as_str()),
+            ],
+            VIEWER_URL_LIFETIME,
+        )?;
+        Ok(ViewerUrl { url, client_id })
+    }
+}
 
 /// Errors starting the embedded default.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +144,10 @@ pub struct Embedded {
     pub channel_arn: String,
     /// The plain listener's address.
     pub addr: SocketAddr,
+    /// Presigns viewer URLs for the page (see the module docs).
+    pub viewer_signer: ViewerUrlSigner,
+    /// Whether the page's edge refuses unsigned viewer connects (it listens beyond loopback).
+    pub page_requires_signature: bool,
 }
 
 impl Embedded {
@@ -173,8 +260,10 @@ pub async fn start_with_events(
         addr: tls_addr,
         source,
     })?;
-    // The page's edge: loopback, unauthenticated, plain.
-    let page_state = state.edge(false, false);
+    // The page's edge: plain, viewers of this channel only; beyond loopback only with a
+    // presigned URL from the page server.
+    let page_requires_signature = !addr.ip().is_loopback();
+    let page_state = state.viewer_edge(false, &channel, page_requires_signature);
     let mut page_app = kvs_signaling_service::router(page_state.clone());
     if let Some(extra) = extra_routes {
         page_app = page_app.merge(extra);
@@ -182,12 +271,8 @@ pub async fn start_with_events(
     let service = kvs_signaling_service::spawn_router(page_listener, page_app, page_state);
 
     let control_plane = format!("https://{}", reachable(tls_addr));
-    let credentials = Arc::new(StaticProvider::new(Credentials::new(
-        key.access_key_id,
-        key.secret_access_key,
-        None,
-        None,
-    )));
+    let run_credentials = Credentials::new(key.access_key_id, key.secret_access_key, None, None);
+    let credentials = Arc::new(StaticProvider::new(run_credentials.clone()));
     let mut kvs = KvsClientConfig::new(
         EMBEDDED_REGION,
         ChannelRef::Name(channel.clone()),
@@ -223,6 +308,11 @@ pub async fn start_with_events(
         }
     };
     let signaling_url = format!("ws://{}/", reachable(addr));
+    let viewer_signer = ViewerUrlSigner {
+        credentials: run_credentials,
+        channel_arn: channel_arn.clone(),
+        tls: false,
+    };
     tracing::info!(channel = %channel_arn, %control_plane, "embedded signaling service; page data plane on {signaling_url}");
     Ok(Embedded {
         device,
@@ -234,5 +324,7 @@ pub async fn start_with_events(
         channel_name: channel,
         channel_arn,
         addr,
+        viewer_signer,
+        page_requires_signature,
     })
 }

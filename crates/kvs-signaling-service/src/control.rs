@@ -116,11 +116,72 @@ pub struct ControlContext<'a> {
     pub ice: &'a IceServerSettings,
 }
 
-/// What a successful call changed, so the edge can persist the channel list.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a successful call changed, so the edge can persist it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
     None,
-    ChannelsChanged,
+    Created(ChannelInfo),
+    Deleted(ChannelInfo),
+}
+
+/// The answer to a path that is no operation.
+pub fn unknown_operation() -> ControlResponse {
+    ControlResponse::error(404, "UnknownOperationException", "unknown operation")
+}
+
+/// The answer to an operation path called with another method than POST (`/` is the
+/// WebSocket data plane: GET).
+pub fn method_not_allowed(method: &str, path: &str) -> ControlResponse {
+    let allowed = if path == "/" {
+        "GET (a WebSocket upgrade)"
+    } else {
+        "POST"
+    };
+    // The method is echoed only if it is a plain token, and short.
+    let shown = if !method.is_empty()
+        && method.len() <= 16
+        && method.bytes().all(|b| b.is_ascii_alphabetic())
+    {
+        method
+    } else {
+        "this method"
+    };
+    ControlResponse::error(
+        405,
+        "UnknownOperationException",
+        format!("{shown} is not served at this path; use {allowed}"),
+    )
+}
+
+/// The answer to a body over [`MAX_CONTROL_BODY_BYTES`].
+pub fn body_too_large() -> ControlResponse {
+    ControlResponse::error(
+        413,
+        "InvalidArgumentException",
+        format!("request body exceeds {MAX_CONTROL_BODY_BYTES} bytes"),
+    )
+}
+
+/// Routes one raw control-plane request (method, path without the query, body) and runs it:
+/// unknown paths, other methods than POST and oversized bodies get their rest-json errors
+/// here, so the HTTP edge and this function answer alike.
+pub fn route(
+    core: &mut RoutingCore,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    ctx: &ControlContext<'_>,
+) -> (ControlResponse, Change) {
+    let Some(op) = Operation::from_path(path) else {
+        return (unknown_operation(), Change::None);
+    };
+    if method != "POST" {
+        return (method_not_allowed(method, path), Change::None);
+    }
+    if body.len() > MAX_CONTROL_BODY_BYTES {
+        return (body_too_large(), Change::None);
+    }
+    handle(core, op, body, ctx)
 }
 
 /// Runs one control-plane call against `core`.
@@ -241,7 +302,7 @@ fn create(
     match core.create_channel_with_ttl(&req.channel_name, ttl, ctx.now) {
         Ok(info) => (
             ControlResponse::ok(json!({ "ChannelARN": info.arn })),
-            Change::ChannelsChanged,
+            Change::Created(info),
         ),
         Err(e) => (channel_error(e), Change::None),
     }
@@ -258,6 +319,10 @@ fn channel_error(e: ChannelError) -> ControlResponse {
         }
         ChannelError::InvalidName(_) | ChannelError::InvalidTtl => {
             ControlResponse::invalid(e.to_string())
+        }
+        // The real service's error for an account at its channel limit.
+        ChannelError::LimitExceeded { .. } => {
+            ControlResponse::error(400, "AccountChannelLimitExceededException", e.to_string())
         }
     }
 }
@@ -409,7 +474,7 @@ struct DeleteRequest {
 
 fn delete(core: &mut RoutingCore, req: DeleteRequest) -> (ControlResponse, Change) {
     match core.delete_channel(&req.channel_arn, req.current_version.as_deref()) {
-        Ok(_) => (ControlResponse::ok(json!({})), Change::ChannelsChanged),
+        Ok(info) => (ControlResponse::ok(json!({})), Change::Deleted(info)),
         Err(e) => (channel_error(e), Change::None),
     }
 }
@@ -703,6 +768,60 @@ mod tests {
             f.call(Operation::CreateSignalingChannel, &huge).error_type,
             Some("InvalidArgumentException")
         );
+    }
+
+    #[test]
+    fn route_answers_unknown_paths_methods_and_large_bodies_in_rest_json() {
+        let mut f = Fixture::new();
+        let ctx = ControlContext {
+            now: f.now,
+            endpoints: &f.endpoints,
+            ice: &f.ice,
+        };
+        let huge = vec![b' '; MAX_CONTROL_BODY_BYTES + 1];
+        for (method, path, body, status, error_type) in [
+            (
+                "POST",
+                "/nope",
+                &b"{}"[..],
+                404,
+                "UnknownOperationException",
+            ),
+            ("POST", "/", &b"{}"[..], 404, "UnknownOperationException"),
+            (
+                "GET",
+                "/listSignalingChannels",
+                &b""[..],
+                405,
+                "UnknownOperationException",
+            ),
+            (
+                "\u{0}\r\n",
+                "/listSignalingChannels",
+                &b""[..],
+                405,
+                "UnknownOperationException",
+            ),
+            (
+                "POST",
+                "/listSignalingChannels",
+                &huge[..],
+                413,
+                "InvalidArgumentException",
+            ),
+        ] {
+            let (r, change) = route(&mut f.core, method, path, body, &ctx);
+            assert_eq!(
+                (r.status, r.error_type),
+                (status, Some(error_type)),
+                "{method} {path}"
+            );
+            assert!(r.body["message"].is_string());
+            assert!(!r.body["message"].as_str().unwrap().contains('\r'));
+            assert_eq!(change, Change::None);
+        }
+        let (ok, _) = route(&mut f.core, "POST", "/listSignalingChannels", b"{}", &ctx);
+        assert_eq!(ok.status, 200);
     }
 
     #[test]

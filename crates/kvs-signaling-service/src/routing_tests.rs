@@ -435,3 +435,234 @@ fn shutdown_sends_go_away_to_everyone_and_refuses_new_connections() {
         Err(ConnectError::ShuttingDown)
     );
 }
+
+// ---- limits (virtual time) ----------------------------------------------------------------
+
+use crate::ratelimit::RateLimit;
+
+fn status_of(out: &Output) -> (ConnectionId, StatusResponse) {
+    let (to, f) = sent(out);
+    assert_eq!(
+        f.message_type,
+        ServiceMessageType::StatusResponse,
+        "{out:?}"
+    );
+    (to, f.status_response.unwrap())
+}
+
+#[test]
+fn sdp_and_ice_rates_are_enforced_per_connection() {
+    let config = ServiceConfig {
+        sdp_rate: Some(RateLimit::new(5, 10)),
+        ice_rate: Some(RateLimit::new(20, 40)),
+        ..Default::default()
+    };
+    let (mut core, arn, t0) = setup(config);
+    let master = core.connect(&arn, ConnectRole::Master, t0).unwrap();
+    let v = core.connect(&arn, viewer("v1"), t0).unwrap();
+    let other = core.connect(&arn, viewer("v2"), t0).unwrap();
+
+    // The burst of 10 offers goes through; the 11th is refused to the sender, not forwarded.
+    for i in 0..10 {
+        core.handle_frame(
+            v,
+            offer_frame(None, Some(&format!("o{i}")), "o").as_bytes(),
+            t0,
+        );
+        let out = drain(&mut core);
+        assert_eq!(sent(&out[0]).0, master, "offer {i}");
+        core.frame_sent(master);
+    }
+    core.handle_frame(v, offer_frame(None, Some("o10"), "o").as_bytes(), t0);
+    let out = drain(&mut core);
+    assert_eq!(out.len(), 1, "{out:?}");
+    let (to, s) = status_of(&out[0]);
+    assert_eq!(to, v);
+    assert_eq!(s.correlation_id.as_deref(), Some("o10"));
+    assert_eq!(s.error_type, "ClientLimitExceededException");
+    assert_eq!(s.status_code, "429");
+    // Without a correlation id the refusal is silent.
+    core.handle_frame(v, offer_frame(None, None, "o").as_bytes(), t0);
+    assert!(drain(&mut core).is_empty());
+    // Answers count as SDP too; another connection has its own allowance.
+    core.handle_frame(other, offer_frame(None, None, "o").as_bytes(), t0);
+    assert_eq!(sent(&drain(&mut core)[0]).0, master);
+    core.frame_sent(master);
+    // ICE candidates have their own bucket: 40 at once still pass after the SDP refusals.
+    for _ in 0..40 {
+        core.handle_frame(v, frame(Action::IceCandidate, None, None).as_bytes(), t0);
+        assert_eq!(sent(&drain(&mut core)[0]).0, master);
+        core.frame_sent(master);
+    }
+    core.handle_frame(
+        v,
+        frame(Action::IceCandidate, None, Some("c")).as_bytes(),
+        t0,
+    );
+    assert_eq!(status_of(&drain(&mut core)[0]).1.status_code, "429");
+    // 5 per second: 200 ms later exactly one more offer.
+    let t1 = t0 + Duration::from_millis(200);
+    core.handle_frame(v, offer_frame(None, None, "o").as_bytes(), t1);
+    assert_eq!(sent(&drain(&mut core)[0]).0, master);
+    core.frame_sent(master);
+    core.handle_frame(v, offer_frame(None, Some("x"), "o").as_bytes(), t1);
+    assert_eq!(status_of(&drain(&mut core)[0]).0, v);
+}
+
+#[test]
+fn a_sender_that_keeps_flooding_is_closed() {
+    let config = ServiceConfig {
+        sdp_rate: Some(RateLimit::new(5, 5)),
+        flood_limit: Some(RateLimit::new(1, 20)),
+        ..Default::default()
+    };
+    let (mut core, arn, t0) = setup(config);
+    let master = core.connect(&arn, ConnectRole::Master, t0).unwrap();
+    let flooder = core.connect(&arn, viewer("flood"), t0).unwrap();
+    let mut forwarded = 0;
+    let mut closed_after = None;
+    for i in 0..100 {
+        core.handle_frame(flooder, offer_frame(None, None, "o").as_bytes(), t0);
+        for out in drain(&mut core) {
+            match out {
+                Output::Send { to, .. } if to == master => {
+                    forwarded += 1;
+                    core.frame_sent(master);
+                }
+                Output::Close { conn, reason } => {
+                    assert_eq!(conn, flooder);
+                    assert!(reason.contains("flooding"), "{reason}");
+                    closed_after = Some(i);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        if closed_after.is_some() {
+            break;
+        }
+    }
+    assert_eq!(forwarded, 5);
+    // 5 allowed, then 20 refusals of allowance, the 21st refusal closes it.
+    assert_eq!(closed_after, Some(5 + 20));
+    assert_eq!(core.viewer_count(&arn), 0);
+    // Its late frames change nothing; the master was never touched.
+    core.handle_frame(flooder, offer_frame(None, None, "o").as_bytes(), t0);
+    assert!(drain(&mut core).is_empty());
+    assert!(core.has_master(&arn));
+}
+
+#[test]
+fn one_sender_gets_only_its_share_of_a_recipients_queue() {
+    let config = ServiceConfig {
+        sdp_rate: None,
+        ice_rate: None,
+        flood_limit: None,
+        connection_queue: 4,
+        max_queued_per_sender: 2,
+        ..Default::default()
+    };
+    let (mut core, arn, t0) = setup(config);
+    let master = core.connect(&arn, ConnectRole::Master, t0).unwrap();
+    let a = core.connect(&arn, viewer("a"), t0).unwrap();
+    let b = core.connect(&arn, viewer("b"), t0).unwrap();
+    let c = core.connect(&arn, viewer("c"), t0).unwrap();
+    let ice = |cid: &str| frame(Action::IceCandidate, None, Some(cid));
+    let deliver = |core: &mut RoutingCore, from, cid: &str| {
+        core.handle_frame(from, ice(cid).as_bytes(), t0);
+        drain(core)
+    };
+    // The master reads nothing for now. A's share is 2.
+    assert_eq!(sent(&deliver(&mut core, a, "a1")[0]).0, master);
+    assert_eq!(sent(&deliver(&mut core, a, "a2")[0]).0, master);
+    let out = deliver(&mut core, a, "a3");
+    let (to, s) = status_of(&out[0]);
+    assert_eq!((to, s.status_code.as_str()), (a, "429"));
+    // B still gets in, up to the queue's capacity of 4.
+    assert_eq!(sent(&deliver(&mut core, b, "b1")[0]).0, master);
+    assert_eq!(sent(&deliver(&mut core, b, "b2")[0]).0, master);
+    assert_eq!(core.queued_frames(master), 4);
+    // A full queue refuses the sender; the recipient is not dropped for it.
+    let out = deliver(&mut core, c, "c1");
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(status_of(&out[0]).0, c);
+    assert!(core.has_master(&arn));
+    // As the master's frames are written, room comes back (A's first two went first).
+    core.frame_sent(master);
+    core.frame_sent(master);
+    assert_eq!(sent(&deliver(&mut core, a, "a4")[0]).0, master);
+    assert_eq!(sent(&deliver(&mut core, c, "c2")[0]).0, master);
+}
+
+#[test]
+fn a_connection_that_does_not_read_its_status_responses_is_closed() {
+    let config = ServiceConfig {
+        flood_limit: None,
+        connection_queue: 2,
+        ..Default::default()
+    };
+    let (mut core, arn, t0) = setup(config);
+    let master = core.connect(&arn, ConnectRole::Master, t0).unwrap();
+    // Two refusals fill its queue (nothing is written: it does not read); the third closes it.
+    for cid in ["1", "2"] {
+        core.handle_frame(
+            master,
+            frame(Action::SdpAnswer, Some("nobody"), Some(cid)).as_bytes(),
+            t0,
+        );
+        assert_eq!(status_of(&drain(&mut core)[0]).0, master);
+    }
+    core.handle_frame(
+        master,
+        frame(Action::SdpAnswer, Some("nobody"), Some("3")).as_bytes(),
+        t0,
+    );
+    let out = drain(&mut core);
+    assert!(
+        matches!(&out[..], [Output::Close { conn, reason }] if *conn == master && reason.contains("status responses")),
+        "{out:?}"
+    );
+    assert!(!core.has_master(&arn));
+}
+
+#[test]
+fn connects_per_channel_are_rate_limited_in_virtual_time() {
+    let config = ServiceConfig {
+        connect_rate: Some(RateLimit::new(3, 3)),
+        ..Default::default()
+    };
+    let (mut core, arn, t0) = setup(config);
+    for id in ["a", "b", "c"] {
+        core.connect(&arn, viewer(id), t0).unwrap();
+    }
+    assert_eq!(
+        core.connect(&arn, viewer("d"), t0),
+        Err(ConnectError::RateLimited { per_second: 3 })
+    );
+    // Refused connects did not use up anything; a third of a second later one more fits.
+    let t1 = t0 + Duration::from_millis(334);
+    core.connect(&arn, ConnectRole::Master, t1).unwrap();
+    assert!(core.connect(&arn, viewer("d"), t1).is_err());
+    // Another channel has its own allowance.
+    let other = core.create_channel("other", SystemTime::now()).unwrap().arn;
+    core.connect(&other, ConnectRole::Master, t1).unwrap();
+}
+
+#[test]
+fn channels_are_capped_but_restored_ones_are_kept() {
+    let config = ServiceConfig {
+        max_channels: 2,
+        ..Default::default()
+    };
+    let (mut core, _, _) = setup(config);
+    core.create_channel("b", SystemTime::now()).unwrap();
+    assert_eq!(
+        core.create_channel("c", SystemTime::now()),
+        Err(ChannelError::LimitExceeded { limit: 2 })
+    );
+    // Channels saved before a lowered limit are not lost on restart.
+    let mut info = core.channel_by_name("b").unwrap();
+    info.name = "restored".into();
+    info.arn = info.arn.replace("/b/", "/restored/");
+    core.restore_channel(info).unwrap();
+    assert_eq!(core.channels().len(), 3);
+}

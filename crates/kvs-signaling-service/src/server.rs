@@ -2,27 +2,32 @@
 //!
 //! Owns: turning a WebSocket upgrade request into a [`RoutingCore::connect`] (or an HTTP
 //! refusal), running one task per connection that feeds received frames to the core and sends
-//! what the core outputs, idle timeouts, and serving the router.
+//! what the core outputs (telling the core when each frame is written), idle, age and send
+//! timeouts, and serving the router (through the `listen` module).
 //!
-//! Also: the REST control plane's HTTP side (body limit, CORS, request ids, rest-json error
-//! responses) around the sans-IO [`crate::control`] core, SigV4 verification (via
-//! `kvs_aws::Verifier`) of every REST call and every WebSocket connect when access keys are
-//! configured, and saving the channel list after changes.
+//! Also: the REST control plane's HTTP side (body size and read-time limits, CORS, request
+//! ids, rest-json errors for everything — unknown paths and methods included) around the
+//! sans-IO [`crate::control`] core, SigV4 verification (via `kvs_aws::Verifier`) of every REST
+//! call and every WebSocket connect when access keys are configured, what each edge may
+//! serve ([`ServiceState::edge`]: everything; [`ServiceState::viewer_edge`]: viewer connects to
+//! one channel only), and recording channel changes in the [`ChannelStore`] in the order they
+//! happen.
 //!
 //! Must not touch: routing decisions (the core makes them) or the wire format (the codec).
+//! Never logs secrets: signatures, session tokens and canonical requests stay out of its logs.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{DefaultBodyLimit, Query, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, post};
 use axum::{Json, Router};
@@ -33,10 +38,11 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::control::{self, ControlContext, ControlResponse, Endpoints, Operation};
+use crate::listen::{ConnLimiter, Listen};
 use crate::routing::{
     ChannelError, ChannelInfo, ConnectError, ConnectRole, ConnectionId, Output, RoutingCore,
 };
-use crate::store::{ChannelStore, StoreError};
+use crate::store::{ChannelStore, Record, StoreError, Ticket};
 use crate::ServiceConfig;
 
 /// What the core asks a connection task to do.
@@ -58,18 +64,38 @@ pub struct ServiceState {
     config: Arc<ServiceConfig>,
     auth: Option<Arc<Auth>>,
     store: Option<ChannelStore>,
+    /// Connection caps, shared by every listener of the service.
+    limiter: Arc<ConnLimiter>,
     /// How clients reach this edge (one listener): shared by the clones a router holds.
     edge: Arc<Edge>,
 }
 
-/// What one listener is: TLS or plain, authenticated or not. One service can have several
-/// (the embedded default: TLS + SigV4 for the device, plain loopback for the viewer page).
+/// What one listener is: TLS or plain, and what it lets clients do. One service can have
+/// several (the embedded default: TLS + SigV4 for the device, a viewer-only edge for the page).
 #[derive(Debug)]
 struct Edge {
     /// Clients reach us over TLS (endpoints handed out are then `wss://` / `https://`).
     tls: std::sync::atomic::AtomicBool,
-    /// Check SigV4 signatures (when access keys are configured).
-    authenticate: bool,
+    access: Access,
+}
+
+/// What an edge serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Access {
+    /// The whole service: REST control plane and data plane, both roles.
+    Full {
+        /// Check SigV4 signatures (when access keys are configured).
+        authenticate: bool,
+    },
+    /// Viewer connects to one channel, and nothing else: REST calls and master connects are
+    /// refused with 403.
+    Viewer {
+        /// The one channel, by name (its ARN may not exist yet when the edge starts).
+        channel: String,
+        /// Every connect must carry a valid presigned URL. Without it, unsigned connects are
+        /// accepted, but a signature that is present must still be valid.
+        require_signature: bool,
+    },
 }
 
 struct Auth {
@@ -81,6 +107,7 @@ impl std::fmt::Debug for ServiceState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServiceState")
             .field("config", &self.config)
+            .field("edge", &self.edge)
             .finish()
     }
 }
@@ -111,24 +138,47 @@ impl ServiceState {
                 core: RoutingCore::new(config.clone()),
                 senders: HashMap::new(),
             })),
+            limiter: Arc::new(ConnLimiter::new(
+                config.max_connections,
+                config.max_connections_per_ip,
+            )),
             config: Arc::new(config),
             auth,
             store: None,
             edge: Arc::new(Edge {
                 tls: false.into(),
-                authenticate: true,
+                access: Access::Full { authenticate: true },
             }),
         }
     }
 
-    /// A view of the same service (channels, connections, keys) for another listener:
-    /// `tls` sets the endpoints' schemes, `authenticate` whether SigV4 is checked there.
-    /// An unauthenticated edge is meant for loopback only.
+    /// A view of the same service (channels, connections, keys, connection caps) for another
+    /// listener serving everything: `tls` sets the endpoints' schemes, `authenticate` whether
+    /// SigV4 is checked there. An unauthenticated edge is meant for loopback only.
     pub fn edge(&self, tls: bool, authenticate: bool) -> ServiceState {
+        self.with_edge(tls, Access::Full { authenticate })
+    }
+
+    /// A view of the same service for a listener that serves only viewer connects to the
+    /// channel named `channel` (the embedded default's page edge). REST calls and master
+    /// connects are refused with a rest-json 403. With `require_signature`, every connect
+    /// must carry a presigned URL signed with one of the service's access keys (what a page
+    /// server hands out); without, unsigned connects are accepted (loopback only).
+    pub fn viewer_edge(&self, tls: bool, channel: &str, require_signature: bool) -> ServiceState {
+        self.with_edge(
+            tls,
+            Access::Viewer {
+                channel: channel.to_string(),
+                require_signature,
+            },
+        )
+    }
+
+    fn with_edge(&self, tls: bool, access: Access) -> ServiceState {
         ServiceState {
             edge: Arc::new(Edge {
                 tls: tls.into(),
-                authenticate,
+                access,
             }),
             ..self.clone()
         }
@@ -139,7 +189,7 @@ impl ServiceState {
     }
 
     /// A service that keeps its channels in `config.state_dir` (when set): the saved channels
-    /// are loaded now and the list is saved after every create and delete.
+    /// are loaded now and every create and delete is recorded (see [`crate::store`]).
     pub fn open(config: ServiceConfig) -> Result<Self, StoreError> {
         let store = config.state_dir.as_deref().map(ChannelStore::new);
         let mut state = ServiceState::new(config);
@@ -151,8 +201,20 @@ impl ServiceState {
                     warn!(channel = %info.name, error = %e, "skipping a saved channel");
                 }
             }
-            info!(path = %store.path().display(), count = shared.core.channels().len(), "channels loaded");
+            let count = shared.core.channels().len();
             drop(shared);
+            if count > state.config.max_channels {
+                warn!(
+                    count,
+                    limit = state.config.max_channels,
+                    "more saved channels than the channel limit; no new ones can be created"
+                );
+            }
+            info!(path = %store.path().display(), count, "channels loaded");
+            // Start from a fresh snapshot so the journal only holds this run's changes.
+            if let Err(e) = store.compact() {
+                warn!(error = %e, "cannot compact the channel journal; changes are still recorded");
+            }
             state.store = Some(store);
         }
         Ok(state)
@@ -165,10 +227,22 @@ impl ServiceState {
             .store(tls, std::sync::atomic::Ordering::Relaxed);
     }
 
-    fn save_channels(&self, channels: &[ChannelInfo]) {
+    /// Records a change while the state lock is held (so records keep the order of changes).
+    fn record(&self, change: control::Change) -> Option<Ticket> {
+        let store = self.store.as_ref()?;
+        let record = match change {
+            control::Change::None => return None,
+            control::Change::Created(info) => Record::Created(info),
+            control::Change::Deleted(info) => Record::Deleted(info),
+        };
+        Some(store.record(record))
+    }
+
+    /// Writes recorded changes up to `ticket` (blocking file I/O; not under the state lock).
+    fn commit(&self, ticket: Ticket) {
         if let Some(store) = &self.store {
-            if let Err(e) = store.save(channels) {
-                warn!(error = %e, "cannot save the channel list; it will be lost on restart");
+            if let Err(e) = store.commit(ticket) {
+                warn!(error = %e, "cannot save the channel list; the change will be lost on restart");
             }
         }
     }
@@ -183,13 +257,16 @@ impl ServiceState {
         self.shared.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Creates a channel (error if the name is invalid or taken).
+    /// Creates a channel (error if the name is invalid or taken, or at the channel limit).
+    /// Returns once the channel is saved (when the service keeps state).
     pub fn create_channel(&self, name: &str) -> Result<ChannelInfo, ChannelError> {
         let mut shared = self.lock();
         let info = shared.core.create_channel(name, SystemTime::now())?;
-        let all = shared.core.channels();
+        let ticket = self.record(control::Change::Created(info.clone()));
         drop(shared);
-        self.save_channels(&all);
+        if let Some(t) = ticket {
+            self.commit(t);
+        }
         Ok(info)
     }
 
@@ -228,6 +305,27 @@ impl ServiceState {
         self.lock().core.pending_count(arn)
     }
 
+    /// TCP connections open now, over every listener of the service.
+    pub fn open_connections(&self) -> usize {
+        self.limiter.open()
+    }
+
+    /// WebSocket connections registered with the routing core now.
+    pub fn signaling_connections(&self) -> usize {
+        self.lock().senders.len()
+    }
+
+    /// The periodic sweep: expired stored messages and viewers no longer remembered are
+    /// dropped even when no traffic comes; after a large crowd of viewers is forgotten, their
+    /// memory is handed back to the system.
+    fn housekeeping(&self) {
+        let dropped = self.lock().core.purge(Instant::now());
+        if dropped >= crate::listen::RELEASE_AFTER_PEAK {
+            debug!(dropped, "forgot many stored messages and viewers");
+            crate::listen::release_memory_soon();
+        }
+    }
+
     /// Sends GO_AWAY to every client, closes every connection and refuses new ones.
     pub fn shutdown(&self) {
         info!("signaling service shutting down: sending GO_AWAY to all clients");
@@ -243,7 +341,9 @@ impl ServiceState {
     ) -> Result<(ConnectionId, mpsc::Receiver<ConnCommand>), ConnectError> {
         let mut shared = self.lock();
         let conn = shared.core.connect(arn, role, Instant::now())?;
-        let (tx, rx) = mpsc::channel(self.config.connection_queue.max(1));
+        // The core never hands out more than `connection_queue` frames for a connection;
+        // one more slot for the close.
+        let (tx, rx) = mpsc::channel(self.config.connection_queue.max(1) + 1);
         shared.senders.insert(conn, tx);
         dispatch(&mut shared);
         Ok((conn, rx))
@@ -255,16 +355,49 @@ impl ServiceState {
         dispatch(&mut shared);
     }
 
+    /// Runs one control-plane call under the state lock; the change it made is recorded
+    /// under the same lock, so concurrent changes reach the journal in the order they were
+    /// made. The caller commits the ticket after the lock is released.
+    fn control_call(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> (ControlResponse, Option<Ticket>) {
+        let endpoints = endpoints(self, headers);
+        let ctx = ControlContext {
+            now: SystemTime::now(),
+            endpoints: &endpoints,
+            ice: &self.config.ice_servers,
+        };
+        let mut shared = self.lock();
+        let (response, change) = control::route(&mut shared.core, method, path, body, &ctx);
+        // A deleted channel's connections are closed by the core's outputs.
+        dispatch(&mut shared);
+        let ticket = self.record(change);
+        (response, ticket)
+    }
+
+    fn frame_sent(&self, conn: ConnectionId) {
+        self.lock().core.frame_sent(conn);
+    }
+
     fn disconnect(&self, conn: ConnectionId) {
         let mut shared = self.lock();
         shared.core.disconnect(conn, Instant::now());
         shared.senders.remove(&conn);
+        let (len, cap) = (shared.senders.len(), shared.senders.capacity());
+        // Like the core's maps: give back what a burst of connections left behind.
+        if cap > 256 && len < cap / 8 {
+            shared.senders.shrink_to(len * 2);
+        }
         dispatch(&mut shared);
     }
 }
 
-/// Carries out the core's outputs without waiting: a connection whose queue is full is
-/// dropped (its sender removed, so its task ends) rather than letting it grow.
+/// Carries out the core's outputs without waiting. The core keeps each connection's queue
+/// within its capacity, so a full channel here means the connection task is gone.
 fn dispatch(shared: &mut Shared) {
     while let Some(output) = shared.core.poll_output() {
         match output {
@@ -273,7 +406,7 @@ fn dispatch(shared: &mut Shared) {
                     continue;
                 };
                 if tx.try_send(ConnCommand::Text(text)).is_err() {
-                    warn!(conn = to.0, "connection cannot keep up; dropping it");
+                    debug!(conn = to.0, "connection task gone; dropping it");
                     shared.senders.remove(&to);
                 }
             }
@@ -299,13 +432,21 @@ impl Drop for ConnGuard {
 }
 
 /// The service's router: the WebSocket data plane at `/` and the REST control plane at its
-/// operation paths, with CORS for browser callers. Merge further routes into it.
+/// operation paths, with CORS for browser callers; every other path or method answers with a
+/// rest-json error. Merge further routes into it (without a fallback of their own).
+/// On a viewer-only edge ([`ServiceState::viewer_edge`]) the control-plane paths answer 403.
 pub fn router(state: ServiceState) -> Router {
+    let viewer_only = matches!(state.edge.access, Access::Viewer { .. });
     let mut app = Router::new().route("/", any(data_plane));
     for path in Operation::PATHS {
-        app = app.route(path, post(control_plane).options(preflight));
+        app = if viewer_only {
+            app.route(path, any(control_plane_denied))
+        } else {
+            app.route(path, post(control_plane).options(preflight))
+        };
     }
-    app.layer(DefaultBodyLimit::max(control::MAX_CONTROL_BODY_BYTES))
+    app.fallback(unknown_path)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::map_response(add_cors_headers))
         .with_state(state)
 }
@@ -331,6 +472,24 @@ async fn preflight() -> Response {
         ],
     )
         .into_response()
+}
+
+async fn unknown_path(uri: Uri) -> Response {
+    debug!(path = uri.path(), "unknown path");
+    control_response(control::unknown_operation())
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    control_response(control::method_not_allowed(method.as_str(), uri.path()))
+}
+
+async fn control_plane_denied() -> Response {
+    control_response(ControlResponse::error(
+        403,
+        "AccessDeniedException",
+        "this endpoint serves only viewer connections for its channel; \
+         the control plane is not available here",
+    ))
 }
 
 /// A request id in the shape AWS uses (a random UUID).
@@ -363,7 +522,7 @@ fn control_response(r: ControlResponse) -> Response {
     response
 }
 
-/// Checks the request's SigV4 signature when access keys are configured.
+/// Checks the request's SigV4 signature when this edge authenticates and keys are configured.
 fn authenticate(
     state: &ServiceState,
     method: &Method,
@@ -371,8 +530,29 @@ fn authenticate(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<(), ControlResponse> {
-    let Some(auth) = state.auth.as_ref().filter(|_| state.edge.authenticate) else {
-        return Ok(());
+    match state.edge.access {
+        Access::Full { authenticate: true } if state.auth.is_some() => {
+            verify_signature(state, method, uri, headers, body)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Verifies the request's SigV4 signature against the service's keys; without keys nothing
+/// can be verified, so everything is refused.
+fn verify_signature(
+    state: &ServiceState,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(), ControlResponse> {
+    let Some(auth) = state.auth.as_ref() else {
+        return Err(ControlResponse::error(
+            403,
+            "AccessDeniedException",
+            "this endpoint requires a signed request, and no keys are configured",
+        ));
     };
     let mut pairs: Vec<(&str, &str)> = Vec::with_capacity(headers.len());
     for (name, value) in headers {
@@ -396,7 +576,9 @@ fn authenticate(
         .verify(&req, &auth.keys, SystemTime::now())
         .map(|_| ())
         .map_err(|e| {
-            debug!(error = ?e, "SigV4 verification failed");
+            // The error's Display is the service's wording; never the canonical request,
+            // which can hold a session token.
+            debug!(error = %e, "SigV4 verification failed");
             ControlResponse::error(e.http_status(), e.error_code(), e.to_string())
         })
 }
@@ -419,50 +601,100 @@ fn endpoints(state: &ServiceState, headers: &HeaderMap) -> Endpoints {
     }
 }
 
+/// Reads a request body within the size and time limits; the error is the response to send.
+async fn read_body(
+    state: &ServiceState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Bytes, Response> {
+    let limit = control::MAX_CONTROL_BODY_BYTES;
+    let too_large = || {
+        let mut r = control_response(control::body_too_large());
+        // The rest of the body is not read, so the connection cannot carry another request.
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        r
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match tokio::time::timeout(
+        state.config.body_read_timeout,
+        axum::body::to_bytes(body, limit),
+    )
+    .await
+    {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) => {
+            let over_limit = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+                || e.to_string().contains("length limit");
+            if over_limit {
+                Err(too_large())
+            } else {
+                debug!(error = %e, "cannot read a request body");
+                Err(control_response(ControlResponse::error(
+                    400,
+                    "SerializationException",
+                    "the request body could not be read",
+                )))
+            }
+        }
+        Err(_) => {
+            debug!("request body not received in time");
+            let mut r = control_response(ControlResponse::error(
+                408,
+                "RequestTimeoutException",
+                format!(
+                    "the request body was not received within {} s",
+                    state.config.body_read_timeout.as_secs_f32()
+                ),
+            ));
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            Err(r)
+        }
+    }
+}
+
 async fn control_plane(
     State(state): State<ServiceState>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
-    let Some(op) = Operation::from_path(uri.path()) else {
-        return control_response(ControlResponse::error(
-            404,
-            "UnknownOperationException",
-            "unknown operation",
-        ));
+    let body = match read_body(&state, &headers, body).await {
+        Ok(b) => b,
+        Err(response) => return response,
     };
     if let Err(e) = authenticate(&state, &method, &uri, &headers, &body) {
         return control_response(e);
     }
-    let endpoints = endpoints(&state, &headers);
-    let ctx = ControlContext {
-        now: SystemTime::now(),
-        endpoints: &endpoints,
-        ice: &state.config.ice_servers,
-    };
-    let mut shared = state.lock();
-    let (response, change) = control::handle(&mut shared.core, op, &body, &ctx);
-    // A deleted channel's connections are closed by the core's outputs.
-    dispatch(&mut shared);
-    let channels = (change == control::Change::ChannelsChanged).then(|| shared.core.channels());
-    drop(shared);
-    if let Some(all) = channels {
-        state.save_channels(&all);
+    let (response, ticket) = state.control_call(method.as_str(), uri.path(), &headers, &body);
+    if let Some(ticket) = ticket {
+        let writer = state.clone();
+        // File I/O (with an fsync) off the async workers; the answer waits for it, so a
+        // channel the client was told exists survives a restart.
+        if let Err(e) = tokio::task::spawn_blocking(move || writer.commit(ticket)).await {
+            warn!(error = %e, "saving the channel list failed");
+        }
     }
-    debug!(?op, status = response.status, "control-plane call");
+    debug!(
+        path = uri.path(),
+        status = response.status,
+        "control-plane call"
+    );
     control_response(response)
 }
 
 /// An error response in the rest-json convention: `x-amzn-ErrorType` and `{"message":…}`.
 fn error_response(status: StatusCode, error_type: &'static str, message: String) -> Response {
-    (
-        status,
-        [("x-amzn-ErrorType", error_type)],
-        Json(serde_json::json!({ "message": message })),
-    )
-        .into_response()
+    control_response(ControlResponse::error(status.as_u16(), error_type, message))
 }
 
 /// Looks a query parameter up case-insensitively.
@@ -471,6 +703,38 @@ fn query_param<'a>(params: &'a [(String, String)], key: &str) -> Option<&'a str>
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case(key))
         .map(|(_, v)| v.as_str())
+}
+
+/// Whether the query carries a SigV4 presigned signature.
+fn has_signature(params: &[(String, String)]) -> bool {
+    query_param(params, "X-Amz-Signature").is_some()
+        || query_param(params, "X-Amz-Algorithm").is_some()
+}
+
+/// What a viewer-only edge checks before a connect reaches the core: a valid signature (when
+/// required, or when one is given), the viewer role, and its one channel.
+fn check_viewer_edge(
+    state: &ServiceState,
+    (channel, require_signature): (&str, bool),
+    (method, uri, headers): (&Method, &Uri, &HeaderMap),
+    params: &[(String, String)],
+    arn: &str,
+    role: &ConnectRole,
+) -> Result<(), ControlResponse> {
+    if require_signature || has_signature(params) {
+        verify_signature(state, method, uri, headers, &[])?;
+    }
+    let denied = |message: &str| ControlResponse::error(403, "AccessDeniedException", message);
+    if !matches!(role, ConnectRole::Viewer { .. }) {
+        return Err(denied("this endpoint accepts viewer connections only"));
+    }
+    // Unknown and other channels get the same answer: this edge does not say which exist.
+    if state.channel_by_arn(arn).is_none_or(|c| c.name != channel) {
+        return Err(denied(
+            "this endpoint serves one channel only, not this one",
+        ));
+    }
+    Ok(())
 }
 
 async fn data_plane(
@@ -491,7 +755,12 @@ async fn data_plane(
     let Ok(ws) = ws else {
         if query_param(&params, "X-Amz-ChannelARN").is_none() {
             if let Some(page) = &state.config.landing_page {
-                return axum::response::Redirect::temporary(page).into_response();
+                // The page's own query (e.g. its access token) goes along.
+                let target = match uri.query().filter(|q| !q.is_empty()) {
+                    Some(q) if !page.contains('?') => format!("{page}?{q}"),
+                    _ => page.clone(),
+                };
+                return axum::response::Redirect::temporary(&target).into_response();
             }
         }
         return error_response(
@@ -517,6 +786,23 @@ async fn data_plane(
         },
         None => ConnectRole::Master,
     };
+    if let Access::Viewer {
+        channel,
+        require_signature,
+    } = &state.edge.access
+    {
+        if let Err(e) = check_viewer_edge(
+            &state,
+            (channel, *require_signature),
+            (&method, &uri, &headers),
+            &params,
+            arn,
+            &role,
+        ) {
+            warn!(status = e.status, error = ?e.error_type, ?role, "refusing a connection on the viewer edge");
+            return control_response(e);
+        }
+    }
     let (conn, commands) = match state.connect(arn, role.clone()) {
         Ok(pair) => pair,
         Err(e) => {
@@ -528,7 +814,7 @@ async fn data_plane(
                 ConnectError::InvalidClientId(_) => {
                     (StatusCode::BAD_REQUEST, "InvalidArgumentException")
                 }
-                ConnectError::ViewerLimit { .. } => (
+                ConnectError::ViewerLimit { .. } | ConnectError::RateLimited { .. } => (
                     StatusCode::TOO_MANY_REQUESTS,
                     "ClientLimitExceededException",
                 ),
@@ -548,12 +834,13 @@ async fn data_plane(
     let limits = ConnLimits {
         idle: state.config.idle_timeout,
         max_age: state.config.max_connection_age,
+        send: state.config.send_timeout,
     };
     let max_frame = kvs_signaling_codec::MAX_FRAME_BYTES;
     // Small per-connection buffers (the defaults allocate 128 KiB per connection for reading);
     // a client that stops reading fills at most `max_write_buffer_size`, then its sends fail.
     ws.protocols(["wss"])
-        .read_buffer_size(8 * 1024)
+        .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
         .max_write_buffer_size(4 * max_frame)
         .max_message_size(max_frame)
@@ -563,8 +850,23 @@ async fn data_plane(
 
 #[derive(Debug, Clone, Copy)]
 struct ConnLimits {
-    idle: std::time::Duration,
-    max_age: std::time::Duration,
+    idle: Duration,
+    max_age: Duration,
+    send: Duration,
+}
+
+/// Sends one message, giving up after `limit`: a client that does not take it in that time
+/// has stopped reading.
+async fn send_within(
+    socket: &mut WebSocket,
+    message: Message,
+    limit: Duration,
+) -> Result<(), String> {
+    match tokio::time::timeout(limit, socket.send(message)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("send failed: {e}")),
+        Err(_) => Err("connection cannot keep up: it stopped reading".into()),
+    }
 }
 
 /// One connection: core outputs go out, received frames go into the core.
@@ -578,21 +880,30 @@ async fn run_connection(
     let idle_timeout = limits.idle;
     let end_of_life = tokio::time::Instant::now() + limits.max_age;
     let mut deadline = tokio::time::Instant::now() + idle_timeout;
+    let close = |reason: &str| {
+        Message::Close(Some(CloseFrame {
+            code: 1000,
+            reason: reason.to_string().into(),
+        }))
+    };
     let reason: String = loop {
         tokio::select! {
             cmd = commands.recv() => match cmd {
                 Some(ConnCommand::Text(text)) => {
-                    if let Err(e) = socket.send(Message::Text(text.into())).await {
-                        break format!("send failed: {e}");
+                    if let Err(e) = send_within(&mut socket, Message::Text(text.into()), limits.send).await {
+                        if e.contains("keep up") {
+                            warn!(conn = conn.0, "signaling connection stopped reading; dropping it");
+                        }
+                        break e;
                     }
+                    guard.state.frame_sent(conn);
                 }
                 Some(ConnCommand::Close(reason)) => {
-                    let frame = CloseFrame { code: 1000, reason: reason.clone().into() };
-                    let _ = socket.send(Message::Close(Some(frame))).await;
+                    let _ = send_within(&mut socket, close(&reason), limits.send).await;
                     break reason;
                 }
                 None => {
-                    let _ = socket.send(Message::Close(None)).await;
+                    let _ = send_within(&mut socket, Message::Close(None), limits.send).await;
                     break "dropped by the service".into();
                 }
             },
@@ -609,19 +920,35 @@ async fn run_connection(
                 }
             }
             _ = tokio::time::sleep_until(deadline) => {
-                let frame = CloseFrame { code: 1000, reason: "idle timeout".into() };
-                let _ = socket.send(Message::Close(Some(frame))).await;
+                let _ = send_within(&mut socket, close("idle timeout"), limits.send).await;
                 break "idle timeout".into();
             }
             _ = tokio::time::sleep_until(end_of_life) => {
-                let frame = CloseFrame { code: 1000, reason: "maximum connection duration reached".into() };
-                let _ = socket.send(Message::Close(Some(frame))).await;
-                break "maximum connection duration reached".into();
+                let reason = "maximum connection duration reached";
+                let _ = send_within(&mut socket, close(reason), limits.send).await;
+                break reason.into();
             }
         }
     };
     debug!(conn = conn.0, %reason, "signaling connection ended");
     drop(guard);
+}
+
+fn listen(
+    listener: TcpListener,
+    app: Router,
+    state: &ServiceState,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> Listen {
+    let sweeper = state.clone();
+    Listen {
+        listener,
+        tls,
+        app,
+        limiter: state.limiter.clone(),
+        header_read_timeout: state.config.header_read_timeout,
+        housekeeping: Box::new(move || sweeper.housekeeping()),
+    }
 }
 
 /// Serves `router` on `listener` until `shutdown` completes; then sends GO_AWAY to every
@@ -635,12 +962,8 @@ pub async fn serve<F>(
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            state.shutdown();
-        })
-        .await
+    let listen = listen(listener, router, &state, None);
+    crate::listen::serve(listen, shutdown, move || state.shutdown()).await
 }
 
 /// A service running in a background task.
@@ -709,36 +1032,35 @@ pub fn spawn_tls(
     state: ServiceState,
     tls: &crate::tls::ServiceTls,
 ) -> std::io::Result<ServiceHandle> {
-    let listener = crate::tls::TlsListener::new(listener, tls.server_config.clone())?;
-    let local_addr = axum::serve::Listener::local_addr(&listener).ok();
+    let local_addr = Some(listener.local_addr()?);
     state.set_tls(true);
-    let (stop, stopped) = oneshot::channel::<()>();
-    let shutdown_state = state.clone();
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stopped.await;
-                shutdown_state.shutdown();
-            })
-            .await
-    });
-    info!(?local_addr, "signaling service listening (TLS)");
-    Ok(ServiceHandle {
-        state,
-        local_addr,
-        stop,
-        task,
-    })
+    let listen = listen(listener, app, &state, Some(tls.server_config.clone()));
+    Ok(start(listen, state, local_addr, "TLS"))
 }
 
 /// Like [`spawn`] but serves a router the caller built from [`router`]`(state)`.
 pub fn spawn_router(listener: TcpListener, app: Router, state: ServiceState) -> ServiceHandle {
-    let local_addr = listener.local_addr().ok();
+    let local_addr = crate::listen::local_addr(&listener);
+    let listen = listen(listener, app, &state, None);
+    start(listen, state, local_addr, "plain")
+}
+
+fn start(
+    listen: Listen,
+    state: ServiceState,
+    local_addr: Option<SocketAddr>,
+    what: &'static str,
+) -> ServiceHandle {
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(serve(listener, app, state.clone(), async move {
-        let _ = stopped.await;
-    }));
-    info!(?local_addr, "signaling service listening");
+    let stopping = state.clone();
+    let task = tokio::spawn(crate::listen::serve(
+        listen,
+        async move {
+            let _ = stopped.await;
+        },
+        move || stopping.shutdown(),
+    ));
+    info!(?local_addr, what, "signaling service listening");
     ServiceHandle {
         state,
         local_addr,

@@ -4,11 +4,17 @@
 //! kept in the state directory (or plain with `--plain`), checking SigV4 signatures against
 //! the configured key (or none with `--no-auth`), handing out TURN credentials for a coturn
 //! that shares `--turn-secret`.
+//!
+//! Limits (docs/SECURITY.md explains each): channels, connections in total and per client
+//! address, connects per channel, SDP and ICE messages per connection, idle and maximum
+//! connection time, request header and body deadlines. `--no-auth` is refused on an address
+//! beyond loopback: an unauthenticated control plane on the network lets anyone delete
+//! channels or take over a channel as its master.
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use kvs_signaling_service::turn::{IceServerSettings, TurnServer};
-use kvs_signaling_service::{AccessKey, ServiceConfig, ServiceState};
+use kvs_signaling_service::{AccessKey, RateLimit, ServiceConfig, ServiceState};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -79,6 +85,70 @@ pub struct ServiceArgs {
     /// Create this channel at start-up if it does not exist (repeatable).
     #[arg(long = "channel")]
     channels: Vec<String>,
+
+    /// Most channels the service holds [default: 10000, as a KVS account].
+    #[arg(long)]
+    max_channels: Option<usize>,
+
+    /// Most TCP connections open at once [default: 8192].
+    #[arg(long)]
+    max_connections: Option<usize>,
+
+    /// Most TCP connections open at once from one IP address (IPv6: one /64) [default: 256].
+    #[arg(long)]
+    max_connections_per_ip: Option<usize>,
+
+    /// WebSocket connects per channel per second; 0: unlimited [default: 3, as KVS].
+    #[arg(long)]
+    connects_per_second: Option<u32>,
+
+    /// Connects a channel may take at once [default: 10].
+    #[arg(long)]
+    connect_burst: Option<u32>,
+
+    /// SDP offers and answers per connection per second; 0: unlimited [default: 5, as KVS].
+    #[arg(long)]
+    sdp_per_second: Option<u32>,
+
+    /// ICE candidates per connection per second; 0: unlimited [default: 20, as KVS].
+    #[arg(long)]
+    ice_per_second: Option<u32>,
+
+    /// Close a WebSocket connection that receives nothing for this many seconds
+    /// [default: 600, as KVS].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    idle_timeout: Option<u64>,
+
+    /// Close every WebSocket connection after this many seconds; clients reconnect
+    /// [default: 3600, as KVS].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    max_connection_age: Option<u64>,
+
+    /// Seconds a client has to send a request's headers, and its body [default: 10].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    request_timeout: Option<u64>,
+}
+
+/// `per_second` of 0 means no limit; the burst keeps the default's ratio to the rate unless
+/// given.
+fn rate(
+    default: Option<RateLimit>,
+    per_second: Option<u32>,
+    burst: Option<u32>,
+) -> Option<RateLimit> {
+    match (default, per_second) {
+        (_, Some(0)) => None,
+        (Some(d), None) => Some(RateLimit::new(d.per_second, burst.unwrap_or(d.burst))),
+        (Some(d), Some(r)) => {
+            let scaled = u64::from(r) * u64::from(d.burst) / u64::from(d.per_second.max(1));
+            Some(RateLimit::new(
+                r,
+                burst.unwrap_or(scaled.clamp(1, u64::from(u32::MAX)) as u32),
+            ))
+        }
+        (None, Some(r)) => Some(RateLimit::new(r, burst.unwrap_or(r))),
+        (None, None) => None,
+    }
 }
 
 fn default_state_dir() -> Result<PathBuf> {
@@ -87,6 +157,13 @@ fn default_state_dir() -> Result<PathBuf> {
 }
 
 pub async fn run(args: ServiceArgs) -> Result<()> {
+    if args.no_auth && !args.listen.ip().is_loopback() {
+        bail!(
+            "--no-auth on {} would let anyone who can reach it delete channels or connect as \
+             a channel's master; listen on a loopback address, or give a key",
+            args.listen
+        );
+    }
     let state_dir = match args.state_dir {
         Some(d) => d,
         None => default_state_dir()?,
@@ -110,7 +187,29 @@ pub async fn run(args: ServiceArgs) -> Result<()> {
         }],
         _ => Vec::new(),
     };
+    let defaults = ServiceConfig::default();
+    let request_timeout = args.request_timeout.map(Duration::from_secs);
     let config = ServiceConfig {
+        max_channels: args.max_channels.unwrap_or(defaults.max_channels),
+        max_connections: args.max_connections.unwrap_or(defaults.max_connections),
+        max_connections_per_ip: args
+            .max_connections_per_ip
+            .unwrap_or(defaults.max_connections_per_ip),
+        connect_rate: rate(
+            defaults.connect_rate,
+            args.connects_per_second,
+            args.connect_burst,
+        ),
+        sdp_rate: rate(defaults.sdp_rate, args.sdp_per_second, None),
+        ice_rate: rate(defaults.ice_rate, args.ice_per_second, None),
+        idle_timeout: args
+            .idle_timeout
+            .map_or(defaults.idle_timeout, Duration::from_secs),
+        max_connection_age: args
+            .max_connection_age
+            .map_or(defaults.max_connection_age, Duration::from_secs),
+        header_read_timeout: request_timeout.unwrap_or(defaults.header_read_timeout),
+        body_read_timeout: request_timeout.unwrap_or(defaults.body_read_timeout),
         region: args.region.clone(),
         account_id: args.account_id.clone(),
         max_viewers_per_channel: args.max_viewers,
@@ -120,7 +219,7 @@ pub async fn run(args: ServiceArgs) -> Result<()> {
             credential_ttl: Duration::from_secs(args.turn_ttl),
         },
         state_dir: Some(state_dir.clone()),
-        ..ServiceConfig::default()
+        ..defaults
     };
     let state = ServiceState::open(config)
         .with_context(|| format!("loading the channels in {}", state_dir.display()))?;

@@ -137,6 +137,40 @@ fn bad_files_and_values_are_clear_errors() {
     std::fs::remove_dir_all(dir).ok();
 }
 
+#[test]
+fn the_service_refuses_unauthenticated_network_listening_and_zero_timeouts() {
+    let dir = std::env::temp_dir().join(format!("kvs-cli-service-{}", std::process::id()));
+    let state = dir.display().to_string();
+    let (ok, out) = run(program().args([
+        "service",
+        "--no-auth",
+        "--plain",
+        "--listen",
+        "0.0.0.0:0",
+        "--state-dir",
+        &state,
+    ]));
+    assert!(!ok && out.contains("--no-auth"), "{out}");
+    for flag in [
+        "--idle-timeout",
+        "--max-connection-age",
+        "--request-timeout",
+    ] {
+        let (ok, out) = run(program().args([
+            "service",
+            "--no-auth",
+            "--listen",
+            "127.0.0.1:0",
+            "--state-dir",
+            &state,
+            flag,
+            "0",
+        ]));
+        assert!(!ok && out.contains(flag), "{flag}: {out}");
+    }
+    std::fs::remove_dir_all(dir).ok();
+}
+
 /// Wait for a line containing `needle` on the child's stdout.
 fn wait_for_line(
     lines: &mut impl Iterator<Item = std::io::Result<String>>,

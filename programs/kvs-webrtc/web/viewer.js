@@ -180,7 +180,9 @@
   class Session {
     constructor(config) {
       this.config = config;
-      this.clientId = randomId('viewer-');
+      // The page server signs each signaling URL for one client id; without one (an older
+      // server) the page makes its own.
+      this.clientId = config.clientId || randomId('viewer-');
       this.ws = null;
       this.pc = null;
       this.dc = null;
@@ -208,16 +210,22 @@
         fail('signaling-error', 'Bad signaling address', `The configuration names "${base}", which is not a URL.`);
         return;
       }
-      url.searchParams.set('X-Amz-ChannelARN', this.config.channelArn || '');
-      url.searchParams.set('X-Amz-ClientId', this.clientId);
-      ui.signalingUrl.textContent = base;
+      // A presigned URL is used exactly as given: changing its query would break the signature.
+      const presigned = url.searchParams.has('X-Amz-Signature');
+      if (!presigned) {
+        url.searchParams.set('X-Amz-ChannelARN', this.config.channelArn || '');
+        url.searchParams.set('X-Amz-ClientId', this.clientId);
+      }
+      // Shown without the query: the signature is nobody's business on screen.
+      const shown = url.origin + url.pathname;
+      ui.signalingUrl.textContent = shown;
       setState('signaling');
 
       let opened = false;
       try {
-        this.ws = new WebSocket(url.toString());
+        this.ws = new WebSocket(presigned ? base : url.toString());
       } catch (e) {
-        fail('signaling-error', 'Cannot reach signaling', `${base}: ${e.message}`);
+        fail('signaling-error', 'Cannot reach signaling', `${shown}: ${e.message}`);
         return;
       }
       this.ws.onopen = () => {
@@ -234,7 +242,7 @@
           fail(
             'signaling-error',
             'Cannot reach the signaling service',
-            `Connecting to ${base} failed (close code ${ev.code}). Is kvs-webrtc still running? ` +
+            `Connecting to ${shown} failed (close code ${ev.code}). Is kvs-webrtc still running? ` +
               'Start it again (the page address changes with each run when it listens on port 0) and reload this page.',
           );
           this.close();
@@ -653,7 +661,10 @@
     setState('loading-config');
     let res;
     try {
-      res = await fetch('/config.json', { cache: 'no-store' });
+      // The page token (needed when the page is served beyond loopback) goes along.
+      const token = new URLSearchParams(location.search).get('token');
+      const path = token ? `/config.json?token=${encodeURIComponent(token)}` : '/config.json';
+      res = await fetch(path, { cache: 'no-store' });
     } catch (e) {
       throw new Error(`could not fetch /config.json (${e.message}). Is kvs-webrtc still running?`);
     }
