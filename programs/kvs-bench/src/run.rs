@@ -233,6 +233,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
         "127.0.0.1:0".into(),
         "--max-viewers".into(),
         "200".into(),
+        // Churn and fan-out join viewers faster than KVS's 3 connects/s per channel.
+        "--connects-per-second".into(),
+        "0".into(),
         "--state-dir".into(),
         state.display().to_string(),
     ];
