@@ -231,3 +231,42 @@ impl Incoming {
         self.items.clear();
     }
 }
+
+/// Sends the application's answer to an incoming request: the request must be pending and the
+/// answer of its kind; an answer of the wrong kind or too large for the link still tells the
+/// requester (INTERNAL, TOO_LARGE) so it does not wait for its timeout.
+pub(crate) fn respond<E>(
+    incoming: &mut Incoming,
+    out: &mut crate::link::Outbox<E>,
+    request_id: u32,
+    response: CommandResponse,
+) -> Result<(), RespondError> {
+    use crate::message::Message;
+    let kind = incoming
+        .take(request_id)
+        .ok_or(RespondError::UnknownRequest(request_id))?;
+    let failed = |status| Message::Response {
+        request_id,
+        response: CommandResponse::failed(kind, status),
+    };
+    if kind != response.kind() {
+        let got = response.kind();
+        // A failure response is small: it always fits the link.
+        let _ = out.send(&failed(Status::INTERNAL));
+        return Err(RespondError::KindMismatch {
+            expected: kind,
+            got,
+        });
+    }
+    if out
+        .send(&Message::Response {
+            request_id,
+            response,
+        })
+        .is_err()
+    {
+        let _ = out.send(&failed(Status::TOO_LARGE));
+        return Err(RespondError::TooLarge);
+    }
+    Ok(())
+}

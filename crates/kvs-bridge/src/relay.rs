@@ -440,36 +440,7 @@ impl SignalingSideCore {
         response: CommandResponse,
     ) -> Result<(), RespondError> {
         let _ = now;
-        let kind = self
-            .incoming
-            .take(request_id)
-            .ok_or(RespondError::UnknownRequest(request_id))?;
-        if kind != response.kind() {
-            let got = response.kind();
-            self.send(&Message::Response {
-                request_id,
-                response: CommandResponse::failed(kind, Status::INTERNAL),
-            });
-            return Err(RespondError::KindMismatch {
-                expected: kind,
-                got,
-            });
-        }
-        if self
-            .out
-            .send(&Message::Response {
-                request_id,
-                response,
-            })
-            .is_err()
-        {
-            self.send(&Message::Response {
-                request_id,
-                response: CommandResponse::failed(kind, Status::TOO_LARGE),
-            });
-            return Err(RespondError::TooLarge);
-        }
-        Ok(())
+        command::respond(&mut self.incoming, &mut self.out, request_id, response)
     }
 
     /// Timers: ReadyQuery retries, the wake budget, heartbeats, liveness, command timeouts,
