@@ -177,10 +177,13 @@ test('service stopped gracefully (GO_AWAY) and restarted: the device reconnects,
     console.log(`# device: "${goAway.text.trim()}" ${goAway.t - stoppedAt} ms after SIGTERM`);
     // GO_AWAY means "reconnect now": the first attempt goes out at once, not after the 5 s backoff
     // a lost connection waits (it fails here — the service is gone — and then backs off).
+    // Ordered within one pipe: stdout and stderr arrive separately, so the attempt is looked for
+    // after the GO_AWAY line of the same stream (the log on stderr carries both).
+    const goAwayLogged = await waitForLine(device, /GO_AWAY from signaling/, { since: stoppedAt, stream: 'stderr', timeoutMs: 10_000 });
     const attempt = await waitForLine(device, /SignalingConnecting/, {
-      since: goAway.t, timeoutMs: 2000, what: 'a reconnect attempt right after GO_AWAY (no backoff)',
+      since: goAwayLogged.t, stream: 'stderr', timeoutMs: 2000, what: 'a reconnect attempt right after GO_AWAY (no backoff)',
     });
-    console.log(`# device: first reconnect attempt ${attempt.t - goAway.t} ms after GO_AWAY`);
+    console.log(`# device: first reconnect attempt ${attempt.t - goAwayLogged.t} ms after GO_AWAY`);
     const seen = await viewer.page.evaluate(() => window.kvsViewer.messages.slice(-5));
     console.log(`# viewer's last signaling messages: ${JSON.stringify(seen)}`);
 
