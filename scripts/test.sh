@@ -138,7 +138,8 @@ browser_tests() {
   node --test --test-concurrency=1 tests/browser/
   # Faults while a viewer watches: the service killed and restarted, GO_AWAY, a vanished viewer,
   # a lossy network between namespaces (docs/TESTING.md).
-  node --test --test-concurrency=1 tests/faults/
+  # Bounded as a whole, so a hung cleanup can never eat CI's budget (a run takes ~2.5 min).
+  timeout 900 node --test --test-concurrency=1 tests/faults/
 }
 
 conformance_tests() {

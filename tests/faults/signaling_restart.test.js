@@ -56,7 +56,10 @@ function startSampler(viewer) {
       await sleep(1000);
     }
   })();
-  return { async stop() { running = false; await loop; return samples; } };
+  const stop = async () => { running = false; await loop; return samples; };
+  // A test that fails before stopping it must not leave the loop keeping the process alive.
+  cleanups.push(stop);
+  return { stop };
 }
 
 /** framesDecoded every second for `ms`; returns the samples [{t, frames}]. */
