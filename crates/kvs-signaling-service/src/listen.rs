@@ -32,7 +32,7 @@ use tracing::{debug, info, warn};
 /// How long a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a stop waits for HTTP exchanges in progress to finish.
-const STOP_GRACE: Duration = Duration::from_secs(5);
+pub(crate) const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Counts open connections against the service's caps. Shared by all listeners of a service.
 #[derive(Debug)]

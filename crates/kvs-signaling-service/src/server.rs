@@ -68,6 +68,9 @@ pub struct ServiceState {
     limiter: Arc<ConnLimiter>,
     /// How clients reach this edge (one listener): shared by the clones a router holds.
     edge: Arc<Edge>,
+    /// WebSocket connection tasks still running, so a shutdown can wait for the GO_AWAY and
+    /// close frames it queued to be written before the process goes away.
+    live_connections: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// What one listener is: TLS or plain, and what it lets clients do. One service can have
@@ -149,6 +152,19 @@ impl ServiceState {
                 tls: false.into(),
                 access: Access::Full { authenticate: true },
             }),
+            live_connections: Arc::default(),
+        }
+    }
+
+    /// Waits (at most `within`) until every WebSocket connection task has ended — after
+    /// [`ServiceState::shutdown`], until each has written its GO_AWAY and close frame.
+    pub async fn connections_closed(&self, within: Duration) {
+        use std::sync::atomic::Ordering;
+        let deadline = tokio::time::Instant::now() + within;
+        while self.live_connections.load(Ordering::Acquire) > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
@@ -425,9 +441,21 @@ struct ConnGuard {
     conn: ConnectionId,
 }
 
+impl ConnGuard {
+    fn new(state: ServiceState, conn: ConnectionId) -> Self {
+        state
+            .live_connections
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        ConnGuard { state, conn }
+    }
+}
+
 impl Drop for ConnGuard {
     fn drop(&mut self) {
         self.state.disconnect(self.conn);
+        self.state
+            .live_connections
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 
@@ -827,10 +855,7 @@ async fn data_plane(
         }
     };
     info!(conn = conn.0, arn, ?role, "signaling connection accepted");
-    let guard = ConnGuard {
-        state: state.clone(),
-        conn,
-    };
+    let guard = ConnGuard::new(state.clone(), conn);
     let limits = ConnLimits {
         idle: state.config.idle_timeout,
         max_age: state.config.max_connection_age,
@@ -963,7 +988,10 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     let listen = listen(listener, router, &state, None);
-    crate::listen::serve(listen, shutdown, move || state.shutdown()).await
+    let waiter = state.clone();
+    let served = crate::listen::serve(listen, shutdown, move || state.shutdown()).await;
+    waiter.connections_closed(crate::listen::STOP_GRACE).await;
+    served
 }
 
 /// A service running in a background task.
@@ -1053,13 +1081,19 @@ fn start(
 ) -> ServiceHandle {
     let (stop, stopped) = oneshot::channel::<()>();
     let stopping = state.clone();
-    let task = tokio::spawn(crate::listen::serve(
-        listen,
-        async move {
-            let _ = stopped.await;
-        },
-        move || stopping.shutdown(),
-    ));
+    let waiter = state.clone();
+    let task = tokio::spawn(async move {
+        let served = crate::listen::serve(
+            listen,
+            async move {
+                let _ = stopped.await;
+            },
+            move || stopping.shutdown(),
+        )
+        .await;
+        waiter.connections_closed(crate::listen::STOP_GRACE).await;
+        served
+    });
     info!(?local_addr, what, "signaling service listening");
     ServiceHandle {
         state,
