@@ -45,7 +45,7 @@ fn certs() -> &'static (DtlsCert, DtlsCert) {
     })
 }
 
-pub(crate) use crate::synthetic::{idr, non_idr, opus};
+pub(crate) use crate::synthetic::{idr, non_idr, opus, strip_candidates};
 
 /// A STUN Binding success response (type 0x0101).
 pub(crate) fn is_stun_success(d: &[u8]) -> bool {
@@ -623,15 +623,4 @@ impl Sim {
             }
         }
     }
-}
-
-/// The SDP without its `a=candidate` lines (candidates then come by trickle only).
-pub(crate) fn strip_candidates(sdp: &str) -> String {
-    let out: String = sdp
-        .split("\r\n")
-        .filter(|l| !l.starts_with("a=candidate") && !l.is_empty())
-        .map(|l| format!("{l}\r\n"))
-        .collect();
-    assert_ne!(out.len(), sdp.len(), "the SDP carried candidates");
-    out
 }

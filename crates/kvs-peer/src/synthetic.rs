@@ -28,3 +28,14 @@ pub fn non_idr(n: u8) -> Bytes {
 pub fn opus(n: u8) -> Bytes {
     Bytes::from(vec![0xfc, n, n.wrapping_mul(7), 0x55, n])
 }
+
+/// The SDP without its `a=candidate` lines (candidates then come by trickle only).
+pub fn strip_candidates(sdp: &str) -> String {
+    let out: String = sdp
+        .split("\r\n")
+        .filter(|l| !l.starts_with("a=candidate") && !l.is_empty())
+        .map(|l| format!("{l}\r\n"))
+        .collect();
+    assert_ne!(out.len(), sdp.len(), "the SDP carried candidates");
+    out
+}

@@ -20,7 +20,7 @@ fn config(max_sessions: usize) -> PeerConfig {
     }
 }
 
-use kvs_peer::synthetic::{idr, non_idr};
+use kvs_peer::synthetic::{idr, non_idr, strip_candidates};
 
 /// The engine's events, with the ones not yet asked for kept for later questions.
 struct Events {
@@ -45,16 +45,6 @@ impl Events {
         .await
         .expect("timed out waiting for engine event")
     }
-}
-
-fn strip_candidates(sdp: &str) -> String {
-    let out: String = sdp
-        .split("\r\n")
-        .filter(|l| !l.starts_with("a=candidate") && !l.is_empty())
-        .map(|l| format!("{l}\r\n"))
-        .collect();
-    assert_ne!(out.len(), sdp.len(), "the SDP carried candidates");
-    out
 }
 
 /// Connect a viewer as `peer_id`; the viewer's candidate is sent *before* the offer.
