@@ -13,6 +13,8 @@
 //! - [`fanout`]: fan-out of encoded frames to sessions.
 //! - [`rtp`]: RTP payload formats (H.264 RFC 6184, Opus): a frame is cut into payloads once
 //!   and every session sends the same shared payloads.
+//! - [`snapshot`]: an I420 picture (or the test pattern right now) as a baseline JPEG, for
+//!   split mode's snapshot requests.
 //!
 //! It must not know about signaling, RTP/WebRTC sessions (SSRCs, sequence numbers, SRTP) or
 //! the application framework: it produces [`kvs_platform::EncodedFrame`]s and their RTP
@@ -24,4 +26,5 @@ pub mod h264;
 pub mod ogg;
 pub mod pacer;
 pub mod rtp;
+pub mod snapshot;
 pub mod sources;

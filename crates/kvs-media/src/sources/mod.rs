@@ -21,6 +21,7 @@ mod tone;
 pub use h264_file::{H264FileCamera, H264FileConfig};
 pub use ogg_file::{OggOpusFileConfig, OggOpusMicrophone};
 pub use pipe::{StdinH264Camera, StdinH264Config};
+pub(crate) use test_pattern::{check_size, Overlay, Picture};
 pub use test_pattern::{TestPatternCamera, TestPatternConfig};
 pub use tone::{ToneConfig, ToneMicrophone};
 

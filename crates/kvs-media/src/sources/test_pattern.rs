@@ -19,7 +19,7 @@ use openh264::formats::YUVSource;
 use openh264::{OpenH264API, Timestamp};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Settings of a [`TestPatternCamera`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,13 +52,52 @@ impl Default for TestPatternConfig {
     }
 }
 
-/// An I420 picture buffer, allocated once and redrawn for every frame.
-struct Picture {
-    width: usize,
-    height: usize,
-    y: Vec<u8>,
-    u: Vec<u8>,
-    v: Vec<u8>,
+/// The picture sizes the test pattern draws: even, 16..=3840 x 16..=2160. The error says what
+/// is wrong with the size, for the caller's own error type.
+pub(crate) fn check_size(width: u32, height: u32) -> Result<(), &'static str> {
+    if !width.is_multiple_of(2) || !height.is_multiple_of(2) {
+        return Err("must be even");
+    }
+    if !(16..=3840).contains(&width) || !(16..=2160).contains(&height) {
+        return Err("out of range 16x16..3840x2160");
+    }
+    Ok(())
+}
+
+/// The frame counter and clock texts drawn into the pattern, in buffers reused for every frame.
+#[derive(Debug, Default)]
+pub(crate) struct Overlay {
+    pub(crate) counter: String,
+    pub(crate) clock: String,
+}
+
+impl Overlay {
+    /// Frame `index` as a six-digit counter and `unix_time` as the UTC time of day,
+    /// hh:mm:ss.mmm.
+    pub(crate) fn render(&mut self, index: u64, unix_time: Duration) {
+        use std::fmt::Write;
+        self.counter.clear();
+        let _ = write!(self.counter, "{index:06}");
+        let ms = unix_time.as_millis() as u64 % 86_400_000;
+        self.clock.clear();
+        let _ = write!(
+            self.clock,
+            "{:02}:{:02}:{:02}.{:03}",
+            ms / 3_600_000,
+            ms / 60_000 % 60,
+            ms / 1000 % 60,
+            ms % 1000
+        );
+    }
+}
+
+/// An I420 picture buffer (BT.601 limited range), allocated once and redrawn for every frame.
+pub(crate) struct Picture {
+    pub(crate) width: usize,
+    pub(crate) height: usize,
+    pub(crate) y: Vec<u8>,
+    pub(crate) u: Vec<u8>,
+    pub(crate) v: Vec<u8>,
 }
 
 impl YUVSource for Picture {
@@ -93,7 +132,8 @@ const BARS: [(u8, u8, u8); 8] = [
 ];
 
 impl Picture {
-    fn new(width: usize, height: usize) -> Self {
+    /// A picture of an even size accepted by [`check_size`] (`draw` relies on it).
+    pub(crate) fn new(width: usize, height: usize) -> Self {
         Self {
             width,
             height,
@@ -104,7 +144,7 @@ impl Picture {
     }
 
     /// Draw frame `index` with the clock text `clock` into the buffer (no allocation).
-    fn draw(&mut self, index: u64, counter: &str, clock: &str) {
+    pub(crate) fn draw(&mut self, index: u64, counter: &str, clock: &str) {
         let (w, h) = (self.width, self.height);
         let (cw, ch) = (w / 2, h / 2);
         // Bars scroll left by 4 pixels per frame.
@@ -197,8 +237,7 @@ pub struct TestPatternCamera {
     pacer: Pacer,
     clock: SystemClock,
     /// Reused text buffers for the counter and clock.
-    counter: String,
-    clock_text: String,
+    overlay: Overlay,
     /// The latest SPS and PPS, re-sent if an IDR ever comes without them.
     sps: Option<Bytes>,
     pps: Option<Bytes>,
@@ -233,15 +272,9 @@ impl TestPatternCamera {
     /// A camera with `config`; fails on an invalid size, rate or bitrate.
     pub fn new(config: TestPatternConfig) -> Result<Self, CaptureError> {
         let bad = |m: String| Err(CaptureError::InvalidInput(m));
-        if !config.width.is_multiple_of(2) || !config.height.is_multiple_of(2) {
+        if let Err(reason) = check_size(config.width, config.height) {
             return bad(format!(
-                "test pattern size {}x{} must be even",
-                config.width, config.height
-            ));
-        }
-        if !(16..=3840).contains(&config.width) || !(16..=2160).contains(&config.height) {
-            return bad(format!(
-                "test pattern size {}x{} out of range 16x16..3840x2160",
+                "test pattern size {}x{} {reason}",
                 config.width, config.height
             ));
         }
@@ -268,8 +301,7 @@ impl TestPatternCamera {
                 ..PacerConfig::default()
             }),
             clock: SystemClock,
-            counter: String::with_capacity(16),
-            clock_text: String::with_capacity(16),
+            overlay: Overlay::default(),
             sps: None,
             pps: None,
             config,
@@ -312,27 +344,11 @@ impl TestPatternCamera {
         index * 1_000_000 / u64::from(self.config.fps)
     }
 
-    fn render_text(&mut self) {
-        use std::fmt::Write;
-        self.counter.clear();
-        let _ = write!(self.counter, "{:06}", self.index);
-        let ms = self.clock.unix_time().as_millis() as u64 % 86_400_000;
-        self.clock_text.clear();
-        let _ = write!(
-            self.clock_text,
-            "{:02}:{:02}:{:02}.{:03}",
-            ms / 3_600_000,
-            ms / 60_000 % 60,
-            ms / 1000 % 60,
-            ms % 1000
-        );
-    }
-
     /// Draw and encode the next picture. Returns `None` if the encoder produced no output.
     fn encode_next(&mut self, ts_us: u64) -> Result<Option<EncodedFrame>, CaptureError> {
-        self.render_text();
+        self.overlay.render(self.index, self.clock.unix_time());
         self.picture
-            .draw(self.index, &self.counter, &self.clock_text);
+            .draw(self.index, &self.overlay.counter, &self.overlay.clock);
         self.index += 1;
         if self.trigger.swap(false, Ordering::Relaxed) {
             self.force_keyframe = true;
