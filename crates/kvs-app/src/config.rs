@@ -345,6 +345,9 @@ pub struct SessionConfig {
     /// bytes per packet kept (the payloads themselves are shared by all viewers).
     #[serde(with = "duration_millis")]
     pub resend_window: Duration,
+    /// Take the media UDP port from this inclusive range (`[first, last]`); none = any free
+    /// port. Split mode's media side uses it when it shares one IP with the signaling side.
+    pub udp_port_range: Option<(u16, u16)>,
 }
 
 impl Default for SessionConfig {
@@ -354,6 +357,7 @@ impl Default for SessionConfig {
             media_bind: Vec::new(),
             data_channel_echo: true,
             resend_window: Duration::from_millis(250),
+            udp_port_range: None,
         }
     }
 }
@@ -414,6 +418,13 @@ impl DeviceConfig {
                 "session.max_viewers must be 1..=100, got {}",
                 self.session.max_viewers
             ));
+        }
+        if let Some((first, last)) = self.session.udp_port_range {
+            if first == 0 || first > last {
+                return Err(format!(
+                    "session.udp_port_range must be [first, last] with 1 <= first <= last, got [{first}, {last}]"
+                ));
+            }
         }
         if let VideoSourceConfig::TestPattern {
             width,

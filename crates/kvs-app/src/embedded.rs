@@ -127,9 +127,9 @@ pub enum EmbeddedError {
     Signaling(#[from] kvs_signaling::SignalingError),
 }
 
-/// A running embedded setup.
-pub struct Embedded {
-    pub device: DeviceHandle,
+/// The local signaling service of the embedded default, without a device (split mode runs
+/// its signaling-only side against it).
+pub struct LocalService {
     /// The plain loopback listener (viewer page and its WebSocket).
     pub service: ServiceHandle,
     /// The TLS listener the device uses (HTTPS + WSS, SigV4).
@@ -150,17 +150,38 @@ pub struct Embedded {
     pub page_requires_signature: bool,
 }
 
-impl Embedded {
+impl LocalService {
     /// The viewer page's URL (served only if the caller added the page routes).
     pub fn page_url(&self) -> String {
         format!("http://{}/", self.addr)
     }
 
+    /// Stop both listeners (GO_AWAY to whoever is still connected).
+    pub async fn shutdown(self) {
+        self.service.shutdown().await;
+        self.tls_service.shutdown().await;
+    }
+}
+
+/// A running embedded setup: the local service and the device. Reads like its
+/// [`LocalService`] (`running.channel_arn`, `running.page_url()`).
+pub struct Embedded {
+    pub device: DeviceHandle,
+    pub local: LocalService,
+}
+
+impl std::ops::Deref for Embedded {
+    type Target = LocalService;
+    fn deref(&self) -> &LocalService {
+        &self.local
+    }
+}
+
+impl Embedded {
     /// Stop the device, then the service (which sends GO_AWAY to whoever is still connected).
     pub async fn shutdown(self) {
         self.device.shutdown().await;
-        self.service.shutdown().await;
-        self.tls_service.shutdown().await;
+        self.local.shutdown().await;
     }
 }
 
@@ -210,6 +231,32 @@ pub async fn start_with_events(
     extra_routes: Option<axum::Router>,
     events: EventBus,
 ) -> Result<Embedded, EmbeddedError> {
+    // Open sources first: a bad file is reported before anything listens.
+    let camera = crate::sources::open_camera(&config.video)?;
+    let microphone = crate::sources::open_microphone(&config.audio)?;
+    let (local, client) = start_service(&config, extra_routes).await?;
+    let parts = DeviceParts {
+        config,
+        signaling: client,
+        camera,
+        microphone,
+    };
+    match Device::start_with_events(parts, events).await {
+        Ok(device) => Ok(Embedded { device, local }),
+        Err(e) => {
+            local.shutdown().await;
+            Err(e.into())
+        }
+    }
+}
+
+/// Starts the local service for `config` (which must be `signaling.mode = "embedded"`) and
+/// returns it with a master client for its channel (created on the first run), signed with
+/// this run's key. `extra_routes` are served beside the page's data plane.
+pub async fn start_service(
+    config: &DeviceConfig,
+    extra_routes: Option<axum::Router>,
+) -> Result<(LocalService, Arc<dyn kvs_signaling::SignalingClient>), EmbeddedError> {
     let SignalingConfig::Embedded {
         channel,
         listen,
@@ -219,10 +266,6 @@ pub async fn start_with_events(
     else {
         return Err(EmbeddedError::NotEmbedded);
     };
-    // Open sources first: a bad file is reported before anything listens.
-    let camera = crate::sources::open_camera(&config.video)?;
-    let microphone = crate::sources::open_microphone(&config.audio)?;
-
     let state_dir = match state_dir {
         Some(d) => d,
         None => kvs_signaling_service::store::default_state_dir("embedded")
@@ -289,17 +332,10 @@ pub async fn start_with_events(
         // Describe (create on first run) and get the endpoints now, so a broken set-up fails
         // here with a clear error rather than as a device that keeps retrying.
         let (channel_arn, _endpoints) = client.channel().await?;
-        let parts = DeviceParts {
-            config,
-            signaling: Arc::new(client),
-            camera,
-            microphone,
-        };
-        let device = Device::start_with_events(parts, events).await?;
-        Ok::<_, EmbeddedError>((device, channel_arn))
+        Ok::<_, EmbeddedError>((client, channel_arn))
     }
     .await;
-    let (device, channel_arn) = match started {
+    let (client, channel_arn) = match started {
         Ok(pair) => pair,
         Err(e) => {
             service.shutdown().await;
@@ -314,8 +350,7 @@ pub async fn start_with_events(
         tls: false,
     };
     tracing::info!(channel = %channel_arn, %control_plane, "embedded signaling service; page data plane on {signaling_url}");
-    Ok(Embedded {
-        device,
+    let local = LocalService {
         service,
         tls_service,
         signaling_url,
@@ -326,5 +361,6 @@ pub async fn start_with_events(
         addr,
         viewer_signer,
         page_requires_signature,
-    })
+    };
+    Ok((local, Arc::new(client)))
 }

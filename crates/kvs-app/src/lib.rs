@@ -27,6 +27,7 @@ pub mod embedded;
 pub mod events;
 pub mod signaling;
 pub mod sources;
+pub mod split;
 
 pub use backoff::{Backoff, BackoffConfig};
 pub use config::{

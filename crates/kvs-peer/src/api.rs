@@ -29,6 +29,9 @@ pub struct PeerConfig {
     pub bind_addrs: Vec<IpAddr>,
     /// UDP port for every socket; 0 = an ephemeral port per socket.
     pub udp_port: u16,
+    /// Take each socket's port from this inclusive range instead (the first free one), as a
+    /// split-mode media side that shares one IP with its signaling side does.
+    pub udp_port_range: Option<(u16, u16)>,
     /// Video sent to viewers (H.264, packetization-mode 1), or none.
     pub video: Option<VideoCodec>,
     /// Audio sent to viewers (Opus), or none.
@@ -68,6 +71,7 @@ impl Default for PeerConfig {
             max_sessions: 10,
             bind_addrs: Vec::new(),
             udp_port: 0,
+            udp_port_range: None,
             video: Some(VideoCodec::H264),
             audio: Some(AudioCodec::Opus),
             data_channel: true,

@@ -141,7 +141,7 @@ impl PeerEngine {
         };
         let mut sockets: HashMap<SocketAddr, Arc<UdpIo>> = HashMap::new();
         for ip in ips {
-            match bind_udp(SocketAddr::new(ip, config.udp_port)).and_then(UdpIo::new) {
+            match bind_in(ip, &config).and_then(UdpIo::new) {
                 Ok(io) => {
                     let addr = io.local_addr()?;
                     info!(%addr, segments = io.max_segments(), "peer engine listening");
@@ -220,6 +220,27 @@ pub(crate) fn generate_certificate() -> Result<str0m::config::DtlsCert, PeerErro
 pub(crate) const SOCKET_BUFFER_BYTES: usize = 2 << 20;
 
 /// A non-blocking UDP socket bound to `addr`, with [`SOCKET_BUFFER_BYTES`] buffers.
+/// Binds `ip` on the configured port, or on the first free port of the configured range.
+fn bind_in(ip: IpAddr, config: &PeerConfig) -> std::io::Result<UdpSocket> {
+    let Some((first, last)) = config.udp_port_range else {
+        return bind_udp(SocketAddr::new(ip, config.udp_port));
+    };
+    let mut last_error = None;
+    for port in first..=last {
+        match bind_udp(SocketAddr::new(ip, port)) {
+            Ok(s) => return Ok(s),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => last_error = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("empty UDP port range {first}-{last}"),
+        )
+    }))
+}
+
 pub(crate) fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;

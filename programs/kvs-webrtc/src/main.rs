@@ -6,6 +6,7 @@
 //! overrides) choose other sources, limits and signaling.
 
 mod service_cmd;
+mod split_cmd;
 mod web;
 
 use anyhow::{Context, Result};
@@ -28,6 +29,13 @@ struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
 
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+/// The device's options: where signaling is, the sources, the limits.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct DeviceArgs {
     /// TOML configuration file; KVS_WEBRTC_<SECTION>__<KEY> variables override it.
     #[arg(short, long, env = "KVS_WEBRTC_CONFIG")]
     config: Option<PathBuf>,
@@ -100,11 +108,57 @@ enum Command {
     /// Run the local KVS-compatible signaling service on its own (REST control plane,
     /// WebSocket data plane, SigV4, TLS).
     Service(service_cmd::ServiceArgs),
+    /// Split mode on one machine, no AWS account: the local service and page, an always-on
+    /// signaling-only side, and a streaming-only process woken when a viewer comes.
+    Split(split_cmd::SplitArgs),
+    /// The always-on half of split mode: holds the KVS signaling connection and wakes the
+    /// streaming side over the link when a viewer's offer arrives.
+    SignalingOnly(split_cmd::SignalingOnlyArgs),
+    /// The streaming half of split mode: streams to the viewers the link brings, and sleeps
+    /// when none is left.
+    StreamingOnly(split_cmd::StreamingOnlyArgs),
 }
 
-impl Cli {
+impl DeviceArgs {
+    /// The media options again, as arguments for a streaming-only process.
+    pub(crate) fn media_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        let mut push = |flag: &str, value: Option<String>| {
+            args.push(flag.to_owned());
+            args.extend(value);
+        };
+        if let Some(c) = &self.config {
+            push("--config", Some(c.to_string_lossy().into_owned()));
+        }
+        if let Some(n) = self.max_viewers {
+            push("--max-viewers", Some(n.to_string()));
+        }
+        for ip in &self.media_bind {
+            push("--media-bind", Some(ip.to_string()));
+        }
+        if let Some(f) = &self.h264_file {
+            push("--h264-file", Some(f.to_string_lossy().into_owned()));
+        }
+        if self.h264_stdin {
+            push("--h264-stdin", None);
+        }
+        if let Some(fps) = self.fps {
+            push("--fps", Some(fps.to_string()));
+        }
+        if let Some(f) = &self.ogg_file {
+            push("--ogg-file", Some(f.to_string_lossy().into_owned()));
+        }
+        if self.no_audio {
+            push("--no-audio", None);
+        }
+        if self.no_video {
+            push("--no-video", None);
+        }
+        args
+    }
+
     /// The configuration: file + environment, then the command line on top.
-    fn into_config(self) -> Result<DeviceConfig> {
+    pub(crate) fn into_config(self) -> Result<DeviceConfig> {
         let mut config = DeviceConfig::load(self.config.as_deref(), std::env::vars())?;
         if let Some(url) = self.signaling_url {
             let channel_arn = self
@@ -192,11 +246,15 @@ async fn main() -> Result<()> {
         // Every line through the one redaction: no dependency can log a token or a key.
         .with_writer(|| kvs_aws::redact::RedactingWriter::new(std::io::stderr()))
         .init();
-    let mut cli = Cli::parse();
-    if let Some(Command::Service(args)) = cli.command.take() {
-        return service_cmd::run(args).await;
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Service(args)) => return service_cmd::run(args).await,
+        Some(Command::Split(args)) => return split_cmd::run_split(args).await,
+        Some(Command::SignalingOnly(args)) => return split_cmd::run_signaling_only(args).await,
+        Some(Command::StreamingOnly(args)) => return split_cmd::run_streaming_only(args).await,
+        None => {}
     }
-    let config = cli.into_config()?;
+    let config = cli.device.into_config()?;
     match config.signaling {
         SignalingConfig::Embedded { .. } => run_embedded(config).await,
         _ => run_external(config).await,
@@ -285,7 +343,7 @@ async fn run_external(config: DeviceConfig) -> Result<()> {
 }
 
 /// Print what the device is doing, one line per milestone, to stdout.
-async fn report_events(mut events: tokio::sync::broadcast::Receiver<kvs_app::AppEvent>) {
+pub(crate) async fn report_events(mut events: tokio::sync::broadcast::Receiver<kvs_app::AppEvent>) {
     use tokio::sync::broadcast::error::RecvError;
     loop {
         match events.recv().await {

@@ -173,6 +173,7 @@ fn peer_config(
     PeerConfig {
         max_sessions: session.max_viewers,
         bind_addrs: session.media_bind.clone(),
+        udp_port_range: session.udp_port_range,
         video: video.then_some(VideoCodec::H264),
         audio: audio.then_some(AudioCodec::Opus),
         data_channel: true,
