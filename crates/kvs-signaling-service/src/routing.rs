@@ -764,6 +764,24 @@ impl RoutingCore {
         }
     }
 
+    /// Sends GO_AWAY to one connection, then closes and forgets it (the client is expected
+    /// to reconnect at once; messages for it meanwhile are stored as for any absent
+    /// recipient). False if the connection is unknown.
+    pub fn go_away(&mut self, conn: ConnectionId, reason: &str, now: Instant) -> bool {
+        if !self.connections.contains_key(&conn) {
+            return false;
+        }
+        // A connection whose queue is full gets no GO_AWAY, only the close.
+        let _ = self.enqueue(conn, None, ServiceFrame::go_away().emit());
+        info!(conn = conn.0, reason, "sending GO_AWAY to one connection");
+        self.disconnect(conn, now);
+        self.outputs.push_back(Output::Close {
+            conn,
+            reason: reason.to_string(),
+        });
+        true
+    }
+
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down
     }

@@ -436,6 +436,29 @@ fn shutdown_sends_go_away_to_everyone_and_refuses_new_connections() {
     );
 }
 
+#[test]
+fn go_away_to_one_connection_closes_it_and_a_new_master_connects() {
+    let (mut core, arn, t0) = setup(ServiceConfig::default());
+    let master = core.connect(&arn, ConnectRole::Master, t0).unwrap();
+    let v = core.connect(&arn, viewer("v1"), t0).unwrap();
+    assert!(core.go_away(master, "key revoked", t0));
+    let out = drain(&mut core);
+    assert_eq!(out.len(), 2);
+    let (to, f) = sent(&out[0]);
+    assert_eq!((to, f.message_type), (master, ServiceMessageType::GoAway));
+    assert!(matches!(&out[1], Output::Close { conn, .. } if *conn == master));
+    assert!(!core.has_master(&arn), "the master is forgotten at once");
+    assert!(!core.go_away(master, "again", t0), "an unknown connection");
+    // The viewer is untouched; a message for the absent master is stored, and delivered to
+    // the master that reconnects.
+    core.handle_frame(v, offer_frame(None, None, "sdp").as_bytes(), t0);
+    assert!(drain(&mut core).is_empty());
+    let again = core.connect(&arn, ConnectRole::Master, t0).unwrap();
+    let out = drain(&mut core);
+    assert_eq!(out.len(), 1);
+    assert_eq!(sent(&out[0]).0, again);
+}
+
 // ---- limits (virtual time) ----------------------------------------------------------------
 
 use crate::ratelimit::RateLimit;

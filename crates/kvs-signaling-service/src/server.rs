@@ -8,7 +8,8 @@
 //! Also: the REST control plane's HTTP side (body size and read-time limits, CORS, request
 //! ids, rest-json errors for everything — unknown paths and methods included) around the
 //! sans-IO [`crate::control`] core, SigV4 verification (via `kvs_aws::Verifier`) of every REST
-//! call and every WebSocket connect when access keys are configured, what each edge may
+//! call and every WebSocket connect when access keys are configured (and revoking a key at
+//! run time: GO_AWAY to the connections it signed), what each edge may
 //! serve ([`ServiceState::edge`]: everything; [`ServiceState::viewer_edge`]: viewer connects to
 //! one channel only), and recording channel changes in the [`ChannelStore`] in the order they
 //! happen.
@@ -55,6 +56,8 @@ enum ConnCommand {
 struct Shared {
     core: RoutingCore,
     senders: HashMap<ConnectionId, mpsc::Sender<ConnCommand>>,
+    /// The access key that signed each connection opened with a signature.
+    signed_with: HashMap<ConnectionId, String>,
 }
 
 /// The shared state of a running service; cheap to clone.
@@ -104,6 +107,8 @@ enum Access {
 struct Auth {
     verifier: Verifier,
     keys: StaticKeys,
+    /// Keys no longer accepted ([`ServiceState::revoke_access_key`]).
+    revoked: Mutex<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for ServiceState {
@@ -134,12 +139,14 @@ impl ServiceState {
                     region: Some(config.region.clone()),
                 }),
                 keys,
+                revoked: Mutex::default(),
             })
         });
         ServiceState {
             shared: Arc::new(Mutex::new(Shared {
                 core: RoutingCore::new(config.clone()),
                 senders: HashMap::new(),
+                signed_with: HashMap::new(),
             })),
             limiter: Arc::new(ConnLimiter::new(
                 config.max_connections,
@@ -342,6 +349,50 @@ impl ServiceState {
         }
     }
 
+    /// Stops accepting `access_key_id`, on every edge, from now on: REST calls and connects
+    /// signed with it are refused with 403 (as AWS refuses a deactivated or expired key), and
+    /// every WebSocket connection that was opened with it gets GO_AWAY and is closed, so its
+    /// client reconnects at once — with fresh credentials. For key rotation (a key that has
+    /// expired or leaked) and for tests of credential expiry. Returns how many connections
+    /// were sent away. Unknown keys are remembered too (and refused anyway).
+    pub fn revoke_access_key(&self, access_key_id: &str) -> usize {
+        if let Some(auth) = &self.auth {
+            auth.revoked
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(access_key_id.to_owned());
+        }
+        let mut shared = self.lock();
+        let mut conns: Vec<ConnectionId> = shared
+            .signed_with
+            .iter()
+            .filter(|(_, key)| key.as_str() == access_key_id)
+            .map(|(conn, _)| *conn)
+            .collect();
+        conns.sort();
+        let now = Instant::now();
+        for conn in &conns {
+            shared.signed_with.remove(conn);
+            shared.core.go_away(*conn, "access key revoked", now);
+        }
+        dispatch(&mut shared);
+        info!(
+            key = access_key_id,
+            connections = conns.len(),
+            "access key revoked"
+        );
+        conns.len()
+    }
+
+    /// WebSocket connections open now that were signed with `access_key_id`.
+    pub fn connections_signed_with(&self, access_key_id: &str) -> usize {
+        self.lock()
+            .signed_with
+            .values()
+            .filter(|key| key.as_str() == access_key_id)
+            .count()
+    }
+
     /// Sends GO_AWAY to every client, closes every connection and refuses new ones.
     pub fn shutdown(&self) {
         info!("signaling service shutting down: sending GO_AWAY to all clients");
@@ -354,9 +405,13 @@ impl ServiceState {
         &self,
         arn: &str,
         role: ConnectRole,
+        signed_with: Option<String>,
     ) -> Result<(ConnectionId, mpsc::Receiver<ConnCommand>), ConnectError> {
         let mut shared = self.lock();
         let conn = shared.core.connect(arn, role, Instant::now())?;
+        if let Some(key) = signed_with {
+            shared.signed_with.insert(conn, key);
+        }
         // The core never hands out more than `connection_queue` frames for a connection;
         // one more slot for the close.
         let (tx, rx) = mpsc::channel(self.config.connection_queue.max(1) + 1);
@@ -403,6 +458,7 @@ impl ServiceState {
         let mut shared = self.lock();
         shared.core.disconnect(conn, Instant::now());
         shared.senders.remove(&conn);
+        shared.signed_with.remove(&conn);
         let (len, cap) = (shared.senders.len(), shared.senders.capacity());
         // Like the core's maps: give back what a burst of connections left behind.
         if cap > 256 && len < cap / 8 {
@@ -550,31 +606,33 @@ fn control_response(r: ControlResponse) -> Response {
     response
 }
 
-/// Checks the request's SigV4 signature when this edge authenticates and keys are configured.
+/// Checks the request's SigV4 signature when this edge authenticates and keys are configured;
+/// the access key that signed it, if one was checked.
 fn authenticate(
     state: &ServiceState,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<(), ControlResponse> {
+) -> Result<Option<String>, ControlResponse> {
     match state.edge.access {
         Access::Full { authenticate: true } if state.auth.is_some() => {
-            verify_signature(state, method, uri, headers, body)
+            verify_signature(state, method, uri, headers, body).map(Some)
         }
-        _ => Ok(()),
+        _ => Ok(None),
     }
 }
 
-/// Verifies the request's SigV4 signature against the service's keys; without keys nothing
-/// can be verified, so everything is refused.
+/// Verifies the request's SigV4 signature against the service's keys (a revoked key is
+/// refused like an unknown one); without keys nothing can be verified, so everything is
+/// refused. Returns the access key that signed it.
 fn verify_signature(
     state: &ServiceState,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<(), ControlResponse> {
+) -> Result<String, ControlResponse> {
     let Some(auth) = state.auth.as_ref() else {
         return Err(ControlResponse::error(
             403,
@@ -600,15 +658,29 @@ fn verify_signature(
         headers: &pairs,
         body,
     };
-    auth.verifier
+    let verified = auth
+        .verifier
         .verify(&req, &auth.keys, SystemTime::now())
-        .map(|_| ())
         .map_err(|e| {
             // The error's Display is the service's wording; never the canonical request,
             // which can hold a session token.
             debug!(error = %e, "SigV4 verification failed");
             ControlResponse::error(e.http_status(), e.error_code(), e.to_string())
-        })
+        })?;
+    let revoked = auth
+        .revoked
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains(&verified.access_key_id);
+    if revoked {
+        debug!(key = %verified.access_key_id, "request signed with a revoked key");
+        return Err(ControlResponse::error(
+            403,
+            "UnrecognizedClientException",
+            "The security token included in the request is invalid (the access key was revoked)",
+        ));
+    }
+    Ok(verified.access_key_id)
 }
 
 /// Where clients reach us, from the `Host` they used.
@@ -740,7 +812,8 @@ fn has_signature(params: &[(String, String)]) -> bool {
 }
 
 /// What a viewer-only edge checks before a connect reaches the core: a valid signature (when
-/// required, or when one is given), the viewer role, and its one channel.
+/// required, or when one is given), the viewer role, and its one channel. Returns the access
+/// key that signed the connect, if it was signed.
 fn check_viewer_edge(
     state: &ServiceState,
     (channel, require_signature): (&str, bool),
@@ -748,9 +821,10 @@ fn check_viewer_edge(
     params: &[(String, String)],
     arn: &str,
     role: &ConnectRole,
-) -> Result<(), ControlResponse> {
+) -> Result<Option<String>, ControlResponse> {
+    let mut signed_with = None;
     if require_signature || has_signature(params) {
-        verify_signature(state, method, uri, headers, &[])?;
+        signed_with = Some(verify_signature(state, method, uri, headers, &[])?);
     }
     let denied = |message: &str| ControlResponse::error(403, "AccessDeniedException", message);
     if !matches!(role, ConnectRole::Viewer { .. }) {
@@ -762,7 +836,7 @@ fn check_viewer_edge(
             "this endpoint serves one channel only, not this one",
         ));
     }
-    Ok(())
+    Ok(signed_with)
 }
 
 async fn data_plane(
@@ -797,10 +871,13 @@ async fn data_plane(
             "expected a WebSocket upgrade".into(),
         );
     };
-    if let Err(e) = authenticate(&state, &method, &uri, &headers, &[]) {
-        warn!(status = e.status, error = ?e.error_type, "refusing an unauthenticated signaling connection");
-        return control_response(e);
-    }
+    let mut signed_with = match authenticate(&state, &method, &uri, &headers, &[]) {
+        Ok(key) => key,
+        Err(e) => {
+            warn!(status = e.status, error = ?e.error_type, "refusing an unauthenticated signaling connection");
+            return control_response(e);
+        }
+    };
     let Some(arn) = query_param(&params, "X-Amz-ChannelARN") else {
         return error_response(
             StatusCode::BAD_REQUEST,
@@ -819,7 +896,7 @@ async fn data_plane(
         require_signature,
     } = &state.edge.access
     {
-        if let Err(e) = check_viewer_edge(
+        match check_viewer_edge(
             &state,
             (channel, *require_signature),
             (&method, &uri, &headers),
@@ -827,11 +904,15 @@ async fn data_plane(
             arn,
             &role,
         ) {
-            warn!(status = e.status, error = ?e.error_type, ?role, "refusing a connection on the viewer edge");
-            return control_response(e);
+            Ok(key) => signed_with = signed_with.or(key),
+            Err(e) => {
+                warn!(status = e.status, error = ?e.error_type, ?role, "refusing a connection on the viewer edge");
+                return control_response(e);
+            }
         }
     }
-    let (conn, commands) = match state.connect(arn, role.clone()) {
+    let key = signed_with.clone();
+    let (conn, commands) = match state.connect(arn, role.clone(), signed_with) {
         Ok(pair) => pair,
         Err(e) => {
             warn!(arn, ?role, error = %e, "refusing signaling connection");
@@ -854,7 +935,7 @@ async fn data_plane(
             return error_response(status, error_type, e.to_string());
         }
     };
-    info!(conn = conn.0, arn, ?role, "signaling connection accepted");
+    info!(conn = conn.0, arn, ?role, key = ?key, "signaling connection accepted");
     let guard = ConnGuard::new(state.clone(), conn);
     let limits = ConnLimits {
         idle: state.config.idle_timeout,
