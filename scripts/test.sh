@@ -23,7 +23,7 @@ cd "$ROOT"
 # Debian packages: the browser, what the H.264 (nasm), Opus (libopus-dev, pkg-config) and
 # crypto (clang, cmake) crates need to build, coturn (the TURN server the relay test uses), and
 # iproute2 + python3 for the fault tests between network namespaces (tests/faults).
-APT_PACKAGES=(chromium nasm libopus-dev pkg-config clang cmake ca-certificates coturn iproute2 procps python3)
+APT_PACKAGES=(chromium nasm libopus-dev pkg-config clang cmake ca-certificates coturn iproute2 procps python3 socat)
 NODE_MIN_MAJOR=20 # playwright-core's minimum
 
 export DEBIAN_FRONTEND=noninteractive

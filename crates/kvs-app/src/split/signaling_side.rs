@@ -104,13 +104,7 @@ impl SignalingSide {
 
     /// Asks the media side something (a snapshot wakes it if it sleeps).
     pub async fn request(&self, command: Command) -> Result<CommandValue, CommandError> {
-        let (tx, rx) = oneshot::channel();
-        self.commands
-            .try_send((command, tx))
-            .map_err(|_| CommandError::TooManyOutstanding {
-                limit: MAX_APP_COMMANDS,
-            })?;
-        rx.await.unwrap_or(Err(CommandError::Unavailable))
+        self.commander().request(command).await
     }
 
     /// A cheap handle for asking commands from other tasks (an HTTP server).
@@ -340,7 +334,7 @@ impl Driver {
         }
     }
 
-    async fn to_viewer(&mut self, msg: SignalingMessage) {
+    async fn send_to_viewer(&mut self, msg: SignalingMessage) {
         let Some(kvs) = &self.kvs else {
             tracing::warn!(kind = ?msg.kind, peer = ?msg.peer_client_id, "not connected to signaling: message to the viewer dropped");
             return;
@@ -370,14 +364,16 @@ impl Driver {
                 Err(e) => tracing::error!("waking the media side failed: {e}"),
             },
             RelayOutput::Answer(m) => {
-                self.to_viewer(convert::sdp_to_kvs(MessageKind::Answer, &m))
+                self.send_to_viewer(convert::sdp_to_kvs(MessageKind::Answer, &m))
                     .await
             }
             RelayOutput::Offer(m) => {
-                self.to_viewer(convert::sdp_to_kvs(MessageKind::Offer, &m))
+                self.send_to_viewer(convert::sdp_to_kvs(MessageKind::Offer, &m))
                     .await
             }
-            RelayOutput::IceCandidate(m) => self.to_viewer(convert::candidate_to_kvs(&m)).await,
+            RelayOutput::IceCandidate(m) => {
+                self.send_to_viewer(convert::candidate_to_kvs(&m)).await
+            }
             RelayOutput::Refuse(r) => {
                 tracing::info!(peer = %r.peer.as_str(), "viewer refused: {}", r.reason);
                 self.status.send_modify(|s| s.viewers_refused += 1);
@@ -387,7 +383,7 @@ impl Driver {
                     r.reason.status(),
                     &r.reason.to_string(),
                 );
-                self.to_viewer(msg).await;
+                self.send_to_viewer(msg).await;
             }
             RelayOutput::MediaStatus(p) => {
                 tracing::info!(presence = ?p, "media side");
