@@ -19,13 +19,16 @@
 //! itself — those live in the core crates it wires together.
 
 pub mod backoff;
+#[cfg(feature = "media")]
 pub mod capture;
 pub mod config;
+#[cfg(feature = "media")]
 pub mod device;
 #[cfg(feature = "embedded")]
 pub mod embedded;
 pub mod events;
 pub mod signaling;
+#[cfg(feature = "media")]
 pub mod sources;
 pub mod split;
 
@@ -34,5 +37,6 @@ pub use config::{
     AudioSourceConfig, ConfigError, CredentialsConfig, DeviceConfig, SessionConfig,
     SignalingConfig, VideoSourceConfig,
 };
+#[cfg(feature = "media")]
 pub use device::{Device, DeviceError, DeviceHandle, DeviceParts, DeviceState};
 pub use events::{AppEvent, EventBus, EventKind};

@@ -24,11 +24,14 @@
 
 pub mod convert;
 pub mod link;
+#[cfg(feature = "media")]
 pub mod media_side;
 pub mod signaling_side;
 pub mod wake;
 
+pub use kvs_bridge::{MediaConfig, RelayConfig};
 pub use link::{LinkAddr, LinkError};
+#[cfg(feature = "media")]
 pub use media_side::{MediaSideConfig, MediaSideError, MediaSideExit, SleepMode};
 pub use signaling_side::{Commander, SignalingSide, SignalingSideConfig, SignalingSideStatus};
 pub use wake::{WakeMethod, Waker};
