@@ -98,6 +98,7 @@ async fn offers_wake_a_resident_media_side_over_tcp_and_it_sleeps_after_the_last
                 ..RelayConfig::default()
             },
             reconnect: BackoffConfig::default(),
+            fallback_ice: Vec::new(),
         },
         client,
     )
@@ -192,6 +193,52 @@ async fn offers_wake_a_resident_media_side_over_tcp_and_it_sleeps_after_the_last
     let _ = stop_tx.send(true);
     let exit = tokio::time::timeout(WAIT, media).await.unwrap().unwrap();
     assert_eq!(exit.unwrap(), MediaSideExit::Stopped);
+    side.shutdown().await;
+    local.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_media_side_that_never_wakes_gets_the_viewer_refused_with_a_reason() {
+    let mut config = device_config(1);
+    if let SignalingConfig::Embedded { channel, .. } = &mut config.signaling {
+        *channel = "split-no-wake-test".into();
+    }
+    let (local, client) = kvs_app::embedded::start_service(&config, None)
+        .await
+        .expect("local service");
+    let side = SignalingSide::start(
+        SignalingSideConfig {
+            link: LinkAddr::TcpListen(format!("127.0.0.1:{}", free_port()).parse().unwrap()),
+            // The "streaming process" exits at once: nothing ever says Ready.
+            wake: WakeMethod::Exec("true".into()),
+            relay: RelayConfig {
+                wake_budget: Duration::from_millis(500),
+                ..RelayConfig::default()
+            },
+            reconnect: BackoffConfig::default(),
+            fallback_ice: Vec::new(),
+        },
+        client,
+    )
+    .await
+    .expect("signaling side");
+    let status = side.status();
+    for attempt in 0..2 {
+        let (code, reason) = match watch(
+            &local.signaling_url,
+            &local.channel_arn,
+            &format!("never-{attempt}"),
+        )
+        .await
+        {
+            Err(refusal) => refusal,
+            Ok(_) => panic!("video from a media side that never woke"),
+        };
+        assert_eq!(code, "CAMERA_UNAVAILABLE", "attempt {attempt}: {reason}");
+        assert!(reason.contains("did not wake up"), "{reason}");
+    }
+    // Each offer tried again: two wakes carried out.
+    assert_eq!(status.borrow().wakes, 2);
     side.shutdown().await;
     local.shutdown().await;
 }

@@ -436,3 +436,38 @@ impl Driver {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn a_port_range_takes_the_first_free_port_and_reports_a_full_range() {
+        let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        // Find two adjacent free ports, then occupy the first.
+        let (taken, first) = (0..50)
+            .find_map(|_| {
+                let a = std::net::UdpSocket::bind((ip, 0)).ok()?;
+                let port = a.local_addr().ok()?.port();
+                let next = port.checked_add(1)?;
+                std::net::UdpSocket::bind((ip, next)).ok().map(drop)?;
+                Some((a, port))
+            })
+            .expect("two adjacent free UDP ports");
+        let config = PeerConfig {
+            udp_port_range: Some((first, first + 1)),
+            ..PeerConfig::default()
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap();
+        let _guard = rt.enter();
+        let socket = bind_in(ip, &config).expect("the second port of the range");
+        assert_eq!(socket.local_addr().unwrap().port(), first + 1);
+        let full = bind_in(ip, &config).expect_err("both ports taken");
+        assert_eq!(full.kind(), std::io::ErrorKind::AddrInUse);
+        drop(taken);
+    }
+}

@@ -61,6 +61,7 @@ async fn main() -> Result<()> {
             wake: cli.wake,
             relay: kvs_bridge_relay(cli.wake_budget_ms),
             reconnect: config.reconnect.clone(),
+            fallback_ice: kvs_app::split::signaling_side::stun_fallback(&config.signaling),
         },
         client,
     )

@@ -160,6 +160,7 @@ pub(crate) async fn run_signaling_only(args: SignalingOnlyArgs) -> Result<()> {
             wake: args.wake,
             relay: relay_config(args.wake_budget_ms),
             reconnect: config.reconnect.clone(),
+            fallback_ice: kvs_app::split::signaling_side::stun_fallback(&config.signaling),
         },
         client,
     )
@@ -295,6 +296,7 @@ pub(crate) async fn run_split(args: SplitArgs) -> Result<()> {
             wake,
             relay: relay_config(args.wake_budget_ms),
             reconnect: config.reconnect.clone(),
+            fallback_ice: kvs_app::split::signaling_side::stun_fallback(&config.signaling),
         },
         client,
     )

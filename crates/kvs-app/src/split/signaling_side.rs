@@ -40,6 +40,19 @@ pub struct SignalingSideConfig {
     pub wake: WakeMethod,
     pub relay: RelayConfig,
     pub reconnect: BackoffConfig,
+    /// Handed to the media side while no list could be fetched (e.g. the regional STUN
+    /// server); fetching keeps being retried.
+    pub fallback_ice: Vec<IceServer>,
+}
+
+/// The STUN server to fall back on for `signaling` (KVS's regional one; none otherwise).
+pub fn stun_fallback(signaling: &crate::config::SignalingConfig) -> Vec<IceServer> {
+    match signaling {
+        crate::config::SignalingConfig::Kvs { region, .. } => vec![IceServer::stun(
+            kvs_signaling::kvs::api::stun_url(region, Default::default()),
+        )],
+        _ => Vec::new(),
+    }
 }
 
 /// What the signaling side is doing, for status displays and tests.
@@ -90,6 +103,8 @@ impl SignalingSide {
             reconnect_at: Some(Instant::now()),
             ice_fetch: None,
             ice_refresh_at: None,
+            ice_known: false,
+            fallback_ice: config.fallback_ice.clone(),
             replies: HashMap::new(),
             status: status_tx,
         };
@@ -150,6 +165,9 @@ struct Driver {
     reconnect_at: Option<Instant>,
     ice_fetch: Option<JoinHandle<Result<Vec<IceServer>, SignalingError>>>,
     ice_refresh_at: Option<Instant>,
+    /// A list was fetched (or the fallback handed over) at least once.
+    ice_known: bool,
+    fallback_ice: Vec<IceServer>,
     replies: HashMap<u32, CommandReply>,
     status: watch::Sender<SignalingSideStatus>,
 }
@@ -237,6 +255,9 @@ impl Driver {
                         Ok(Ok(servers)) => self.set_ice(now, servers),
                         Ok(Err(e)) | Err(e) => {
                             tracing::warn!("fetching ICE servers failed: {e}; retrying in 5 s");
+                            if !self.ice_known && !self.fallback_ice.is_empty() {
+                                self.set_ice(now, self.fallback_ice.clone());
+                            }
                             self.ice_refresh_at = Some(now + Duration::from_secs(5));
                         }
                     }
@@ -323,6 +344,7 @@ impl Driver {
     }
 
     fn set_ice(&mut self, now: Instant, servers: Vec<IceServer>) {
+        self.ice_known = true;
         let min_ttl = servers.iter().filter_map(|s| s.ttl).min();
         self.ice_refresh_at =
             min_ttl.map(|ttl| now + ttl.mul_f64(ICE_REFRESH_AT).max(Duration::from_millis(100)));
