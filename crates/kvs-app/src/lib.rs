@@ -22,6 +22,7 @@ pub mod backoff;
 #[cfg(feature = "media")]
 pub mod capture;
 pub mod config;
+pub mod control;
 #[cfg(feature = "media")]
 pub mod device;
 #[cfg(feature = "embedded")]
@@ -37,6 +38,7 @@ pub use config::{
     AudioSourceConfig, ConfigError, CredentialsConfig, DeviceConfig, SessionConfig,
     SignalingConfig, VideoSourceConfig,
 };
+pub use control::{Control, ControlError, DeviceControl};
 #[cfg(feature = "media")]
 pub use device::{Device, DeviceError, DeviceHandle, DeviceParts, DeviceState};
 pub use events::{AppEvent, EventBus, EventKind};
