@@ -7,9 +7,28 @@
 
 use crate::events::{AppEvent, EventBus, EventKind};
 use kvs_platform::{AudioCapture, EncodedFrame, VideoCapture};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Changes waiting for the capture thread; more are refused (a remote party must not grow
+/// this).
+const MAX_PENDING_CHANGES: usize = 8;
+/// How often a paused capture thread looks for work.
+const PAUSED_POLL: Duration = Duration::from_millis(100);
+
+/// A change for the camera, applied by the capture thread between two frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CameraChange {
+    BitrateBps(u32),
+    Resolution { width: u32, height: u32 },
+}
+
+/// The camera's answer to a [`CameraChange`].
+pub type ChangeResult = Result<(), kvs_platform::CaptureError>;
+type ChangeReply = tokio::sync::oneshot::Sender<ChangeResult>;
 
 /// Where a capture thread delivers frames. Implemented by the peer engine's frame sinks.
 pub trait FrameDelivery: Send + 'static {
@@ -28,6 +47,9 @@ pub struct CaptureControl {
     camera_trigger: Option<Arc<AtomicBool>>,
     /// The capture thread, unparked after setting `camera_trigger`.
     thread: std::sync::OnceLock<std::thread::Thread>,
+    /// Paused: the source is stopped and no frames flow until resumed.
+    paused: AtomicBool,
+    changes: Mutex<VecDeque<(CameraChange, ChangeReply)>>,
 }
 
 impl CaptureControl {
@@ -43,6 +65,53 @@ impl CaptureControl {
                 }
             }
             None => self.keyframe_requested.store(true, Ordering::Relaxed),
+        }
+    }
+
+    /// Stop (true) or resume (false) the source. A resumed video source starts with a
+    /// keyframe.
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, Ordering::Relaxed);
+        self.unpark();
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Relaxed)
+    }
+
+    /// Queue a change for the camera; the answer comes once the capture thread applied it
+    /// (within one frame interval). Refused at once when too many are waiting.
+    pub fn change(
+        &self,
+        change: CameraChange,
+    ) -> Result<tokio::sync::oneshot::Receiver<ChangeResult>, kvs_platform::CaptureError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        {
+            let mut changes = self
+                .changes
+                .lock()
+                .map_err(|_| kvs_platform::CaptureError::Unsupported("capture thread failed"))?;
+            if changes.len() >= MAX_PENDING_CHANGES {
+                return Err(kvs_platform::CaptureError::Unsupported(
+                    "too many camera changes waiting",
+                ));
+            }
+            changes.push_back((change, reply));
+        }
+        self.unpark();
+        Ok(answer)
+    }
+
+    fn unpark(&self) {
+        if let Some(thread) = self.thread.get() {
+            thread.unpark();
+        }
+    }
+
+    fn take_changes(&self) -> Vec<(CameraChange, ChangeReply)> {
+        match self.changes.lock() {
+            Ok(mut c) => c.drain(..).collect(),
+            Err(_) => Vec::new(),
         }
     }
 
@@ -155,6 +224,8 @@ fn spawn(
     let join = std::thread::Builder::new().name(name).spawn(move || {
         run_capture(&mut source, &sink, &thread_control, &events);
         source.stop();
+        // Whoever still waits for a change hears that it was not applied.
+        drop(thread_control.take_changes());
     })?;
     let _ = control.thread.set(join.thread().clone());
     Ok(CaptureThread {
@@ -180,7 +251,48 @@ fn run_capture(
         );
         return;
     }
+    let mut running = true;
     while !control.stop.load(Ordering::Relaxed) {
+        for (change, reply) in control.take_changes() {
+            let result = match (&mut *source, change) {
+                (Source::Video(camera), CameraChange::BitrateBps(bps)) => camera.set_bitrate(bps),
+                (Source::Video(camera), CameraChange::Resolution { width, height }) => {
+                    camera.set_resolution(width, height)
+                }
+                (Source::Audio(_), _) => Err(kvs_platform::CaptureError::Unsupported(
+                    "camera changes on an audio source",
+                )),
+            };
+            let _ = reply.send(result);
+        }
+        if control.paused.load(Ordering::Relaxed) {
+            if running {
+                source.stop();
+                running = false;
+                events.publish(AppEvent::new(
+                    EventKind::StreamingStopped,
+                    format!("{kind} capture paused"),
+                ));
+            }
+            std::thread::park_timeout(PAUSED_POLL);
+            continue;
+        }
+        if !running {
+            if let Err(e) = source.start() {
+                events.publish(
+                    AppEvent::new(
+                        EventKind::Error,
+                        format!("{kind} source failed to restart: {e}"),
+                    )
+                    .with_status(1),
+                );
+                return;
+            }
+            running = true;
+            if matches!(source, Source::Video(_)) {
+                control.request_keyframe();
+            }
+        }
         if let Source::Video(camera) = source {
             if control.keyframe_requested.swap(false, Ordering::Relaxed)
                 && !camera.request_keyframe()

@@ -150,6 +150,9 @@ pub enum PeerCommand {
     /// Replace the STUN/TURN servers given to sessions created from now on (fresh TURN
     /// credentials from signaling). Live sessions keep what they have.
     SetIceServers { servers: Vec<IceServer> },
+    /// Change the session limit. Lowering it closes no live session: it only refuses new
+    /// offers until the count is below the new limit.
+    SetMaxSessions { max: usize },
 }
 
 /// Milestones of one session, as durations since the offer was received (or created).

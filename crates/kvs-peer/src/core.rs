@@ -344,6 +344,10 @@ impl PeerCore {
                 binary,
             } => self.send_data(now, &peer_id, data, binary),
             PeerCommand::CloseSession { peer_id } => self.close_session(now, &peer_id),
+            PeerCommand::SetMaxSessions { max } => {
+                self.config.max_sessions = max;
+                Ok(())
+            }
             PeerCommand::SetIceServers { servers } => {
                 self.config.ice_servers = servers;
                 Ok(())

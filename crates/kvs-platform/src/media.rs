@@ -139,6 +139,11 @@ pub trait VideoCapture: Send {
     fn keyframe_trigger(&self) -> Option<Arc<AtomicBool>> {
         None
     }
+    /// Change the picture size; the next frame is a keyframe at the new size (a decoder
+    /// follows the new SPS without renegotiation).
+    fn set_resolution(&mut self, _width: u32, _height: u32) -> Result<(), CaptureError> {
+        Err(CaptureError::Unsupported("set_resolution"))
+    }
     /// Change the target bitrate in bits per second.
     fn set_bitrate(&mut self, _bits_per_second: u32) -> Result<(), CaptureError> {
         Err(CaptureError::Unsupported("set_bitrate"))

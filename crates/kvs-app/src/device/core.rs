@@ -63,7 +63,16 @@ pub enum DeviceInput {
         peer_id: Option<String>,
         error: String,
     },
+    /// Streaming switched on or off by the owner (remote control, the application).
+    SetStreaming(bool),
 }
+
+/// The refusal code viewers get while the owner has switched streaming off.
+pub const STREAM_OFF: &str = "STREAM_OFF";
+const STREAM_OFF_REASON: &str = "the camera's owner switched streaming off";
+/// Sessions close this long after their viewers were told why (over signaling, which is
+/// slower than the DTLS close over UDP): the reason arrives first. No media flows meanwhile.
+pub const STREAM_OFF_CLOSE_AFTER: Duration = Duration::from_millis(300);
 
 /// What the core asks the driver to do.
 #[derive(Debug, Clone)]
@@ -87,6 +96,8 @@ pub enum DeviceOutput {
     Peer(PeerCommand),
     /// Ask the camera for a keyframe.
     RequestKeyframe,
+    /// Stop (true) or resume (false) the capture threads.
+    PauseCapture(bool),
     /// Publish an application event.
     Event(AppEvent),
     /// The device's state changed.
@@ -165,6 +176,10 @@ pub struct DeviceCore {
     ice: IceRefresh,
     viewers: HashMap<String, Viewer>,
     state: Option<DeviceState>,
+    /// Off while the owner has switched streaming off.
+    streaming: bool,
+    /// Sessions to close at this instant (streaming was switched off).
+    closing: Option<(Instant, Vec<String>)>,
     out: VecDeque<DeviceOutput>,
 }
 
@@ -179,6 +194,8 @@ impl DeviceCore {
             ice: IceRefresh::default(),
             viewers: HashMap::new(),
             state: None,
+            streaming: true,
+            closing: None,
             out: VecDeque::new(),
         };
         core.handle_timeout(now);
@@ -198,10 +215,8 @@ impl DeviceCore {
             Link::Up => None,
         };
         let ice = self.ice.next.filter(|_| !self.ice.in_flight);
-        match (link, ice) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let closing = self.closing.as_ref().map(|(at, _)| *at);
+        [link, ice, closing].into_iter().flatten().min()
     }
 
     /// Viewers with a live session.
@@ -221,6 +236,14 @@ impl DeviceCore {
 
     /// Time passed: start due connect attempts, give up late ones, start due ICE fetches.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.closing.as_ref().is_some_and(|(at, _)| *at <= now) {
+            if let Some((_, peers)) = self.closing.take() {
+                for peer_id in peers {
+                    self.out
+                        .push_back(DeviceOutput::Peer(PeerCommand::CloseSession { peer_id }));
+                }
+            }
+        }
         match self.link {
             Link::Waiting { next_attempt } if next_attempt <= now => self.start_attempt(now),
             Link::Connecting { attempt, deadline } if deadline <= now => {
@@ -251,6 +274,7 @@ impl DeviceCore {
                     self.attempt_failed(now, reason);
                 }
             }
+            DeviceInput::SetStreaming(on) => self.set_streaming(now, on),
             DeviceInput::Signaling(SignalingEvent::Message(msg)) => self.on_message(now, msg),
             DeviceInput::Signaling(SignalingEvent::Renewed { reason }) => {
                 self.event(AppEvent::new(EventKind::SignalingRenewed, reason));
@@ -417,6 +441,50 @@ impl DeviceCore {
         }
     }
 
+    /// Whether the owner lets the device stream.
+    pub fn is_streaming(&self) -> bool {
+        self.streaming
+    }
+
+    fn set_streaming(&mut self, now: Instant, on: bool) {
+        if self.streaming == on {
+            return;
+        }
+        self.streaming = on;
+        if on {
+            self.event(AppEvent::new(
+                EventKind::StreamingStarted,
+                "streaming switched on",
+            ));
+            self.out.push_back(DeviceOutput::PauseCapture(false));
+            return;
+        }
+        // Every viewer hears why, then (a moment later) its session closes; capture stops now.
+        let mut peers: Vec<String> = self.viewers.keys().cloned().collect();
+        peers.sort();
+        for peer_id in &peers {
+            let correlation = self
+                .viewers
+                .get_mut(peer_id)
+                .and_then(|v| v.offer_correlation.take());
+            let refusal = SignalingMessage::refusal_with_code(
+                peer_id,
+                STREAM_OFF,
+                STREAM_OFF_REASON,
+                correlation,
+            );
+            self.send(refusal, None);
+        }
+        if !peers.is_empty() {
+            self.closing = Some((now + STREAM_OFF_CLOSE_AFTER, peers));
+        }
+        self.event(AppEvent::new(
+            EventKind::StreamingStopped,
+            "streaming switched off",
+        ));
+        self.out.push_back(DeviceOutput::PauseCapture(true));
+    }
+
     /// Queue a message for signaling. While signaling is down it is dropped: trickled
     /// candidates then reach the viewer as peer-reflexive ones, and offers are re-sent by
     /// viewers that time out.
@@ -437,6 +505,20 @@ impl DeviceCore {
                         AppEvent::new(EventKind::Error, "offer without a sender client id ignored")
                             .with_status(1),
                     );
+                    return;
+                }
+                if !self.streaming {
+                    self.event(
+                        AppEvent::peer(EventKind::PeerRefused, &peer_id, STREAM_OFF_REASON)
+                            .with_status(1),
+                    );
+                    let refusal = SignalingMessage::refusal_with_code(
+                        &peer_id,
+                        STREAM_OFF,
+                        STREAM_OFF_REASON,
+                        msg.correlation_id,
+                    );
+                    self.send(refusal, None);
                     return;
                 }
                 if !self.viewers.contains_key(&peer_id) && self.viewers.len() >= MAX_TRACKED_VIEWERS

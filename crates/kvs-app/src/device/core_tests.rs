@@ -565,3 +565,83 @@ fn data_channel_messages_are_echoed_only_when_configured() {
         DeviceOutput::Peer(PeerCommand::SendData { data, .. }) if &data[..] == b"hi"
     )));
 }
+
+#[test]
+fn streaming_off_tells_every_viewer_why_closes_their_sessions_pauses_capture_and_refuses_offers() {
+    let mut sim = Sim::new();
+    sim.connect();
+    for (peer, corr) in [("viewer-1", "c1"), ("viewer-2", "c2")] {
+        sim.input(offer(peer, corr));
+        sim.input(DeviceInput::Peer(PeerEvent::Requested {
+            peer_id: peer.into(),
+        }));
+    }
+    sim.take();
+
+    sim.input(DeviceInput::SetStreaming(false));
+    let log = sim.take();
+    let refusals = sends(&log);
+    assert_eq!(refusals.len(), 2);
+    for (msg, (peer, corr)) in refusals
+        .iter()
+        .zip([("viewer-1", "c1"), ("viewer-2", "c2")])
+    {
+        assert_eq!(msg.peer_client_id.as_deref(), Some(peer));
+        assert_eq!(msg.correlation_id.as_deref(), Some(corr));
+        match &msg.payload {
+            MessagePayload::Refusal(r) => assert_eq!(r.code, STREAM_OFF),
+            other => panic!("not a refusal: {other:?}"),
+        }
+    }
+    let closes = |log: &[(Duration, DeviceOutput)]| -> Vec<(Duration, String)> {
+        log.iter()
+            .filter_map(|(t, o)| match o {
+                DeviceOutput::Peer(PeerCommand::CloseSession { peer_id }) => {
+                    Some((*t, peer_id.clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    assert!(closes(&log).is_empty(), "told first, closed a moment later");
+    assert!(log
+        .iter()
+        .any(|(_, o)| matches!(o, DeviceOutput::PauseCapture(true))));
+    let off_at = sim.elapsed();
+    sim.run_until(off_at + secs(1.0));
+    let log = sim.take();
+    let at = off_at + STREAM_OFF_CLOSE_AFTER;
+    assert_eq!(
+        closes(&log),
+        [(at, "viewer-1".to_string()), (at, "viewer-2".to_string())]
+    );
+    assert!(!sim.core.is_streaming());
+
+    // Switching off twice does nothing more.
+    sim.input(DeviceInput::SetStreaming(false));
+    assert!(sim.take().is_empty());
+
+    // An offer while off: refused with the reason, nothing tracked, nothing for the engine.
+    sim.input(offer("viewer-3", "c3"));
+    let log = sim.take();
+    assert!(!log
+        .iter()
+        .any(|(_, o)| matches!(o, DeviceOutput::Peer(PeerCommand::RemoteOffer { .. }))));
+    match &sends(&log)[0].payload {
+        MessagePayload::Refusal(r) => assert_eq!(r.code, STREAM_OFF),
+        other => panic!("not a refusal: {other:?}"),
+    }
+    assert!(!sim.core.viewers.contains_key("viewer-3"));
+
+    // On again: capture resumes and offers are taken.
+    sim.input(DeviceInput::SetStreaming(true));
+    assert!(sim
+        .take()
+        .iter()
+        .any(|(_, o)| matches!(o, DeviceOutput::PauseCapture(false))));
+    sim.input(offer("viewer-3", "c4"));
+    assert!(sim.take().iter().any(|(_, o)| matches!(
+        o,
+        DeviceOutput::Peer(PeerCommand::RemoteOffer { peer_id, .. }) if peer_id == "viewer-3"
+    )));
+}

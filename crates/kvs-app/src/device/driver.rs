@@ -5,7 +5,8 @@
 //! No policy here: every decision (when, how often, what to answer) is the core's.
 
 use super::core::{CoreConfig, DeviceCore, DeviceInput, DeviceOutput, DeviceState};
-use crate::capture::CaptureThread;
+use crate::capture::{CameraChange, CaptureThread};
+use crate::control::{Control, ControlError};
 use crate::events::{AppEvent, EventBus, EventKind};
 use kvs_peer::{PeerCommand, PeerEvent, PeerHandle};
 use kvs_signaling::{IceServer, SignalingClient, SignalingEvent, SignalingLink, SignalingMessage};
@@ -19,6 +20,13 @@ use tokio::task::JoinHandle;
 const SEND_WAIT: Duration = Duration::from_secs(2);
 
 type ConnectTask = JoinHandle<Result<SignalingLink, String>>;
+/// A [`Control`] for the running device and where its result goes.
+pub(super) type ControlRequest = (
+    Control,
+    tokio::sync::oneshot::Sender<Result<(), ControlError>>,
+);
+/// How long a camera change may take before it is reported as failed.
+const CHANGE_WAIT: Duration = Duration::from_secs(2);
 type IceTask = JoinHandle<Result<Vec<IceServer>, String>>;
 
 pub(super) struct Driver {
@@ -32,6 +40,8 @@ pub(super) struct Driver {
     pub ice_fetch: Option<IceTask>,
     pub video_thread: Option<CaptureThread>,
     pub audio_thread: Option<CaptureThread>,
+    /// Live sessions, for [`crate::DeviceControl::viewers`].
+    pub viewers: watch::Sender<usize>,
 }
 
 impl Driver {
@@ -39,6 +49,7 @@ impl Driver {
         mut self,
         config: CoreConfig,
         mut peer_events: mpsc::Receiver<PeerEvent>,
+        mut controls: mpsc::Receiver<ControlRequest>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut core = DeviceCore::new(config, Instant::now());
@@ -46,6 +57,9 @@ impl Driver {
             while let Some(output) = core.poll_output() {
                 self.perform(&mut core, output).await;
             }
+            let live = self.peer.session_count();
+            self.viewers
+                .send_if_modified(|v| std::mem::replace(v, live) != live);
             let wake = core.poll_timeout();
             let input = tokio::select! {
                 _ = shutdown.changed() => break,
@@ -79,6 +93,10 @@ impl Driver {
                 },
                 _ = sleep_until_opt(wake) => {
                     core.handle_timeout(Instant::now());
+                    continue;
+                }
+                Some((control, reply)) = controls.recv() => {
+                    self.control(&mut core, control, reply).await;
                     continue;
                 }
             };
@@ -152,11 +170,87 @@ impl Driver {
                     video.control().request_keyframe();
                 }
             }
+            DeviceOutput::PauseCapture(paused) => {
+                for thread in [&self.video_thread, &self.audio_thread]
+                    .into_iter()
+                    .flatten()
+                {
+                    thread.control().set_paused(paused);
+                }
+            }
             DeviceOutput::Event(event) => self.events.publish(event),
             DeviceOutput::State(state) => {
                 let _ = self.state.send(state);
             }
         }
+    }
+
+    /// Carry out one [`Control`]; the answer goes to `reply` (camera changes answer from a
+    /// task, once the capture thread applied them).
+    async fn control(
+        &mut self,
+        core: &mut DeviceCore,
+        control: Control,
+        reply: tokio::sync::oneshot::Sender<Result<(), ControlError>>,
+    ) {
+        let camera_change = |thread: &Option<CaptureThread>, change: CameraChange| {
+            let Some(thread) = thread else {
+                return Err(ControlError::Unsupported(
+                    "this device has no camera".into(),
+                ));
+            };
+            thread
+                .control()
+                .change(change)
+                .map_err(|e| ControlError::Unsupported(e.to_string()))
+        };
+        let answer = match control {
+            Control::Streaming(on) => {
+                core.handle_input(Instant::now(), DeviceInput::SetStreaming(on));
+                Ok(())
+            }
+            Control::MaxViewers(max) => {
+                if !(1..=100).contains(&max) {
+                    Err(ControlError::Invalid(format!(
+                        "max viewers must be 1..=100, got {max}"
+                    )))
+                } else {
+                    self.peer
+                        .command(PeerCommand::SetMaxSessions { max })
+                        .await
+                        .map_err(|e| ControlError::Unsupported(e.to_string()))
+                }
+            }
+            Control::Audio(on) => match &self.audio_thread {
+                Some(t) => {
+                    // While streaming is off the capture stays paused either way.
+                    t.control().set_paused(!on || !core.is_streaming());
+                    Ok(())
+                }
+                None => Err(ControlError::Unsupported(
+                    "this device has no microphone".into(),
+                )),
+            },
+            Control::BitrateKbps(kbps) => {
+                match camera_change(
+                    &self.video_thread,
+                    CameraChange::BitrateBps(kbps.saturating_mul(1000)),
+                ) {
+                    Ok(answer) => return forward_change(answer, reply),
+                    Err(e) => Err(e),
+                }
+            }
+            Control::Resolution { width, height } => {
+                match camera_change(
+                    &self.video_thread,
+                    CameraChange::Resolution { width, height },
+                ) {
+                    Ok(answer) => return forward_change(answer, reply),
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        let _ = reply.send(answer);
     }
 
     /// Hand a message to the signaling link; false when it could not be.
@@ -188,6 +282,27 @@ impl Driver {
     }
 }
 
+/// Waits (off the driver's loop) for the capture thread's answer to a camera change.
+fn forward_change(
+    answer: tokio::sync::oneshot::Receiver<crate::capture::ChangeResult>,
+    reply: tokio::sync::oneshot::Sender<Result<(), ControlError>>,
+) {
+    tokio::spawn(async move {
+        let result = match tokio::time::timeout(CHANGE_WAIT, answer).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(kvs_platform::CaptureError::InvalidInput(m)))) => {
+                Err(ControlError::Invalid(m))
+            }
+            Ok(Ok(Err(e))) => Err(ControlError::Unsupported(e.to_string())),
+            Ok(Err(_)) => Err(ControlError::Stopped),
+            Err(_) => Err(ControlError::Unsupported(format!(
+                "the camera did not apply the change within {CHANGE_WAIT:?}"
+            ))),
+        };
+        let _ = reply.send(result);
+    });
+}
+
 /// The viewer a command is about, to report its failure against.
 fn command_peer(command: &PeerCommand) -> Option<String> {
     match command {
@@ -197,7 +312,7 @@ fn command_peer(command: &PeerCommand) -> Option<String> {
         | PeerCommand::CreateOffer { peer_id }
         | PeerCommand::SendData { peer_id, .. }
         | PeerCommand::CloseSession { peer_id } => Some(peer_id.clone()),
-        PeerCommand::SetIceServers { .. } => None,
+        PeerCommand::SetIceServers { .. } | PeerCommand::SetMaxSessions { .. } => None,
     }
 }
 

@@ -18,10 +18,10 @@ use kvs_peer::{FrameSink, PeerConfig, PeerEngine, PeerHandle};
 use kvs_platform::{AudioCapture, AudioCodec, EncodedFrame, VideoCapture, VideoCodec};
 use kvs_signaling::SignalingClient;
 use std::sync::Arc;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-pub use self::core::{describe_timing, DeviceState};
+pub use self::core::{describe_timing, DeviceState, STREAM_OFF};
 
 /// Errors starting the device.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +44,8 @@ pub struct DeviceParts {
 
 /// A running device. Dropping it does not stop it; call [`DeviceHandle::shutdown`].
 pub struct DeviceHandle {
+    controls: mpsc::Sender<driver::ControlRequest>,
+    viewers: watch::Receiver<usize>,
     events: EventBus,
     state: watch::Receiver<DeviceState>,
     shutdown: watch::Sender<bool>,
@@ -62,6 +64,15 @@ impl DeviceHandle {
         self.state.clone()
     }
 
+    /// A handle that changes the running device ([`crate::DeviceControl`]): streaming on/off,
+    /// resolution, bitrate, audio, the viewer limit.
+    pub fn controller(&self) -> DeviceController {
+        DeviceController {
+            controls: self.controls.clone(),
+            viewers: self.viewers.clone(),
+        }
+    }
+
     /// Number of live viewer sessions.
     pub fn viewer_count(&self) -> usize {
         self.peer.session_count()
@@ -73,6 +84,39 @@ impl DeviceHandle {
             .publish(AppEvent::new(EventKind::Deinitializing, "shutting down"));
         let _ = self.shutdown.send(true);
         let _ = self.task.await;
+    }
+}
+
+/// Changes a running device; cheap to clone. See [`DeviceHandle::controller`].
+#[derive(Clone)]
+pub struct DeviceController {
+    controls: mpsc::Sender<driver::ControlRequest>,
+    viewers: watch::Receiver<usize>,
+}
+
+/// Controls waiting for the device's task; more are refused at once.
+const MAX_PENDING_CONTROLS: usize = 16;
+
+impl crate::control::DeviceControl for DeviceController {
+    fn apply(&self, control: crate::control::Control) -> crate::control::ControlFuture<'_> {
+        Box::pin(async move {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            self.controls
+                .try_send((control, reply))
+                .map_err(|e| match e {
+                    mpsc::error::TrySendError::Full(_) => {
+                        crate::control::ControlError::Unsupported("too many changes waiting".into())
+                    }
+                    mpsc::error::TrySendError::Closed(_) => crate::control::ControlError::Stopped,
+                })?;
+            answer
+                .await
+                .unwrap_or(Err(crate::control::ControlError::Stopped))
+        })
+    }
+
+    fn viewers(&self) -> watch::Receiver<usize> {
+        self.viewers.clone()
     }
 }
 
@@ -136,6 +180,8 @@ impl Device {
 
         let (state_tx, state_rx) = watch::channel(DeviceState::SignalingConnecting);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let (controls, control_rx) = mpsc::channel(MAX_PENDING_CONTROLS);
+        let (viewers_tx, viewers) = watch::channel(0usize);
         events.publish(AppEvent::new(EventKind::Initialized, "device started"));
 
         let core_config = self::core::CoreConfig {
@@ -152,9 +198,12 @@ impl Device {
             ice_fetch: None,
             video_thread,
             audio_thread,
+            viewers: viewers_tx,
         };
-        let task = tokio::spawn(driver.run(core_config, peer_events, shutdown_rx));
+        let task = tokio::spawn(driver.run(core_config, peer_events, control_rx, shutdown_rx));
         Ok(DeviceHandle {
+            controls,
+            viewers,
             events,
             state: state_rx,
             shutdown: shutdown_tx,

@@ -470,6 +470,31 @@ impl VideoCapture for TestPatternCamera {
         Some(self.trigger.clone())
     }
 
+    fn set_resolution(&mut self, width: u32, height: u32) -> Result<(), CaptureError> {
+        if let Err(reason) = check_size(width, height) {
+            return Err(CaptureError::InvalidInput(format!(
+                "test pattern size {width}x{height} {reason}"
+            )));
+        }
+        if (width, height) == (self.config.width, self.config.height) {
+            return Ok(());
+        }
+        let config = TestPatternConfig {
+            width,
+            height,
+            ..self.config
+        };
+        // A new encoder: its first frame is an IDR with the new SPS/PPS.
+        self.encoder = Self::make_encoder(&config)?;
+        self.picture = Picture::new(width as usize, height as usize);
+        self.encoded = 0;
+        self.sps = None;
+        self.pps = None;
+        self.force_keyframe = true;
+        self.config = config;
+        Ok(())
+    }
+
     fn set_bitrate(&mut self, bits_per_second: u32) -> Result<(), CaptureError> {
         if bits_per_second < 10_000 {
             return Err(CaptureError::InvalidInput(format!(
@@ -652,6 +677,38 @@ pub(crate) mod tests {
             }),
             Err(CaptureError::InvalidInput(_))
         ));
+    }
+
+    #[test]
+    fn a_resolution_change_takes_effect_with_a_keyframe_at_the_new_size() {
+        let mut cam = unpaced(640, 480);
+        for _ in 0..5 {
+            cam.next_frame().unwrap().unwrap();
+        }
+        cam.set_resolution(320, 240).unwrap();
+        assert_eq!((cam.format().width, cam.format().height), (320, 240));
+        let f = cam.next_frame().unwrap().unwrap();
+        assert_eq!(
+            f.kind,
+            FrameKind::Key,
+            "the first frame at the new size is an IDR"
+        );
+        let sps = find_sps(&f.data).unwrap().unwrap();
+        assert_eq!((sps.width, sps.height), (320, 240));
+        let mut decoder = openh264::decoder::Decoder::new().unwrap();
+        let pic = decoder.decode(&f.data).unwrap().expect("a picture");
+        assert_eq!(pic.dimensions(), (320, 240));
+        // Following frames are deltas at the new size again.
+        assert_eq!(cam.next_frame().unwrap().unwrap().kind, FrameKind::Delta);
+        assert!(matches!(
+            cam.set_resolution(321, 240),
+            Err(CaptureError::InvalidInput(_))
+        ));
+        assert_eq!(
+            cam.format().width,
+            320,
+            "a refused change leaves the size alone"
+        );
     }
 
     #[test]

@@ -471,3 +471,35 @@ fn an_unparsable_offer_is_an_error_and_leaves_nothing_behind() {
         Some((_, ViewerEvent::Connected))
     ));
 }
+
+#[test]
+fn lowering_the_session_limit_keeps_live_sessions_and_refuses_new_ones() {
+    let mut sim = Sim::new(PeerConfig {
+        max_sessions: 2,
+        ..PeerConfig::default()
+    });
+    let a = sim.add_viewer("viewer-1");
+    let b = sim.add_viewer("viewer-2");
+    sim.start_camera(FRAME, None);
+    sim.signal(a);
+    wait_device(&mut sim, Duration::from_secs(2), connected("viewer-1"));
+
+    let now = sim.now;
+    sim.device
+        .handle_command(now, PeerCommand::SetMaxSessions { max: 1 })
+        .unwrap();
+    assert_eq!(sim.device.session_count(), 1, "the live session stays");
+    sim.send_offer(b, false).unwrap();
+    match sim.device_event(|e| e.peer_id() == "viewer-2") {
+        Some((_, PeerEvent::OfferRefused { reason, .. })) => {
+            assert!(reason.contains("limit of 1"), "{reason}")
+        }
+        other => panic!("expected OfferRefused, got {other:?}"),
+    }
+    let before = sim.viewers[a].video().len();
+    sim.run_for(Duration::from_secs(1));
+    assert!(
+        sim.viewers[a].video().len() - before >= 30,
+        "viewer-1 keeps streaming"
+    );
+}
