@@ -359,17 +359,20 @@
     }
 
     async onAnswer(payload) {
-      if (!payload || this.remoteDescriptionSet) return;
+      if (!payload) return;
       // The device refuses an offer (e.g. its viewer limit) with an answer carrying a reason
-      // (docs/PROTOCOL.md): KVS has no client-to-client error message.
+      // (docs/PROTOCOL.md): KVS has no client-to-client error message. The same answer on a
+      // live session ends it (e.g. the owner switched streaming off).
       const refusal = field(payload, 'kvsWebrtcError');
       if (refusal) {
         const reason = field(refusal, 'reason') || 'no reason given';
         const code = field(refusal, 'code');
-        fail('refused', 'The device refused this viewer', code ? `${reason} (${code})` : reason, { code, reason });
-        this.close();
+        const title = this.remoteDescriptionSet ? 'The device ended this session' : 'The device refused this viewer';
+        fail('refused', title, code ? `${reason} (${code})` : reason, { code, reason });
+        this.close(true);
         return;
       }
+      if (this.remoteDescriptionSet) return;
       clearTimeout(this.answerTimer);
       await this.pc.setRemoteDescription({ type: 'answer', sdp: field(payload, 'sdp') });
       this.remoteDescriptionSet = true;
