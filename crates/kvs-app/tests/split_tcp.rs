@@ -70,6 +70,30 @@ async fn watch(url: &str, arn: &str, id: &str) -> Result<SignaledViewer, (String
     }
 }
 
+/// A signaling side listening on TCP `port`.
+async fn signaling_side(
+    port: u16,
+    wake: WakeMethod,
+    wake_budget: Duration,
+    client: std::sync::Arc<dyn kvs_signaling::SignalingClient>,
+) -> SignalingSide {
+    SignalingSide::start(
+        SignalingSideConfig {
+            link: LinkAddr::TcpListen(format!("127.0.0.1:{port}").parse().unwrap()),
+            wake,
+            relay: RelayConfig {
+                wake_budget,
+                ..RelayConfig::default()
+            },
+            reconnect: BackoffConfig::default(),
+            fallback_ice: Vec::new(),
+        },
+        client,
+    )
+    .await
+    .expect("signaling side")
+}
+
 async fn wait_presence(
     status: &mut tokio::sync::watch::Receiver<kvs_app::split::SignalingSideStatus>,
     want: impl Fn(Option<MediaPresence>) -> bool,
@@ -88,22 +112,8 @@ async fn offers_wake_a_resident_media_side_over_tcp_and_it_sleeps_after_the_last
         .await
         .expect("local service");
     let port = free_port();
-    let side = SignalingSide::start(
-        SignalingSideConfig {
-            link: LinkAddr::TcpListen(format!("127.0.0.1:{port}").parse().unwrap()),
-            // Waking is the ReadyQuery on the link itself (the media side is resident).
-            wake: WakeMethod::None,
-            relay: RelayConfig {
-                wake_budget: Duration::from_secs(10),
-                ..RelayConfig::default()
-            },
-            reconnect: BackoffConfig::default(),
-            fallback_ice: Vec::new(),
-        },
-        client,
-    )
-    .await
-    .expect("signaling side");
+    // Waking is the ReadyQuery on the link itself (the media side is resident).
+    let side = signaling_side(port, WakeMethod::None, Duration::from_secs(10), client).await;
     let mut status = side.status();
 
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
@@ -206,22 +216,9 @@ async fn a_media_side_that_never_wakes_gets_the_viewer_refused_with_a_reason() {
     let (local, client) = kvs_app::embedded::start_service(&config, None)
         .await
         .expect("local service");
-    let side = SignalingSide::start(
-        SignalingSideConfig {
-            link: LinkAddr::TcpListen(format!("127.0.0.1:{}", free_port()).parse().unwrap()),
-            // The "streaming process" exits at once: nothing ever says Ready.
-            wake: WakeMethod::Exec("true".into()),
-            relay: RelayConfig {
-                wake_budget: Duration::from_millis(500),
-                ..RelayConfig::default()
-            },
-            reconnect: BackoffConfig::default(),
-            fallback_ice: Vec::new(),
-        },
-        client,
-    )
-    .await
-    .expect("signaling side");
+    // The "streaming process" exits at once: nothing ever says Ready.
+    let wake = WakeMethod::Exec("true".into());
+    let side = signaling_side(free_port(), wake, Duration::from_millis(500), client).await;
     let status = side.status();
     for attempt in 0..2 {
         let (code, reason) = match watch(

@@ -269,27 +269,7 @@ async fn run_embedded(config: DeviceConfig) -> Result<()> {
         kvs_app::embedded::start_with_events(config, Some(web::routes(page.clone())), bus)
             .await
             .context("starting the embedded default")?;
-    // Beyond loopback the page is reachable by others: only those given its address (with
-    // this token) get a signaling URL.
-    let token = running.page_requires_signature.then(|| {
-        use rand::distr::{Alphanumeric, SampleString};
-        Alphanumeric.sample_string(&mut rand::rng(), 24)
-    });
-    page.set(web::PageInfo {
-        base: serde_json::json!({
-            "channelArn": running.channel_arn,
-            "channelName": running.channel_name,
-            "region": "us-west-2",
-            "iceServers": [],
-        }),
-        signer: running.viewer_signer.clone(),
-        token: token.clone(),
-    });
-    // Printed to stdout (logs go to stderr) so scripts and tests can find the page.
-    match &token {
-        Some(t) => println!("Viewer page: {}?token={t}", running.page_url()),
-        None => println!("Viewer page: {}", running.page_url()),
-    }
+    page.publish(&running.local);
     println!(
         "Signaling:   {} (channel {})",
         running.signaling_url, running.channel_arn

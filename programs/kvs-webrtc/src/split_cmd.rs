@@ -136,11 +136,34 @@ pub(crate) struct SplitArgs {
     sleep: SleepArgs,
 }
 
-fn relay_config(wake_budget_ms: u64) -> RelayConfig {
-    RelayConfig {
-        wake_budget: Duration::from_millis(wake_budget_ms.max(100)),
-        ..RelayConfig::default()
-    }
+/// Starts the signaling side for `config`'s signaling and, if asked, its snapshot endpoint.
+async fn start_side(
+    config: &kvs_app::DeviceConfig,
+    client: std::sync::Arc<dyn kvs_signaling::SignalingClient>,
+    link: LinkAddr,
+    wake: WakeMethod,
+    wake_budget_ms: u64,
+    snapshot_http: Option<SocketAddr>,
+) -> Result<(SignalingSide, Option<tokio::task::JoinHandle<()>>)> {
+    let side = SignalingSide::start(
+        SignalingSideConfig {
+            link,
+            wake,
+            relay: RelayConfig {
+                wake_budget: Duration::from_millis(wake_budget_ms.max(100)),
+                ..RelayConfig::default()
+            },
+            reconnect: config.reconnect.clone(),
+            fallback_ice: kvs_app::split::signaling_side::stun_fallback(&config.signaling),
+        },
+        client,
+    )
+    .await?;
+    let snapshot = match snapshot_http {
+        Some(addr) => Some(serve_snapshots(addr, side.commander()).await?),
+        None => None,
+    };
+    Ok((side, snapshot))
 }
 
 /// `kvs-webrtc signaling-only`.
@@ -154,21 +177,15 @@ pub(crate) async fn run_signaling_only(args: SignalingOnlyArgs) -> Result<()> {
     }
     let client = kvs_app::signaling::build_client(&config.signaling, Role::Master, None)
         .context("setting up signaling")?;
-    let side = SignalingSide::start(
-        SignalingSideConfig {
-            link: args.link.clone(),
-            wake: args.wake,
-            relay: relay_config(args.wake_budget_ms),
-            reconnect: config.reconnect.clone(),
-            fallback_ice: kvs_app::split::signaling_side::stun_fallback(&config.signaling),
-        },
+    let (side, snapshot) = start_side(
+        &config,
         client,
+        args.link.clone(),
+        args.wake,
+        args.wake_budget_ms,
+        args.snapshot_http,
     )
     .await?;
-    let snapshot = match args.snapshot_http {
-        Some(addr) => Some(serve_snapshots(addr, side.commander()).await?),
-        None => None,
-    };
     println!("Signaling only: relaying viewers over {}", args.link);
     wait_for_stop().await;
     if let Some(s) = snapshot {
@@ -290,39 +307,16 @@ pub(crate) async fn run_split(args: SplitArgs) -> Result<()> {
         kvs_app::embedded::start_service(&config, Some(web::routes(page.clone())))
             .await
             .context("starting the local signaling service")?;
-    let side = SignalingSide::start(
-        SignalingSideConfig {
-            link: link.clone(),
-            wake,
-            relay: relay_config(args.wake_budget_ms),
-            reconnect: config.reconnect.clone(),
-            fallback_ice: kvs_app::split::signaling_side::stun_fallback(&config.signaling),
-        },
+    let (side, snapshot) = start_side(
+        &config,
         client,
+        link.clone(),
+        wake,
+        args.wake_budget_ms,
+        args.snapshot_http,
     )
     .await?;
-    let snapshot = match args.snapshot_http {
-        Some(addr) => Some(serve_snapshots(addr, side.commander()).await?),
-        None => None,
-    };
-    let token = local.page_requires_signature.then(|| {
-        use rand::distr::{Alphanumeric, SampleString};
-        Alphanumeric.sample_string(&mut rand::rng(), 24)
-    });
-    page.set(web::PageInfo {
-        base: serde_json::json!({
-            "channelArn": local.channel_arn,
-            "channelName": local.channel_name,
-            "region": "us-west-2",
-            "iceServers": [],
-        }),
-        signer: local.viewer_signer.clone(),
-        token: token.clone(),
-    });
-    match &token {
-        Some(t) => println!("Viewer page: {}?token={t}", local.page_url()),
-        None => println!("Viewer page: {}", local.page_url()),
-    }
+    page.publish(&local);
     println!(
         "Split mode:  signaling-only here, streaming-only over {link} (wake: {})",
         match args.wake {

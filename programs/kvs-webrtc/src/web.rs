@@ -36,6 +36,30 @@ pub struct PageInfo {
 }
 
 impl PageConfig {
+    /// Serves the page for `local`'s channel and prints its URL (stdout: scripts and tests
+    /// find it there). Beyond loopback the page is reachable by others: only those given its
+    /// address, with a token made up now, get a signaling URL.
+    pub fn publish(&self, local: &kvs_app::embedded::LocalService) {
+        let token = local.page_requires_signature.then(|| {
+            use rand::distr::{Alphanumeric, SampleString};
+            Alphanumeric.sample_string(&mut rand::rng(), 24)
+        });
+        self.set(PageInfo {
+            base: serde_json::json!({
+                "channelArn": local.channel_arn,
+                "channelName": local.channel_name,
+                "region": "us-west-2",
+                "iceServers": [],
+            }),
+            signer: local.viewer_signer.clone(),
+            token: token.clone(),
+        });
+        match &token {
+            Some(t) => println!("Viewer page: {}?token={t}", local.page_url()),
+            None => println!("Viewer page: {}", local.page_url()),
+        }
+    }
+
     pub fn new() -> Self {
         Self::default()
     }

@@ -56,32 +56,11 @@ fn correlation(id: &CorrelationId) -> Option<String> {
 /// viewer's message (GO_AWAY, STATUS_RESPONSE… are the signaling side's own business) or has
 /// ids the link cannot carry.
 pub fn viewer_message(msg: &SignalingMessage) -> Option<ViewerMessage> {
-    let (peer, correlation_id) = ids(msg)?;
-    match (&msg.kind, &msg.payload) {
-        (MessageKind::Offer, MessagePayload::Sdp(sdp)) => Some(ViewerMessage::Offer(SdpMessage {
-            peer,
-            correlation_id,
-            sdp: sdp.clone(),
-        })),
-        (MessageKind::Answer, MessagePayload::Sdp(sdp)) => {
-            Some(ViewerMessage::Answer(SdpMessage {
-                peer,
-                correlation_id,
-                sdp: sdp.clone(),
-            }))
-        }
-        (MessageKind::IceCandidate, MessagePayload::Candidate(c)) => {
-            Some(ViewerMessage::IceCandidate(CandidateMessage {
-                peer,
-                correlation_id,
-                candidate: IceCandidate {
-                    candidate: c.candidate.clone(),
-                    sdp_mid: c.sdp_mid.clone(),
-                    sdp_mline_index: c.sdp_m_line_index,
-                },
-            }))
-        }
-        _ => None,
+    match device_message(msg)? {
+        DeviceMessage::Offer(m) => Some(ViewerMessage::Offer(m)),
+        DeviceMessage::Answer(m) => Some(ViewerMessage::Answer(m)),
+        DeviceMessage::Candidate(m) => Some(ViewerMessage::IceCandidate(m)),
+        DeviceMessage::Refusal { .. } => None,
     }
 }
 
@@ -130,7 +109,8 @@ fn with_correlation(msg: SignalingMessage, id: &CorrelationId) -> SignalingMessa
     }
 }
 
-/// What the device (on the media side) sends, for the link.
+/// A peer-to-peer signaling message in the link's terms: what the device (on the media side)
+/// sends, or (without refusals) what a viewer sends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeviceMessage {
     Answer(SdpMessage),
@@ -144,7 +124,7 @@ pub enum DeviceMessage {
     },
 }
 
-/// A message the device queued for a viewer, for the link; `None` when it names no viewer
+/// A message between the device and a viewer, for the link; `None` when it names no viewer
 /// the link can carry or is not one the link takes.
 pub fn device_message(msg: &SignalingMessage) -> Option<DeviceMessage> {
     let (peer, correlation_id) = ids(msg)?;
