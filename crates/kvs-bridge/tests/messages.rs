@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 use common::Rng;
 use kvs_bridge::message::{
     corrected_unix_micros, effective_quality, CandidateMessage, Command, CommandResponse,
-    ControlSetting, CorrelationId, ErrorReply, IceCandidate, IceServer, IceServerList, MediaState, MediaStatus,
-    Message, MessageError, MessageType, PeerId, PeerRef, Refusal, Resolution, SdpMessage, Status,
-    TimeSample, ValueError, MAX_ID_LEN, MESSAGE_VERSION, MIN_PLAUSIBLE_UNIX_MICROS,
+    ControlSetting, CorrelationId, ErrorReply, IceCandidate, IceServer, IceServerList, MediaState,
+    MediaStatus, Message, MessageError, MessageType, PeerId, PeerRef, Refusal, Resolution,
+    SdpMessage, Status, TimeSample, ValueError, MAX_ID_LEN, MESSAGE_VERSION,
+    MIN_PLAUSIBLE_UNIX_MICROS,
 };
 
 fn peer(s: &str) -> PeerId {
