@@ -1,6 +1,7 @@
 //! # Commands: request ids, timeouts and results, shared by both sides.
 //!
-//! Owns the bookkeeping of request/response commands (GetResolution, GetSnapshot, GetTime):
+//! Owns the bookkeeping of request/response commands (GetResolution, GetSnapshot, GetTime,
+//! SetControl):
 //! the bounded table of requests this side has asked (with deadlines), the bounded table of
 //! requests the other side has asked and the application has not yet answered, and the
 //! result types the application sees. It must not touch the link or decide about waking:
@@ -35,6 +36,8 @@ pub enum CommandValue {
     Snapshot(Vec<u8>),
     /// The other side's clock, with the instants needed to correct it by half the round trip.
     Time(TimeSample),
+    /// The other side applied a [`Command::SetControl`].
+    Applied,
 }
 
 /// A command this side asked has finished (answered, failed or timed out).
@@ -162,6 +165,9 @@ pub(crate) fn complete(o: &Outbound, response: CommandResponse, now: Instant) ->
                     received: now,
                 })
             })
+            .map_err(CommandError::Remote),
+        (Command::SetControl(_), CommandResponse::Applied(r)) => r
+            .map(|()| CommandValue::Applied)
             .map_err(CommandError::Remote),
         _ => Err(CommandError::Mismatch),
     };

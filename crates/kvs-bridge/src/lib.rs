@@ -9,7 +9,8 @@
 //!   chunking of messages above 8 KiB, a streaming [`Deframer`] that resynchronises after
 //!   garbage and reassembles within size and time bounds.
 //! - [`message`]: the typed, versioned [`Message`] with an explicit little-endian layout.
-//! - [`command`]: request ids, timeouts and results of GetResolution / GetSnapshot / GetTime.
+//! - [`command`]: request ids, timeouts and results of GetResolution / GetSnapshot / GetTime /
+//!   SetControl (remote control of the running media side).
 //! - [`relay`]: [`SignalingSideCore`], the signaling side's state machine (wake handshake,
 //!   bounded queue, refusals, heartbeats, ICE servers, commands).
 //! - [`media`]: [`MediaSideCore`], the media side's state machine (Ready only after the
@@ -34,9 +35,9 @@ pub use command::{CommandDone, CommandError, CommandValue, RespondError};
 pub use frame::{Deframer, DeframerConfig, DeframerStats, FrameError, Framer};
 pub use media::{MediaConfig, MediaOutput, MediaPhase, MediaSideCore, MediaStats};
 pub use message::{
-    CandidateMessage, Command, CommandKind, CommandResponse, CorrelationId, IceCandidate,
-    IceServer, IceServerList, MediaState, MediaStatus, Message, MessageError, MessageType, PeerId,
-    PeerRef, Refusal, Resolution, SdpMessage, Status, TimeSample, ValueError,
+    CandidateMessage, Command, CommandKind, CommandResponse, ControlSetting, CorrelationId,
+    IceCandidate, IceServer, IceServerList, MediaState, MediaStatus, Message, MessageError,
+    MessageType, PeerId, PeerRef, Refusal, Resolution, SdpMessage, Status, TimeSample, ValueError,
 };
 pub use relay::{
     MediaPresence, RefusalReason, RelayConfig, RelayOutput, RelayState, RelayStats,

@@ -89,7 +89,9 @@ pub enum MediaOutput {
     Answer(SdpMessage),
     /// The current ICE server list: use it for new sessions.
     IceServers(Vec<IceServer>),
-    /// The signaling side asks something; answer with [`MediaSideCore::respond`].
+    /// The signaling side asks something (a snapshot, the resolution, a remote-control change
+    /// [`Command::SetControl`] to apply to the running pipeline); answer with
+    /// [`MediaSideCore::respond`] (for SetControl: [`CommandResponse::Applied`]).
     CommandRequest { request_id: u32, command: Command },
     /// A command asked with [`MediaSideCore::request`] finished.
     CommandDone(CommandDone),

@@ -90,12 +90,15 @@ pub enum MessageType {
     GetSnapshotResponse = 0x13,
     GetTimeRequest = 0x14,
     GetTimeResponse = 0x15,
+    /// Remote control of the running media side (S→M in practice): one [`ControlSetting`].
+    SetControlRequest = 0x16,
+    SetControlResponse = 0x17,
     /// Both: the answer to a message that could not be handled. Never answered itself.
     Error = 0x7F,
 }
 
 impl MessageType {
-    pub const ALL: [MessageType; 18] = [
+    pub const ALL: [MessageType; 20] = [
         MessageType::Offer,
         MessageType::Answer,
         MessageType::IceCandidate,
@@ -113,6 +116,8 @@ impl MessageType {
         MessageType::GetSnapshotResponse,
         MessageType::GetTimeRequest,
         MessageType::GetTimeResponse,
+        MessageType::SetControlRequest,
+        MessageType::SetControlResponse,
         MessageType::Error,
     ];
 
@@ -407,6 +412,8 @@ pub enum Command {
         quality: u8,
     },
     GetTime,
+    /// Change a setting of the running media side (remote control).
+    SetControl(ControlSetting),
 }
 
 impl Command {
@@ -416,6 +423,7 @@ impl Command {
             Command::GetResolution => MessageType::GetResolutionRequest,
             Command::GetSnapshot { .. } => MessageType::GetSnapshotRequest,
             Command::GetTime => MessageType::GetTimeRequest,
+            Command::SetControl(_) => MessageType::SetControlRequest,
         }
     }
 
@@ -424,6 +432,44 @@ impl Command {
             Command::GetResolution => CommandKind::GetResolution,
             Command::GetSnapshot { .. } => CommandKind::GetSnapshot,
             Command::GetTime => CommandKind::GetTime,
+            Command::SetControl(_) => CommandKind::SetControl,
+        }
+    }
+}
+
+/// One remote-control change of the running media side (the device's control parameters).
+/// On the wire: a tag byte, then the value (`docs/LINK.md`). The codec carries every value;
+/// whether a value can be applied (a width of 0, a bitrate the encoder cannot do) is the media
+/// application's decision, answered with [`CommandResponse::Applied`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ControlSetting {
+    /// Streaming on or off. Tag 0x01, `u8` 0/1.
+    Streaming(bool),
+    /// Capture / encode resolution in pixels. Tag 0x02, `u16 width`, `u16 height`.
+    Resolution { width: u16, height: u16 },
+    /// Target video bitrate in kbit/s. Tag 0x03, `u32`.
+    BitrateKbps(u32),
+    /// Audio on or off. Tag 0x04, `u8` 0/1.
+    Audio(bool),
+    /// Most viewers at once. Tag 0x05, `u8`.
+    MaxViewers(u8),
+}
+
+impl ControlSetting {
+    pub const TAG_STREAMING: u8 = 0x01;
+    pub const TAG_RESOLUTION: u8 = 0x02;
+    pub const TAG_BITRATE_KBPS: u8 = 0x03;
+    pub const TAG_AUDIO: u8 = 0x04;
+    pub const TAG_MAX_VIEWERS: u8 = 0x05;
+
+    /// The tag byte that starts this setting's payload.
+    pub fn tag(&self) -> u8 {
+        match self {
+            ControlSetting::Streaming(_) => Self::TAG_STREAMING,
+            ControlSetting::Resolution { .. } => Self::TAG_RESOLUTION,
+            ControlSetting::BitrateKbps(_) => Self::TAG_BITRATE_KBPS,
+            ControlSetting::Audio(_) => Self::TAG_AUDIO,
+            ControlSetting::MaxViewers(_) => Self::TAG_MAX_VIEWERS,
         }
     }
 }
@@ -442,6 +488,7 @@ pub enum CommandKind {
     GetResolution,
     GetSnapshot,
     GetTime,
+    SetControl,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -458,6 +505,9 @@ pub enum CommandResponse {
     Snapshot(Result<Vec<u8>, Status>),
     /// Unix time in µs when the answer was made.
     Time(Result<u64, Status>),
+    /// The answer to [`Command::SetControl`]: applied, or why not (e.g. `INVALID_ARGUMENT`
+    /// for a value the device cannot take, `UNAVAILABLE` for a setting it does not have).
+    Applied(Result<(), Status>),
 }
 
 impl CommandResponse {
@@ -466,6 +516,7 @@ impl CommandResponse {
             CommandResponse::Resolution(_) => CommandKind::GetResolution,
             CommandResponse::Snapshot(_) => CommandKind::GetSnapshot,
             CommandResponse::Time(_) => CommandKind::GetTime,
+            CommandResponse::Applied(_) => CommandKind::SetControl,
         }
     }
 
@@ -475,6 +526,7 @@ impl CommandResponse {
             CommandKind::GetResolution => CommandResponse::Resolution(Err(status)),
             CommandKind::GetSnapshot => CommandResponse::Snapshot(Err(status)),
             CommandKind::GetTime => CommandResponse::Time(Err(status)),
+            CommandKind::SetControl => CommandResponse::Applied(Err(status)),
         }
     }
 
@@ -485,6 +537,7 @@ impl CommandResponse {
             CommandResponse::Resolution(r) => r.as_ref().err().copied(),
             CommandResponse::Snapshot(r) => r.as_ref().err().copied(),
             CommandResponse::Time(r) => r.as_ref().err().copied(),
+            CommandResponse::Applied(r) => r.as_ref().err().copied(),
         };
         match status {
             None => Status::OK,
@@ -708,6 +761,7 @@ impl Message {
                 CommandResponse::Resolution(_) => MessageType::GetResolutionResponse,
                 CommandResponse::Snapshot(_) => MessageType::GetSnapshotResponse,
                 CommandResponse::Time(_) => MessageType::GetTimeResponse,
+                CommandResponse::Applied(_) => MessageType::SetControlResponse,
             },
             Message::Error(_) => MessageType::Error,
         }
@@ -870,9 +924,14 @@ impl Message {
                 request_id: need_request_id()?,
                 command: Command::GetTime,
             },
+            MessageType::SetControlRequest => Message::Request {
+                request_id: need_request_id()?,
+                command: Command::SetControl(parse_control(&mut p, ctx)?),
+            },
             MessageType::GetResolutionResponse
             | MessageType::GetSnapshotResponse
-            | MessageType::GetTimeResponse => {
+            | MessageType::GetTimeResponse
+            | MessageType::SetControlResponse => {
                 let request_id = need_request_id()?;
                 let response = if !status.is_ok() {
                     if !payload.is_empty() {
@@ -881,6 +940,7 @@ impl Message {
                     let kind = match ty {
                         MessageType::GetResolutionResponse => CommandKind::GetResolution,
                         MessageType::GetSnapshotResponse => CommandKind::GetSnapshot,
+                        MessageType::SetControlResponse => CommandKind::SetControl,
                         _ => CommandKind::GetTime,
                     };
                     CommandResponse::failed(kind, status)
@@ -895,6 +955,8 @@ impl Message {
                         MessageType::GetSnapshotResponse => {
                             CommandResponse::Snapshot(Ok(p.rest().to_vec()))
                         }
+                        // Nothing follows a success; a payload is refused as trailing bytes.
+                        MessageType::SetControlResponse => CommandResponse::Applied(Ok(())),
                         _ => {
                             let t = p.u64().ok_or_else(|| ctx.malformed("time too short"))?;
                             CommandResponse::Time(Ok(t))
@@ -981,6 +1043,10 @@ impl Message {
                 command: Command::GetSnapshot { quality },
                 ..
             } => out.push((*quality).min(100)),
+            Message::Request {
+                command: Command::SetControl(setting),
+                ..
+            } => emit_control(setting, out),
             Message::Response { response, .. } => match response {
                 CommandResponse::Resolution(Ok(r)) => {
                     out.extend_from_slice(&r.width.to_le_bytes());
@@ -1018,6 +1084,46 @@ fn cut(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
+}
+
+fn parse_control(p: &mut Reader<'_>, ctx: Ctx) -> Result<ControlSetting, MessageError> {
+    let tag = p
+        .u8()
+        .ok_or_else(|| ctx.malformed("control request without a setting"))?;
+    let short = || ctx.malformed("control value too short");
+    let flag = |b: u8| match b {
+        0 => Ok(false),
+        1 => Ok(true),
+        _ => Err(ctx.malformed("control on/off value not 0 or 1")),
+    };
+    Ok(match tag {
+        ControlSetting::TAG_STREAMING => {
+            ControlSetting::Streaming(flag(p.u8().ok_or_else(short)?)?)
+        }
+        ControlSetting::TAG_RESOLUTION => {
+            let (Some(width), Some(height)) = (p.u16(), p.u16()) else {
+                return Err(short());
+            };
+            ControlSetting::Resolution { width, height }
+        }
+        ControlSetting::TAG_BITRATE_KBPS => ControlSetting::BitrateKbps(p.u32().ok_or_else(short)?),
+        ControlSetting::TAG_AUDIO => ControlSetting::Audio(flag(p.u8().ok_or_else(short)?)?),
+        ControlSetting::TAG_MAX_VIEWERS => ControlSetting::MaxViewers(p.u8().ok_or_else(short)?),
+        _ => return Err(ctx.malformed("unknown control setting tag")),
+    })
+}
+
+fn emit_control(setting: &ControlSetting, out: &mut Vec<u8>) {
+    out.push(setting.tag());
+    match *setting {
+        ControlSetting::Streaming(on) | ControlSetting::Audio(on) => out.push(u8::from(on)),
+        ControlSetting::Resolution { width, height } => {
+            out.extend_from_slice(&width.to_le_bytes());
+            out.extend_from_slice(&height.to_le_bytes());
+        }
+        ControlSetting::BitrateKbps(kbps) => out.extend_from_slice(&kbps.to_le_bytes()),
+        ControlSetting::MaxViewers(n) => out.push(n),
+    }
 }
 
 const CAND_HAS_MLINE: u8 = 0x01;

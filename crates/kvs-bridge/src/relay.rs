@@ -60,7 +60,7 @@ pub struct RelayConfig {
     /// Requests to the media side outstanding at once.
     pub max_outstanding_requests: usize,
     pub snapshot_timeout: Duration,
-    /// Timeout of the other commands.
+    /// Timeout of the other commands (GetResolution, GetTime, SetControl).
     pub command_timeout: Duration,
     /// Requests from the media side the application may leave unanswered at once.
     pub max_incoming_requests: usize,
@@ -415,13 +415,16 @@ impl SignalingSideCore {
         Ok(())
     }
 
-    /// Asks the media side something (waking it if needed). The result arrives as
-    /// [`RelayOutput::CommandDone`] with the returned request id; the timeout (snapshot 5 s,
-    /// others 2 s) runs from now and includes the wake.
+    /// Asks the media side something (waking it if needed), e.g. a snapshot or a remote-control
+    /// change ([`Command::SetControl`]). The result arrives as [`RelayOutput::CommandDone`]
+    /// with the returned request id; the timeout (snapshot 5 s, others 2 s) runs from now and
+    /// includes the wake.
     pub fn request(&mut self, now: Instant, command: Command) -> Result<u32, CommandError> {
         let timeout = match command {
             Command::GetSnapshot { .. } => self.config.snapshot_timeout,
-            _ => self.config.command_timeout,
+            Command::GetResolution | Command::GetTime | Command::SetControl(_) => {
+                self.config.command_timeout
+            }
         };
         let request_id = self.outstanding.start(now, command, timeout)?;
         if self.state == RelayState::Ready {

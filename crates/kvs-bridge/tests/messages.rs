@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 use common::Rng;
 use kvs_bridge::message::{
     corrected_unix_micros, effective_quality, CandidateMessage, Command, CommandResponse,
-    CorrelationId, ErrorReply, IceCandidate, IceServer, IceServerList, MediaState, MediaStatus,
-    Message, MessageError, MessageType, PeerId, PeerRef, Refusal, Resolution, SdpMessage, Status,
-    TimeSample, ValueError, MAX_ID_LEN, MESSAGE_VERSION, MIN_PLAUSIBLE_UNIX_MICROS,
+    ControlSetting, CorrelationId, ErrorReply, IceCandidate, IceServer, IceServerList, MediaState,
+    MediaStatus, Message, MessageError, MessageType, PeerId, PeerRef, Refusal, Resolution,
+    SdpMessage, Status, TimeSample, ValueError, MAX_ID_LEN, MESSAGE_VERSION,
+    MIN_PLAUSIBLE_UNIX_MICROS,
 };
 
 fn peer(s: &str) -> PeerId {
@@ -146,6 +147,25 @@ pub fn samples() -> Vec<Message> {
             request_id: 5,
             response: CommandResponse::Resolution(Err(Status::BUSY)),
         },
+        Message::Request {
+            request_id: 10,
+            command: Command::SetControl(ControlSetting::Streaming(false)),
+        },
+        Message::Request {
+            request_id: 11,
+            command: Command::SetControl(ControlSetting::Resolution {
+                width: 1280,
+                height: 720,
+            }),
+        },
+        Message::Response {
+            request_id: 10,
+            response: CommandResponse::Applied(Ok(())),
+        },
+        Message::Response {
+            request_id: 11,
+            response: CommandResponse::Applied(Err(Status::INVALID_ARGUMENT)),
+        },
         Message::Error(ErrorReply {
             request_id: 77,
             status: Status::UNKNOWN_TYPE,
@@ -153,6 +173,261 @@ pub fn samples() -> Vec<Message> {
             msg_type: 0x42,
         }),
     ]
+}
+
+/// Every control setting, with the edge values of its field.
+fn control_settings() -> Vec<ControlSetting> {
+    vec![
+        ControlSetting::Streaming(false),
+        ControlSetting::Streaming(true),
+        ControlSetting::Resolution {
+            width: 0,
+            height: 0,
+        },
+        ControlSetting::Resolution {
+            width: 1920,
+            height: 1080,
+        },
+        ControlSetting::Resolution {
+            width: u16::MAX,
+            height: 1,
+        },
+        ControlSetting::BitrateKbps(0),
+        ControlSetting::BitrateKbps(2_500),
+        ControlSetting::BitrateKbps(u32::MAX),
+        ControlSetting::Audio(false),
+        ControlSetting::Audio(true),
+        ControlSetting::MaxViewers(0),
+        ControlSetting::MaxViewers(3),
+        ControlSetting::MaxViewers(u8::MAX),
+    ]
+}
+
+#[test]
+fn set_control_every_setting_round_trips() {
+    for (i, setting) in control_settings().into_iter().enumerate() {
+        let m = Message::Request {
+            request_id: 100 + i as u32,
+            command: Command::SetControl(setting),
+        };
+        let bytes = m.to_bytes();
+        assert_eq!(bytes[1], MessageType::SetControlRequest.code());
+        assert_eq!(bytes[16], setting.tag());
+        assert_eq!(Message::parse(&bytes), Ok(m.clone()), "{setting:?}");
+        assert_eq!(Message::parse(&bytes).unwrap().to_bytes(), bytes);
+    }
+    for response in [
+        CommandResponse::Applied(Ok(())),
+        CommandResponse::Applied(Err(Status::INVALID_ARGUMENT)),
+        CommandResponse::Applied(Err(Status::UNAVAILABLE)),
+        CommandResponse::Applied(Err(Status(0x1234))),
+    ] {
+        let m = Message::Response {
+            request_id: 9,
+            response,
+        };
+        let bytes = m.to_bytes();
+        assert_eq!(bytes[1], MessageType::SetControlResponse.code());
+        assert_eq!(&bytes[12..16], &[0, 0, 0, 0], "no payload either way");
+        assert_eq!(Message::parse(&bytes), Ok(m));
+    }
+    // A failure must never read as success.
+    let m = Message::Response {
+        request_id: 9,
+        response: CommandResponse::Applied(Err(Status::OK)),
+    };
+    assert_eq!(
+        Message::parse(&m.to_bytes()),
+        Ok(Message::Response {
+            request_id: 9,
+            response: CommandResponse::Applied(Err(Status::INTERNAL)),
+        })
+    );
+}
+
+#[test]
+fn set_control_layout_is_pinned() {
+    let payload = |setting: ControlSetting| {
+        let bytes = Message::Request {
+            request_id: 0x0102_0304,
+            command: Command::SetControl(setting),
+        }
+        .to_bytes();
+        // Envelope: version, type 0x16, status 0, request id LE, no ids, payload length LE.
+        assert_eq!(&bytes[..12], &[1, 0x16, 0, 0, 4, 3, 2, 1, 0, 0, 0, 0]);
+        let n = u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize;
+        assert_eq!(bytes.len(), 16 + n);
+        bytes[16..].to_vec()
+    };
+    assert_eq!(payload(ControlSetting::Streaming(true)), [0x01, 1]);
+    assert_eq!(payload(ControlSetting::Streaming(false)), [0x01, 0]);
+    assert_eq!(
+        payload(ControlSetting::Resolution {
+            width: 1280,
+            height: 720
+        }),
+        [0x02, 0x00, 0x05, 0xD0, 0x02]
+    );
+    assert_eq!(
+        payload(ControlSetting::BitrateKbps(0x0001_86A0)),
+        [0x03, 0xA0, 0x86, 0x01, 0x00]
+    );
+    assert_eq!(payload(ControlSetting::Audio(true)), [0x04, 1]);
+    assert_eq!(payload(ControlSetting::MaxViewers(7)), [0x05, 7]);
+    let ok = Message::Response {
+        request_id: 5,
+        response: CommandResponse::Applied(Ok(())),
+    }
+    .to_bytes();
+    assert_eq!(ok, [1, 0x17, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    let refused = Message::Response {
+        request_id: 5,
+        response: CommandResponse::Applied(Err(Status::INVALID_ARGUMENT)),
+    }
+    .to_bytes();
+    assert_eq!(refused, [1, 0x17, 7, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+}
+
+/// A SetControlRequest with this raw payload and request id.
+fn raw_set_control(request_id: u32, payload: &[u8]) -> Vec<u8> {
+    let mut b = vec![1, MessageType::SetControlRequest.code(), 0, 0];
+    b.extend_from_slice(&request_id.to_le_bytes());
+    b.extend_from_slice(&[0, 0, 0, 0]);
+    b.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    b.extend_from_slice(payload);
+    b
+}
+
+#[test]
+fn set_control_malformed_payloads_are_refused_with_their_request_id() {
+    let check = |payload: &[u8], what: &str| {
+        let request_id = 0xA000_0000 | payload.len() as u32;
+        let err = Message::parse(&raw_set_control(request_id, payload)).unwrap_err();
+        match &err {
+            MessageError::Malformed {
+                msg_type,
+                request_id: rid,
+                what: got,
+            } => {
+                assert_eq!(*msg_type, 0x16);
+                assert_eq!(*rid, request_id);
+                assert_eq!(*got, what, "payload {payload:02x?}");
+            }
+            other => panic!("payload {payload:02x?}: {other:?}"),
+        }
+        assert_eq!(
+            err.reply(),
+            Some(Message::Error(ErrorReply {
+                request_id,
+                status: Status::MALFORMED,
+                version: MESSAGE_VERSION,
+                msg_type: 0x16,
+            }))
+        );
+    };
+    // Sanity: the raw builder makes what emit makes.
+    assert_eq!(
+        raw_set_control(3, &[0x04, 1]),
+        Message::Request {
+            request_id: 3,
+            command: Command::SetControl(ControlSetting::Audio(true)),
+        }
+        .to_bytes()
+    );
+    let bad_bool = "control on/off value not 0 or 1";
+    let short = "control value too short";
+    let unknown = "unknown control setting tag";
+    let trailing = "trailing bytes after the payload";
+    for tag in [0x01, 0x04] {
+        for b in [2, 0x80, 0xFF] {
+            check(&[tag, b], bad_bool);
+        }
+        check(&[tag], short);
+        check(&[tag, 1, 0], trailing);
+    }
+    for tag in [0x00, 0x06, 0x16, 0x7F, 0xFF] {
+        check(&[tag], unknown);
+        check(&[tag, 1, 2, 3, 4], unknown);
+    }
+    check(&[], "control request without a setting");
+    check(&[0x02], short);
+    check(&[0x02, 0x00, 0x05, 0xD0], short);
+    check(&[0x02, 0x00, 0x05, 0xD0, 0x02, 0x00], trailing);
+    check(&[0x03, 1, 2, 3], short);
+    check(&[0x03, 1, 2, 3, 4, 5], trailing);
+    check(&[0x05], short);
+    check(&[0x05, 1, 1], trailing);
+    // Request id 0 on a request (answered with id 0).
+    let err = Message::parse(&raw_set_control(0, &[0x01, 1])).unwrap_err();
+    assert_eq!(err.status(), Status::MALFORMED);
+    assert!(matches!(
+        err.reply(),
+        Some(Message::Error(ErrorReply { request_id: 0, .. }))
+    ));
+    // A successful response has no payload; a failed one neither.
+    for status in [0u8, 7] {
+        let mut b = Message::Response {
+            request_id: 12,
+            response: CommandResponse::Applied(Ok(())),
+        }
+        .to_bytes();
+        b[2] = status;
+        b.push(1);
+        b[12] = 1;
+        let err = Message::parse(&b).unwrap_err();
+        assert_eq!(err.status(), Status::MALFORMED, "{err}");
+        assert!(matches!(
+            err.reply(),
+            Some(Message::Error(ErrorReply {
+                request_id: 12,
+                msg_type: 0x17,
+                ..
+            }))
+        ));
+    }
+    // Every single-byte change of a valid request either parses to something that re-emits
+    // identically or is refused with the request id; never a panic.
+    let base = raw_set_control(0x55, &[0x02, 0x00, 0x05, 0xD0, 0x02]);
+    for i in 16..base.len() {
+        for v in 0..=255u8 {
+            let mut b = base.clone();
+            b[i] = v;
+            match Message::parse(&b) {
+                Ok(m) => assert_eq!(m.to_bytes(), b),
+                Err(e) => assert!(matches!(
+                    e.reply(),
+                    Some(Message::Error(ErrorReply {
+                        request_id: 0x55,
+                        ..
+                    }))
+                )),
+            }
+        }
+    }
+}
+
+#[test]
+fn an_older_receiver_answers_set_control_with_unknown_type() {
+    // What a receiver without 0x16/0x17 makes of the request: UnknownType, with a reply that
+    // carries the request id, so the requester fails at once instead of timing out.
+    let bytes = Message::Request {
+        request_id: 42,
+        command: Command::SetControl(ControlSetting::MaxViewers(2)),
+    }
+    .to_bytes();
+    let older = MessageError::UnknownType {
+        msg_type: bytes[1],
+        request_id: u32::from_le_bytes(bytes[4..8].try_into().unwrap()),
+    };
+    assert_eq!(
+        older.reply(),
+        Some(Message::Error(ErrorReply {
+            request_id: 42,
+            status: Status::UNKNOWN_TYPE,
+            version: MESSAGE_VERSION,
+            msg_type: 0x16,
+        }))
+    );
 }
 
 #[test]

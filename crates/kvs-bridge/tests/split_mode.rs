@@ -9,9 +9,10 @@ use std::time::Instant;
 use common::{ms, secs, Harness, Rng, MS};
 use kvs_bridge::frame::{Deframer, DeframerConfig, Framer, DEFAULT_MAX_MESSAGE};
 use kvs_bridge::{
-    CandidateMessage, Command, CommandDone, CommandError, CommandResponse, CommandValue,
-    CorrelationId, IceCandidate, IceServer, MediaConfig, MediaOutput, MediaPhase, MediaPresence,
-    Message, PeerId, RefusalReason, RelayConfig, RelayOutput, RelayState, RespondError, SdpMessage,
+    CandidateMessage, Command, CommandDone, CommandError, CommandKind, CommandResponse,
+    CommandValue, ControlSetting, CorrelationId, IceCandidate, IceServer, MediaConfig, MediaOutput,
+    MediaPhase, MediaPresence, MediaSideCore, Message, MessageError, MessageType, PeerId,
+    RefusalReason, RelayConfig, RelayOutput, RelayState, RespondError, SdpMessage,
     SignalingSideCore, Status, ViewerMessage,
 };
 
@@ -918,4 +919,342 @@ fn a_link_reset_makes_both_sides_handshake_again() {
     h.media().handle_link_reset(now);
     h.pump();
     assert_eq!(h.relay.state(), RelayState::Ready);
+}
+
+// ---- SetControl: remote control of the running media side ----
+
+#[test]
+fn set_control_while_the_media_side_sleeps_wakes_it_and_completes_applied() {
+    let mut h = Harness::default_config();
+    media_up(&mut h);
+    h.advance_to(secs(20));
+    assert!(h.media.is_none(), "asleep");
+    h.take_relay_events();
+    h.take_media_events();
+    h.advance_to(secs(25));
+    let now = h.now;
+    let streaming_on = Command::SetControl(ControlSetting::Streaming(true));
+    let rid = h.relay.request(now, streaming_on).unwrap();
+    h.pump();
+    assert_eq!(count_wakes(&h.take_relay_events()), 1, "asking wakes it");
+    h.advance_to(secs(25) + ms(300));
+    media_up(&mut h);
+    assert_eq!(
+        command_requests(&h.take_media_events()),
+        vec![(rid, streaming_on)]
+    );
+    h.advance_to(secs(25) + ms(400));
+    let now = h.now;
+    h.media()
+        .respond(now, rid, CommandResponse::Applied(Ok(())))
+        .unwrap();
+    h.pump();
+    assert_eq!(
+        done_events(&h.take_relay_events()),
+        vec![CommandDone {
+            request_id: rid,
+            command: streaming_on,
+            result: Ok(CommandValue::Applied),
+        }]
+    );
+    // Awake now: the next change goes straight through, and a refusal reaches the requester.
+    let bitrate = Command::SetControl(ControlSetting::BitrateKbps(250_000));
+    let rid = h.relay.request(now, bitrate).unwrap();
+    h.pump();
+    assert_eq!(
+        command_requests(&h.take_media_events()),
+        vec![(rid, bitrate)]
+    );
+    h.media()
+        .respond(
+            now,
+            rid,
+            CommandResponse::Applied(Err(Status::INVALID_ARGUMENT)),
+        )
+        .unwrap();
+    h.pump();
+    let events = h.take_relay_events();
+    assert_eq!(count_wakes(&events), 0);
+    assert_eq!(
+        done_events(&events),
+        vec![CommandDone {
+            request_id: rid,
+            command: bitrate,
+            result: Err(CommandError::Remote(Status::INVALID_ARGUMENT)),
+        }]
+    );
+}
+
+#[test]
+fn set_control_times_out_at_two_seconds_when_the_media_side_never_answers() {
+    let mut h = Harness::default_config();
+    media_up(&mut h);
+    h.advance_to(secs(1));
+    let now = h.now;
+    let audio_off = Command::SetControl(ControlSetting::Audio(false));
+    let rid = h.relay.request(now, audio_off).unwrap();
+    h.pump();
+    assert_eq!(
+        command_requests(&h.take_media_events()),
+        vec![(rid, audio_off)]
+    );
+    h.advance_to(secs(3) - MS);
+    assert!(done_events(&h.take_relay_events()).is_empty());
+    h.advance_to(secs(3));
+    assert_eq!(
+        done_events(&h.take_relay_events()),
+        vec![CommandDone {
+            request_id: rid,
+            command: audio_off,
+            result: Err(CommandError::Timeout),
+        }]
+    );
+    // The answer that finally comes is dropped and counted.
+    h.advance_to(secs(4));
+    let now = h.now;
+    h.media()
+        .respond(now, rid, CommandResponse::Applied(Ok(())))
+        .unwrap();
+    h.pump();
+    assert!(done_events(&h.take_relay_events()).is_empty());
+    assert_eq!(h.relay.stats().late_responses, 1);
+}
+
+#[test]
+fn set_control_answers_of_the_wrong_kind_are_caught() {
+    let mut h = Harness::default_config();
+    media_up(&mut h);
+    let now = h.now;
+    let a = h
+        .relay
+        .request(now, Command::SetControl(ControlSetting::MaxViewers(1)))
+        .unwrap();
+    let b = h.relay.request(now, Command::GetResolution).unwrap();
+    h.pump();
+    assert_eq!(
+        h.media().respond(now, a, CommandResponse::Time(Ok(1))),
+        Err(RespondError::KindMismatch {
+            expected: CommandKind::SetControl,
+            got: CommandKind::GetTime,
+        })
+    );
+    assert_eq!(
+        h.media().respond(now, b, CommandResponse::Applied(Ok(()))),
+        Err(RespondError::KindMismatch {
+            expected: CommandKind::GetResolution,
+            got: CommandKind::SetControl,
+        })
+    );
+    h.pump();
+    let done = done_events(&h.take_relay_events());
+    assert_eq!(done.len(), 2);
+    assert_eq!(done[0].request_id, a);
+    assert_eq!(done[0].result, Err(CommandError::Remote(Status::INTERNAL)));
+    assert_eq!(done[1].request_id, b);
+    assert_eq!(done[1].result, Err(CommandError::Remote(Status::INTERNAL)));
+
+    // A confused peer answering a resolution request with "applied": a mismatch, not a value.
+    let c = h.relay.request(now, Command::GetResolution).unwrap();
+    h.pump();
+    let mut wire = Vec::new();
+    Framer::new(DEFAULT_MAX_MESSAGE)
+        .emit(
+            &Message::Response {
+                request_id: c,
+                response: CommandResponse::Applied(Ok(())),
+            }
+            .to_bytes(),
+            &mut wire,
+        )
+        .unwrap();
+    h.relay.handle_link_bytes(now, &wire);
+    h.pump();
+    assert_eq!(
+        done_events(&h.take_relay_events()),
+        vec![CommandDone {
+            request_id: c,
+            command: Command::GetResolution,
+            result: Err(CommandError::Mismatch),
+        }]
+    );
+}
+
+/// The raw link messages in these transmitted bytes.
+fn transmitted(d: &mut Deframer, now: Instant, bytes: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    let mut raw = Vec::new();
+    for b in bytes {
+        d.feed(b, now, |m| raw.push(m.to_vec()));
+    }
+    raw
+}
+
+#[test]
+fn set_control_to_an_older_media_side_fails_at_once_with_unknown_type() {
+    let t0 = Instant::now();
+    let mut relay = SignalingSideCore::new(RelayConfig::default(), t0);
+    let mut framer = Framer::new(DEFAULT_MAX_MESSAGE);
+    let mut wire = Vec::new();
+    framer.emit(&Message::Ready.to_bytes(), &mut wire).unwrap();
+    relay.handle_link_bytes(t0, &wire);
+    assert_eq!(relay.state(), RelayState::Ready);
+    while relay.poll_output().is_some() {}
+    let setting = Command::SetControl(ControlSetting::Resolution {
+        width: 640,
+        height: 480,
+    });
+    let rid = relay.request(t0, setting).unwrap();
+    let mut sent = Vec::new();
+    while let Some(out) = relay.poll_output() {
+        if let RelayOutput::Transmit(b) = out {
+            sent.push(b);
+        }
+    }
+    let mut d = Deframer::new(DeframerConfig::default());
+    let raw = transmitted(&mut d, t0, &sent);
+    let [request] = raw.as_slice() else {
+        panic!("{raw:?}");
+    };
+    assert_eq!(request[1], MessageType::SetControlRequest.code());
+    // A media side built before 0x16 existed: an unknown type, answered with an Error that
+    // carries the request id (what its parser and state machine do with any unknown type).
+    let older = MessageError::UnknownType {
+        msg_type: request[1],
+        request_id: u32::from_le_bytes(request[4..8].try_into().unwrap()),
+    };
+    let mut wire = Vec::new();
+    framer
+        .emit(&older.reply().unwrap().to_bytes(), &mut wire)
+        .unwrap();
+    let answered = t0 + ms(5);
+    relay.handle_link_bytes(answered, &wire);
+    let done: Vec<_> = std::iter::from_fn(|| relay.poll_output())
+        .filter_map(|e| match e {
+            RelayOutput::CommandDone(d) => Some(d),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        done,
+        vec![CommandDone {
+            request_id: rid,
+            command: setting,
+            result: Err(CommandError::Remote(Status::UNKNOWN_TYPE)),
+        }],
+        "a clear error at once, not a timeout"
+    );
+    assert_eq!(relay.stats().error_replies_received, 1);
+}
+
+#[test]
+fn a_malformed_set_control_is_answered_by_the_media_side_with_its_request_id() {
+    let t0 = Instant::now();
+    let mut media = MediaSideCore::new(MediaConfig::default(), t0);
+    media.set_handler_ready(t0);
+    while media.poll_output().is_some() {}
+    let raw = |request_id: u32, payload: &[u8]| {
+        let mut b = vec![1, MessageType::SetControlRequest.code(), 0, 0];
+        b.extend_from_slice(&request_id.to_le_bytes());
+        b.extend_from_slice(&[0, 0, 0, 0]);
+        b.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        b.extend_from_slice(payload);
+        b
+    };
+    let mut framer = Framer::new(DEFAULT_MAX_MESSAGE);
+    let mut wire = Vec::new();
+    // Bad on/off byte, unknown tag, short value, trailing byte.
+    for (rid, payload) in [
+        (31, &[0x01, 2][..]),
+        (32, &[0x09, 1][..]),
+        (33, &[0x03, 1, 2][..]),
+        (34, &[0x05, 1, 0][..]),
+    ] {
+        framer.emit(&raw(rid, payload), &mut wire).unwrap();
+    }
+    // And a good one after them: it still arrives.
+    framer
+        .emit(
+            &Message::Request {
+                request_id: 35,
+                command: Command::SetControl(ControlSetting::Audio(true)),
+            }
+            .to_bytes(),
+            &mut wire,
+        )
+        .unwrap();
+    media.handle_link_bytes(t0, &wire);
+    let mut sent = Vec::new();
+    let mut events = Vec::new();
+    while let Some(out) = media.poll_output() {
+        match out {
+            MediaOutput::Transmit(b) => sent.push(b),
+            other => events.push(other),
+        }
+    }
+    let mut d = Deframer::new(DeframerConfig::default());
+    let errors: Vec<_> = transmitted(&mut d, t0, &sent)
+        .iter()
+        .filter_map(|m| match Message::parse(m).unwrap() {
+            Message::Error(e) => Some((e.request_id, e.status, e.msg_type)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        errors,
+        (31..=34)
+            .map(|rid| (rid, Status::MALFORMED, 0x16))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        events,
+        vec![MediaOutput::CommandRequest {
+            request_id: 35,
+            command: Command::SetControl(ControlSetting::Audio(true)),
+        }]
+    );
+    assert_eq!(media.stats().parse_errors, 4);
+}
+
+#[test]
+fn the_media_side_can_ask_set_control_too() {
+    let mut h = Harness::default_config();
+    media_up(&mut h);
+    let now = h.now;
+    let limit = Command::SetControl(ControlSetting::MaxViewers(2));
+    let rid = h.media().request(now, limit).unwrap();
+    h.pump();
+    let asked: Vec<_> = h
+        .take_relay_events()
+        .into_iter()
+        .filter_map(|e| match e {
+            RelayOutput::CommandRequest {
+                request_id,
+                command,
+            } => Some((request_id, command)),
+            _ => None,
+        })
+        .collect();
+    let [(request_id, command)] = asked.as_slice() else {
+        panic!("{asked:?}");
+    };
+    assert_eq!(*command, limit);
+    h.relay
+        .respond(now, *request_id, CommandResponse::Applied(Ok(())))
+        .unwrap();
+    h.pump();
+    let done: Vec<_> = h
+        .take_media_events()
+        .into_iter()
+        .filter_map(|e| match e {
+            MediaOutput::CommandDone(d) => Some(d),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        done,
+        vec![CommandDone {
+            request_id: rid,
+            command: limit,
+            result: Ok(CommandValue::Applied),
+        }]
+    );
 }
