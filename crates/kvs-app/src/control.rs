@@ -9,6 +9,11 @@ use std::future::Future;
 use std::pin::Pin;
 use tokio::sync::watch;
 
+/// The refusal code viewers get while the owner has switched streaming off.
+pub const STREAM_OFF: &str = "STREAM_OFF";
+/// Its reason, as viewers see it.
+pub const STREAM_OFF_REASON: &str = "the camera's owner switched streaming off";
+
 /// One change, applied at once to the running device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Control {

@@ -47,6 +47,17 @@ fn device_config(max_viewers: usize) -> DeviceConfig {
 
 /// Joins, and waits until a 640x480 picture decodes (or the device refuses: `Err`).
 async fn watch(url: &str, arn: &str, id: &str) -> Result<SignaledViewer, (String, String)> {
+    watch_size(url, arn, id, (640, 480)).await
+}
+
+/// Joins, and waits until a picture of `size` decodes (or the device refuses: `Err`). For
+/// another size than the configured one, pictures of the configured size may come first.
+async fn watch_size(
+    url: &str,
+    arn: &str,
+    id: &str,
+    size: (usize, usize),
+) -> Result<SignaledViewer, (String, String)> {
     let client = viewer_signaling_client(url, arn, id).unwrap();
     let mut viewer = SignaledViewer::join(&client, Some(format!("{id}-offer")))
         .await
@@ -57,8 +68,10 @@ async fn watch(url: &str, arn: &str, id: &str) -> Result<SignaledViewer, (String
         match viewer.next(deadline).await {
             Ok(Some(JoinEvent::Viewer(ViewerEvent::Video(m)))) => {
                 if let Ok(Some(pic)) = decoder.decode(&m.data) {
+                    if pic.dimensions() == size {
+                        return Ok(viewer);
+                    }
                     assert_eq!(pic.dimensions(), (640, 480), "decoded picture size");
-                    return Ok(viewer);
                 }
             }
             Ok(Some(JoinEvent::Refused { code, reason })) => return Err((code, reason)),
@@ -236,6 +249,120 @@ async fn a_media_side_that_never_wakes_gets_the_viewer_refused_with_a_reason() {
     }
     // Each offer tried again: two wakes carried out.
     assert_eq!(status.borrow().wakes, 2);
+    side.shutdown().await;
+    local.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn camera_settings_cross_the_link_wait_for_a_sleeping_camera_and_streaming_off_refuses_without_waking(
+) {
+    use kvs_app::{Control, DeviceControl};
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("info,str0m=warn,dimpl=warn")
+        .try_init();
+    let mut config = device_config(2);
+    if let SignalingConfig::Embedded { channel, .. } = &mut config.signaling {
+        *channel = "split-control-test".into();
+    }
+    let (local, client) = kvs_app::embedded::start_service(&config, None)
+        .await
+        .expect("local service");
+    let port = free_port();
+    let side = signaling_side(port, WakeMethod::None, Duration::from_secs(10), client).await;
+    let mut status = side.status();
+    let control = side.controller();
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let media = tokio::spawn(media_side::run(
+        MediaSideConfig {
+            link: LinkAddr::Tcp(format!("127.0.0.1:{port}")),
+            device: config.clone(),
+            media: MediaConfig {
+                idle_after_wake: Duration::from_secs(1),
+                idle_after_last_viewer: Duration::from_secs(1),
+                ..MediaConfig::default()
+            },
+            sleep: SleepMode::Resident,
+            fallback_ice: Vec::new(),
+        },
+        EventBus::new(),
+        stop,
+    ));
+    wait_presence(
+        &mut status,
+        |p| p == Some(MediaPresence::Sleeping),
+        "asleep",
+    )
+    .await;
+    let (url, arn) = (local.signaling_url.clone(), local.channel_arn.clone());
+
+    // Asked while the camera sleeps: kept (answered at once), not a reason to wake it.
+    control
+        .apply(Control::Resolution {
+            width: 320,
+            height: 240,
+        })
+        .await
+        .expect("kept for the next wake");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(status.borrow().media, Some(MediaPresence::Sleeping));
+
+    // The next viewer wakes it, and the camera comes up with the setting applied.
+    let viewer = watch_size(&url, &arn, "ctl-1", (320, 240))
+        .await
+        .expect("not refused");
+    // Asked while awake: the camera's own answer comes back (an odd size is refused there).
+    assert!(control
+        .apply(Control::Resolution {
+            width: 321,
+            height: 240
+        })
+        .await
+        .is_err());
+    control
+        .apply(Control::BitrateKbps(400))
+        .await
+        .expect("bitrate applied");
+    let mut viewers = control.viewers();
+    tokio::time::timeout(WAIT, viewers.wait_for(|n| *n == 1))
+        .await
+        .expect("one viewer reported")
+        .unwrap();
+
+    // Streaming off: the live viewer is told why; the camera then sleeps; new viewers are
+    // refused by the signaling side without waking it.
+    control.apply(Control::Streaming(false)).await.unwrap();
+    drop(viewer);
+    wait_presence(
+        &mut status,
+        |p| p == Some(MediaPresence::Sleeping),
+        "asleep after off",
+    )
+    .await;
+    let (code, _) = match watch(&url, &arn, "ctl-2").await {
+        Err(r) => r,
+        Ok(_) => panic!("video while streaming is off"),
+    };
+    assert_eq!(code, "STREAM_OFF");
+    assert_eq!(
+        status.borrow().media,
+        Some(MediaPresence::Sleeping),
+        "not woken"
+    );
+
+    // On again: the next viewer wakes it.
+    control.apply(Control::Streaming(true)).await.unwrap();
+    let viewer = watch_size(&url, &arn, "ctl-3", (320, 240))
+        .await
+        .expect("not refused");
+    viewer.close().await;
+
+    let _ = stop_tx.send(true);
+    tokio::time::timeout(WAIT, media)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     side.shutdown().await;
     local.shutdown().await;
 }

@@ -36,9 +36,9 @@ use crate::command::{self, CommandDone, CommandError, Incoming, Outstanding, Res
 use crate::frame::{DeframerConfig, DeframerStats};
 use crate::link::{Out, Outbox};
 use crate::message::{
-    CandidateMessage, Command, CommandResponse, CorrelationId, ErrorReply, IceServer,
-    IceServerList, MediaState, Message, MessageError, PeerId, PeerRef, SdpMessage, Status,
-    ValueError,
+    CandidateMessage, Command, CommandResponse, ControlSetting, CorrelationId, ErrorReply,
+    IceServer, IceServerList, MediaState, Message, MessageError, PeerId, PeerRef, SdpMessage,
+    Status, ValueError,
 };
 
 /// Limits and timers of the signaling side. `Default` is the documented design.
@@ -288,6 +288,8 @@ pub struct SignalingSideCore {
     ice_servers: Option<IceServerList>,
     /// The media side's latest IceServersRequest not yet answered (no list known).
     ice_request: Option<u32>,
+    /// See [`SignalingSideCore::set_wake_settings`].
+    wake_settings: Vec<ControlSetting>,
     outstanding: Outstanding,
     incoming: Incoming,
     stats: RelayStats,
@@ -312,6 +314,7 @@ impl SignalingSideCore {
             next_heartbeat: now,
             ice_servers: None,
             ice_request: None,
+            wake_settings: Vec::new(),
             stats: RelayStats::default(),
         };
         core.send_ready_query(now);
@@ -413,6 +416,13 @@ impl SignalingSideCore {
             self.push_ice_servers(0);
         }
         Ok(())
+    }
+
+    /// Camera settings sent to the media side after every Ready, before the viewer messages
+    /// held for it (it starts from its own configuration each time it wakes). Their results
+    /// arrive as [`RelayOutput::CommandDone`]. Setting them wakes nothing.
+    pub fn set_wake_settings(&mut self, settings: Vec<ControlSetting>) {
+        self.wake_settings = settings;
     }
 
     /// Asks the media side something (waking it if needed), e.g. a snapshot or a remote-control
@@ -633,6 +643,22 @@ impl SignalingSideCore {
         if self.ice_servers.is_some() {
             self.push_ice_servers(0);
         }
+        // Then the camera settings (a camera that woke starts from its configuration) and
+        // whatever was asked while it slept, so the viewers' offers find them applied.
+        for setting in self.wake_settings.clone() {
+            let command = Command::SetControl(setting);
+            if let Err(e) = self
+                .outstanding
+                .start(now, command, self.config.command_timeout)
+            {
+                self.out.event(RelayOutput::CommandDone(CommandDone {
+                    request_id: 0,
+                    command,
+                    result: Err(e),
+                }));
+            }
+        }
+        self.send_held_requests(now);
         self.pending.clear();
         while let Some((peer, message)) = self.queue.pop_front() {
             self.stats.flushed += 1;
@@ -644,7 +670,6 @@ impl SignalingSideCore {
             };
             self.forward(peer, correlation_id, message);
         }
-        self.send_held_requests(now);
     }
 
     fn send_held_requests(&mut self, now: Instant) {

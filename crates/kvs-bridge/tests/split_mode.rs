@@ -1258,3 +1258,53 @@ fn the_media_side_can_ask_set_control_too() {
         }]
     );
 }
+
+#[test]
+fn wake_settings_reach_a_waking_media_side_before_the_offers_and_wake_nothing_themselves() {
+    let mut h = Harness::default_config();
+    let resolution = ControlSetting::Resolution {
+        width: 320,
+        height: 240,
+    };
+    let audio_off = ControlSetting::Audio(false);
+    h.relay.set_wake_settings(vec![resolution, audio_off]);
+    h.pump();
+    assert_eq!(
+        count_wakes(&h.take_relay_events()),
+        0,
+        "settings wake nothing"
+    );
+
+    viewer(&mut h, offer("A", 1));
+    h.advance_to(ms(200));
+    media_up(&mut h);
+    let events = h.take_media_events();
+    // In order: the settings as commands, then the held offer.
+    let order: Vec<String> = events
+        .iter()
+        .filter_map(|e| match e {
+            MediaOutput::CommandRequest { command, .. } => Some(format!("{command:?}")),
+            MediaOutput::Offer(m) => Some(format!("{} {}", m.peer, m.sdp)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        order,
+        [
+            format!("{:?}", Command::SetControl(resolution)),
+            format!("{:?}", Command::SetControl(audio_off)),
+            "A offer 1".to_string(),
+        ]
+    );
+    // Answered like any command.
+    let now = h.now;
+    for (rid, _) in command_requests(&events) {
+        h.media()
+            .respond(now, rid, CommandResponse::Applied(Ok(())))
+            .unwrap();
+    }
+    h.pump();
+    let done = done_events(&h.take_relay_events());
+    assert_eq!(done.len(), 2);
+    assert!(done.iter().all(|d| d.result == Ok(CommandValue::Applied)));
+}

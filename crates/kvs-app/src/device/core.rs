@@ -67,9 +67,8 @@ pub enum DeviceInput {
     SetStreaming(bool),
 }
 
-/// The refusal code viewers get while the owner has switched streaming off.
-pub const STREAM_OFF: &str = "STREAM_OFF";
-const STREAM_OFF_REASON: &str = "the camera's owner switched streaming off";
+pub use crate::control::STREAM_OFF;
+use crate::control::STREAM_OFF_REASON;
 /// Sessions close this long after their viewers were told why (over signaling, which is
 /// slower than the DTLS close over UDP): the reason arrives first. No media flows meanwhile.
 pub const STREAM_OFF_CLOSE_AFTER: Duration = Duration::from_millis(300);

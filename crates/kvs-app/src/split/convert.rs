@@ -5,8 +5,10 @@
 //! the caller) rather than panicking: ids longer than the link allows, or messages the other
 //! side has no use for, are dropped here.
 
+use crate::control::{Control, ControlError};
 use kvs_bridge::{
-    CandidateMessage, CorrelationId, IceCandidate, PeerId, SdpMessage, Status, ViewerMessage,
+    CandidateMessage, ControlSetting, CorrelationId, IceCandidate, PeerId, SdpMessage, Status,
+    ViewerMessage,
 };
 use kvs_signaling::{
     IceCandidateInit, IceServer, MessageKind, MessagePayload, PeerRefusal, SignalingMessage,
@@ -164,6 +166,45 @@ pub fn device_message(msg: &SignalingMessage) -> Option<DeviceMessage> {
     }
 }
 
+/// A device control for the link (values the link cannot carry are invalid).
+pub fn control_setting(control: &Control) -> Result<ControlSetting, ControlError> {
+    let too_big = |what: &str| ControlError::Invalid(format!("{what} out of range"));
+    Ok(match *control {
+        Control::Streaming(on) => ControlSetting::Streaming(on),
+        Control::Resolution { width, height } => ControlSetting::Resolution {
+            width: u16::try_from(width).map_err(|_| too_big("width"))?,
+            height: u16::try_from(height).map_err(|_| too_big("height"))?,
+        },
+        Control::BitrateKbps(kbps) => ControlSetting::BitrateKbps(kbps),
+        Control::Audio(on) => ControlSetting::Audio(on),
+        Control::MaxViewers(n) => {
+            ControlSetting::MaxViewers(u8::try_from(n).map_err(|_| too_big("max viewers"))?)
+        }
+    })
+}
+
+/// A control that came over the link, for the device.
+pub fn control_from_setting(setting: ControlSetting) -> Control {
+    match setting {
+        ControlSetting::Streaming(on) => Control::Streaming(on),
+        ControlSetting::Resolution { width, height } => Control::Resolution {
+            width: width.into(),
+            height: height.into(),
+        },
+        ControlSetting::BitrateKbps(kbps) => Control::BitrateKbps(kbps),
+        ControlSetting::Audio(on) => Control::Audio(on),
+        ControlSetting::MaxViewers(n) => Control::MaxViewers(n.into()),
+    }
+}
+
+/// How a failed control travels over the link, and back.
+pub fn control_status(error: &ControlError) -> Status {
+    match error {
+        ControlError::Invalid(_) => Status::INVALID_ARGUMENT,
+        ControlError::Unsupported(_) | ControlError::Stopped => Status::UNAVAILABLE,
+    }
+}
+
 /// ICE servers, KVS → link. Servers the link cannot carry are left out by the caller's
 /// `IceServerList::new` error.
 pub fn ice_to_link(servers: &[IceServer]) -> Vec<kvs_bridge::IceServer> {
@@ -246,6 +287,33 @@ mod tests {
             ttl: Some(Duration::from_secs(300)),
         }];
         assert_eq!(ice_from_link(&ice_to_link(&servers)), servers);
+    }
+
+    #[test]
+    fn controls_cross_the_link_and_what_does_not_fit_is_invalid() {
+        for c in [
+            Control::Streaming(false),
+            Control::Resolution {
+                width: 1280,
+                height: 720,
+            },
+            Control::BitrateKbps(800),
+            Control::Audio(true),
+            Control::MaxViewers(3),
+        ] {
+            assert_eq!(control_from_setting(control_setting(&c).unwrap()), c);
+        }
+        assert!(matches!(
+            control_setting(&Control::MaxViewers(300)),
+            Err(ControlError::Invalid(_))
+        ));
+        assert!(matches!(
+            control_setting(&Control::Resolution {
+                width: 70_000,
+                height: 2
+            }),
+            Err(ControlError::Invalid(_))
+        ));
     }
 
     #[test]

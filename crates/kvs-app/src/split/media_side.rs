@@ -13,7 +13,8 @@
 use super::convert::{self, DeviceMessage};
 use super::link::{Link, LinkAddr, LinkEvent, LinkSide};
 use crate::config::{DeviceConfig, VideoSourceConfig};
-use crate::device::{Device, DeviceError, DeviceHandle, DeviceParts};
+use crate::control::{Control, DeviceControl};
+use crate::device::{Device, DeviceController, DeviceError, DeviceHandle, DeviceParts};
 use crate::events::EventBus;
 use kvs_bridge::{
     Command, CommandResponse, MediaConfig, MediaOutput, MediaPhase, MediaSideCore, Resolution,
@@ -126,7 +127,9 @@ pub async fn run(
         attach: attach_tx,
         ice: ice.clone(),
     });
-    let (answers_tx, mut answers) = mpsc::channel::<(u32, CommandResponse)>(8);
+    let (answers_tx, mut answers) = mpsc::channel::<Answer>(8);
+    // The picture size now (a resolution control changes it), for snapshots.
+    let mut picture_size = test_pattern_size(&config.device);
 
     let mut core = MediaSideCore::new(config.media.clone(), Instant::now());
     let mut device = Some(start_device(&config, client.clone(), &events).await?);
@@ -183,7 +186,13 @@ pub async fn run(
                 MediaOutput::CommandRequest {
                     request_id,
                     command,
-                } => answer_command(&config.device, request_id, command, answers_tx.clone()),
+                } => answer_command(
+                    picture_size,
+                    device.as_ref().map(DeviceHandle::controller),
+                    request_id,
+                    command,
+                    answers_tx.clone(),
+                ),
                 MediaOutput::CommandDone(done) => tracing::debug!(?done, "command done"),
                 MediaOutput::Sleep => sleep_now = true,
                 MediaOutput::SignalingLost => {
@@ -246,7 +255,10 @@ pub async fn run(
                     None => ends = None,
                 }
             }
-            Some((request_id, response)) = answers.recv() => {
+            Some((request_id, response, size)) = answers.recv() => {
+                if let Some(size) = size.filter(|_| picture_size.is_some()) {
+                    picture_size = Some(size);
+                }
                 if let Err(e) = core.respond(Instant::now(), request_id, response) {
                     tracing::warn!("answering the signaling side failed: {e}");
                 }
@@ -352,29 +364,53 @@ fn forward_from_device(core: &mut MediaSideCore, now: Instant, msg: &SignalingMe
     }
 }
 
-fn answer_command(
-    device: &DeviceConfig,
-    request_id: u32,
-    command: Command,
-    answers: mpsc::Sender<(u32, CommandResponse)>,
-) {
-    let test_pattern = match &device.video {
+/// An answer for the signaling side, and the picture size it changed (a resolution control).
+type Answer = (u32, CommandResponse, Option<(u32, u32)>);
+
+/// The test pattern's configured size, if the source is one (snapshots need it).
+fn test_pattern_size(device: &DeviceConfig) -> Option<(u32, u32)> {
+    match &device.video {
         VideoSourceConfig::TestPattern { width, height, .. } => Some((*width, *height)),
         _ => None,
-    };
+    }
+}
+
+fn answer_command(
+    test_pattern: Option<(u32, u32)>,
+    controller: Option<DeviceController>,
+    request_id: u32,
+    command: Command,
+    answers: mpsc::Sender<Answer>,
+) {
     match command {
+        Command::SetControl(setting) => {
+            let control = convert::control_from_setting(setting);
+            tokio::spawn(async move {
+                let result = match controller {
+                    Some(c) => c.apply(control.clone()).await,
+                    None => Err(crate::control::ControlError::Stopped),
+                };
+                let size = match (&result, &control) {
+                    (Ok(()), Control::Resolution { width, height }) => Some((*width, *height)),
+                    _ => None,
+                };
+                let response =
+                    CommandResponse::Applied(result.map_err(|e| convert::control_status(&e)));
+                let _ = answers.send((request_id, response, size)).await;
+            });
+        }
         Command::GetTime => {
             let micros = SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map(|d| d.as_micros() as u64)
                 .unwrap_or(0);
-            let _ = answers.try_send((request_id, CommandResponse::Time(Ok(micros))));
+            let _ = answers.try_send((request_id, CommandResponse::Time(Ok(micros)), None));
         }
         Command::GetResolution => {
             let r = test_pattern
                 .map(|(width, height)| Resolution { width, height })
                 .ok_or(Status::UNAVAILABLE);
-            let _ = answers.try_send((request_id, CommandResponse::Resolution(r)));
+            let _ = answers.try_send((request_id, CommandResponse::Resolution(r), None));
         }
         Command::GetSnapshot { quality } => {
             // Encoding takes a few milliseconds of CPU: off the driver's task.
@@ -388,7 +424,7 @@ fn answer_command(
                     // Snapshots of H.264 file or stdin sources would need a decoder here.
                     None => Err(Status::UNAVAILABLE),
                 };
-                let _ = answers.blocking_send((request_id, CommandResponse::Snapshot(jpeg)));
+                let _ = answers.blocking_send((request_id, CommandResponse::Snapshot(jpeg), None));
             });
         }
     }

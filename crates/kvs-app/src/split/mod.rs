@@ -33,5 +33,7 @@ pub use kvs_bridge::{MediaConfig, RelayConfig};
 pub use link::{LinkAddr, LinkError};
 #[cfg(feature = "media")]
 pub use media_side::{MediaSideConfig, MediaSideError, MediaSideExit, SleepMode};
-pub use signaling_side::{Commander, SignalingSide, SignalingSideConfig, SignalingSideStatus};
+pub use signaling_side::{
+    Commander, SignalingSide, SignalingSideConfig, SignalingSideStatus, SplitControl,
+};
 pub use wake::{WakeMethod, Waker};

@@ -12,9 +12,12 @@ use super::convert;
 use super::link::{Link, LinkAddr, LinkEvent, LinkSide};
 use super::wake::{WakeMethod, Waker, Woke};
 use crate::backoff::{Backoff, BackoffConfig};
+use crate::control::{
+    Control, ControlError, ControlFuture, DeviceControl, STREAM_OFF, STREAM_OFF_REASON,
+};
 use kvs_bridge::{
-    Command, CommandError, CommandResponse, CommandValue, MediaPresence, RelayConfig, RelayOutput,
-    SignalingSideCore, Status,
+    Command, CommandError, CommandResponse, CommandValue, ControlSetting, MediaPresence,
+    RelayConfig, RelayOutput, SignalingSideCore, Status,
 };
 use kvs_signaling::{
     IceServer, MessageKind, SignalingClient, SignalingError, SignalingEvent, SignalingLink,
@@ -67,10 +70,40 @@ pub struct SignalingSideStatus {
 }
 
 type CommandReply = oneshot::Sender<Result<CommandValue, CommandError>>;
+type ControlReply = oneshot::Sender<Result<(), ControlError>>;
+
+/// What the application asks of the running signaling side.
+enum Request {
+    /// A command for the media side (a snapshot wakes it).
+    Command(Command, CommandReply),
+    /// A change to the camera: kept, and applied when the media side is awake (see
+    /// [`SplitControl`]).
+    Control(Control, ControlReply),
+}
+
+/// The camera settings asked for so far; the core re-sends them every time the media side
+/// wakes (a new process, or a device restarted in place, starts from its configuration).
+#[derive(Debug, Clone, Default)]
+struct Desired {
+    streaming_off: bool,
+    settings: Vec<ControlSetting>,
+}
+
+impl Desired {
+    fn record(&mut self, setting: ControlSetting) {
+        if let ControlSetting::Streaming(on) = setting {
+            self.streaming_off = !on;
+        }
+        // One entry per kind: the latest wins.
+        self.settings
+            .retain(|s| std::mem::discriminant(s) != std::mem::discriminant(&setting));
+        self.settings.push(setting);
+    }
+}
 
 /// A running signaling side.
 pub struct SignalingSide {
-    commands: mpsc::Sender<(Command, CommandReply)>,
+    commands: mpsc::Sender<Request>,
     status: watch::Receiver<SignalingSideStatus>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
@@ -106,6 +139,9 @@ impl SignalingSide {
             ice_known: false,
             fallback_ice: config.fallback_ice.clone(),
             replies: HashMap::new(),
+            control_replies: HashMap::new(),
+            desired: Desired::default(),
+            pending_sends: Vec::new(),
             status: status_tx,
         };
         let task = tokio::spawn(driver.run(command_rx, shutdown_rx));
@@ -127,6 +163,34 @@ impl SignalingSide {
         Commander(self.commands.clone())
     }
 
+    /// Remote control of the camera behind the link ([`DeviceControl`]): settings are kept and
+    /// sent to the media side when it is awake — a sleeping one is not woken for them (it gets
+    /// them when it next wakes); while streaming is off, viewers' offers are refused here,
+    /// without waking it.
+    pub fn controller(&self) -> SplitControl {
+        let viewers = {
+            let mut status = self.status.clone();
+            let (tx, rx) = watch::channel(0usize);
+            tokio::spawn(async move {
+                loop {
+                    let n = match status.borrow_and_update().media {
+                        Some(MediaPresence::Awake { viewers }) => usize::from(viewers),
+                        _ => 0,
+                    };
+                    tx.send_if_modified(|v| std::mem::replace(v, n) != n);
+                    if status.changed().await.is_err() || tx.is_closed() {
+                        return;
+                    }
+                }
+            });
+            rx
+        };
+        SplitControl {
+            requests: self.commands.clone(),
+            viewers,
+        }
+    }
+
     pub fn status(&self) -> watch::Receiver<SignalingSideStatus> {
         self.status.clone()
     }
@@ -138,15 +202,38 @@ impl SignalingSide {
     }
 }
 
+/// Changes the camera behind the link. See [`SignalingSide::controller`].
+#[derive(Clone)]
+pub struct SplitControl {
+    requests: mpsc::Sender<Request>,
+    viewers: watch::Receiver<usize>,
+}
+
+impl DeviceControl for SplitControl {
+    fn apply(&self, control: Control) -> ControlFuture<'_> {
+        Box::pin(async move {
+            let (tx, rx) = oneshot::channel();
+            self.requests
+                .try_send(Request::Control(control, tx))
+                .map_err(|_| ControlError::Unsupported("too many changes waiting".into()))?;
+            rx.await.unwrap_or(Err(ControlError::Stopped))
+        })
+    }
+
+    fn viewers(&self) -> watch::Receiver<usize> {
+        self.viewers.clone()
+    }
+}
+
 /// Asks commands of the media side through a running [`SignalingSide`].
 #[derive(Clone)]
-pub struct Commander(mpsc::Sender<(Command, CommandReply)>);
+pub struct Commander(mpsc::Sender<Request>);
 
 impl Commander {
     pub async fn request(&self, command: Command) -> Result<CommandValue, CommandError> {
         let (tx, rx) = oneshot::channel();
         self.0
-            .try_send((command, tx))
+            .try_send(Request::Command(command, tx))
             .map_err(|_| CommandError::TooManyOutstanding {
                 limit: MAX_APP_COMMANDS,
             })?;
@@ -169,6 +256,11 @@ struct Driver {
     ice_known: bool,
     fallback_ice: Vec<IceServer>,
     replies: HashMap<u32, CommandReply>,
+    /// Settings sent to an awake camera, kept (for its next wake) only once it applied them.
+    control_replies: HashMap<u32, (ControlSetting, ControlReply)>,
+    desired: Desired,
+    /// Messages to viewers decided outside the core (refusals while streaming is off).
+    pending_sends: Vec<SignalingMessage>,
     status: watch::Sender<SignalingSideStatus>,
 }
 
@@ -178,7 +270,7 @@ enum Input {
     Connected(Result<Result<SignalingLink, SignalingError>, tokio::task::JoinError>),
     Ice(Result<Result<Vec<IceServer>, SignalingError>, tokio::task::JoinError>),
     ChildExited(std::process::ExitStatus),
-    Command(Option<(Command, CommandReply)>),
+    Request(Option<Request>),
     Timer,
     Stop,
 }
@@ -186,12 +278,15 @@ enum Input {
 impl Driver {
     async fn run(
         mut self,
-        mut commands: mpsc::Receiver<(Command, CommandReply)>,
+        mut commands: mpsc::Receiver<Request>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         loop {
             while let Some(out) = self.core.poll_output() {
                 self.perform(out).await;
+            }
+            for msg in std::mem::take(&mut self.pending_sends) {
+                self.send_to_viewer(msg).await;
             }
             let now = Instant::now();
             if self.reconnect_at.is_some_and(|t| now >= t) && self.connecting.is_none() {
@@ -224,7 +319,7 @@ impl Driver {
                 r = join(&mut self.connecting) => Input::Connected(r),
                 r = join(&mut self.ice_fetch) => Input::Ice(r),
                 status = self.waker.child_exited() => Input::ChildExited(status),
-                c = commands.recv() => Input::Command(c),
+                c = commands.recv() => Input::Request(c),
                 _ = sleep_until(deadline) => Input::Timer,
             };
             let now = Instant::now();
@@ -267,15 +362,20 @@ impl Driver {
                     // Whatever it had half-said is gone; it must say Ready again.
                     self.core.handle_link_reset(now);
                 }
-                Input::Command(None) => {}
-                Input::Command(Some((command, reply))) => match self.core.request(now, command) {
-                    Ok(id) => {
-                        self.replies.insert(id, reply);
+                Input::Request(None) => {}
+                Input::Request(Some(Request::Command(command, reply))) => {
+                    match self.core.request(now, command) {
+                        Ok(id) => {
+                            self.replies.insert(id, reply);
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                        }
                     }
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
-                    }
-                },
+                }
+                Input::Request(Some(Request::Control(control, reply))) => {
+                    self.control(now, control, reply)
+                }
                 Input::Timer => {
                     if self.core.poll_timeout().is_some_and(|t| now >= t) {
                         self.core.handle_timeout(now);
@@ -290,6 +390,45 @@ impl Driver {
             c.abort();
         }
         self.waker.stop_child(Duration::from_secs(3)).await;
+    }
+
+    /// A camera setting: kept; sent now if the media side is awake (its answer is the
+    /// caller's), else applied when it wakes (answered Ok now).
+    fn control(&mut self, now: Instant, control: Control, reply: ControlReply) {
+        let setting = match convert::control_setting(&control) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let awake = matches!(
+            self.status.borrow().media,
+            Some(MediaPresence::Awake { .. })
+        );
+        if !awake {
+            // Kept; a camera that wakes later gets every setting first thing.
+            self.remember(setting);
+            let _ = reply.send(Ok(()));
+            return;
+        }
+        if let ControlSetting::Streaming(false) = setting {
+            // Refuse new viewers here at once, whatever the camera answers.
+            self.desired.streaming_off = true;
+        }
+        match self.core.request(now, Command::SetControl(setting)) {
+            Ok(id) => {
+                self.control_replies.insert(id, (setting, reply));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(ControlError::Unsupported(e.to_string())));
+            }
+        }
+    }
+
+    fn remember(&mut self, setting: ControlSetting) {
+        self.desired.record(setting);
+        self.core.set_wake_settings(self.desired.settings.clone());
     }
 
     fn schedule_reconnect(&mut self, now: Instant, reason: &str) {
@@ -312,6 +451,19 @@ impl Driver {
                 MessageKind::ReconnectIceServer => self.fetch_ice(true),
                 MessageKind::StatusResponse => {
                     tracing::warn!(?m.payload, "the signaling service reported a failed message")
+                }
+                MessageKind::Offer if self.desired.streaming_off => {
+                    // Refused here: no reason to wake the camera.
+                    if let Some(peer) = &m.peer_client_id {
+                        tracing::info!(%peer, "viewer refused: streaming is off");
+                        self.status.send_modify(|s| s.viewers_refused += 1);
+                        self.pending_sends.push(SignalingMessage::refusal_with_code(
+                            peer,
+                            STREAM_OFF,
+                            STREAM_OFF_REASON,
+                            m.correlation_id.clone(),
+                        ));
+                    }
                 }
                 _ => match convert::viewer_message(&m) {
                     Some(v) => self.core.handle_viewer(now, v),
@@ -423,6 +575,8 @@ impl Driver {
                     Command::GetSnapshot { .. } => {
                         CommandResponse::Snapshot(Err(Status::UNAVAILABLE))
                     }
+                    // The media side does not control the signaling side.
+                    Command::SetControl(_) => CommandResponse::Applied(Err(Status::UNEXPECTED)),
                 };
                 if let Err(e) = self.core.respond(now, request_id, response) {
                     tracing::warn!("answering the media side failed: {e}");
@@ -431,6 +585,20 @@ impl Driver {
             RelayOutput::CommandDone(done) => {
                 if let Some(reply) = self.replies.remove(&done.request_id) {
                     let _ = reply.send(done.result);
+                } else if let Some((setting, reply)) = self.control_replies.remove(&done.request_id)
+                {
+                    if done.result.is_ok() {
+                        self.remember(setting);
+                    }
+                    let _ = reply.send(match done.result {
+                        Ok(_) => Ok(()),
+                        Err(CommandError::Remote(Status::INVALID_ARGUMENT)) => {
+                            Err(ControlError::Invalid("the camera refused the value".into()))
+                        }
+                        Err(e) => Err(ControlError::Unsupported(e.to_string())),
+                    });
+                } else if let Err(e) = done.result {
+                    tracing::warn!(command = ?done.command, "camera command failed: {e}");
                 }
             }
         }
