@@ -197,15 +197,24 @@ class RainmakerNodeTest(unittest.TestCase):
             "reconnect = { initial = 1, max = 2, attempt_timeout = 5 }\n")
         cls.node_log = open(d / "node.log", "wb")
         cls.applied = queue.Queue()
-        cls.node = subprocess.Popen([cls.bin, str(d / "node.toml")], stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, stderr=cls.node_log,
-                                    env={**os.environ, "RUST_LOG": "info,kvs_app=debug"})
-        threading.Thread(target=cls._read_node, daemon=True).start()
+        cls.start_node()
 
     @classmethod
-    def _read_node(cls):
-        for line in cls.node.stdout:
+    def start_node(cls):
+        cls.node_lines = queue.Queue()
+        cls.nodes = getattr(cls, "nodes", [])
+        cls.node = subprocess.Popen([cls.bin, str(cls.dir / "node.toml")], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, stderr=cls.node_log,
+                                    env={**os.environ, "RUST_LOG": "info,kvs_app=debug"})
+        cls.nodes.append(cls.node)
+        threading.Thread(target=cls._read_node, args=(cls.node, cls.node_lines),
+                         daemon=True).start()
+
+    @classmethod
+    def _read_node(cls, node, lines):
+        for line in node.stdout:
             line = line.decode().strip()
+            lines.put(line)
             if line.startswith("APPLIED "):
                 cls.applied.put(line[len("APPLIED "):])
 
@@ -222,10 +231,12 @@ class RainmakerNodeTest(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        for proc in (getattr(cls, "node", None),):
-            if proc and proc.poll() is None:
+        for proc in getattr(cls, "nodes", []):
+            if proc.poll() is None:
                 proc.kill()
-                proc.wait()
+            proc.wait()
+            proc.stdin.close()
+            proc.stdout.close()
         if getattr(cls, "cloud", None):
             cls.cloud.close()
         if getattr(cls, "broker", None) and cls.broker.poll() is None:
@@ -258,7 +269,7 @@ class RainmakerNodeTest(unittest.TestCase):
         self.assertIn(contains, text)
         return text
 
-    def test_1_node_config_and_init_state(self):
+    def test_01_node_config_and_init_state(self):
         config, _ = self.cloud.wait(PREFIX + "config", timeout=30)
         config = json.loads(config)
         self.assertEqual(config["node_id"], NODE_ID)
@@ -306,7 +317,7 @@ class RainmakerNodeTest(unittest.TestCase):
         connected, _ = self.cloud.wait(PREFIX + "params/local")
         self.assertEqual(json.loads(connected), {"Connectivity": {"Connected": True}})
 
-    def test_2_valid_writes_report_only_what_changed(self):
+    def test_02_valid_writes_report_only_what_changed(self):
         self.cloud.drain()
         self.write('{"Camera":{"Bitrate":1500}}')
         self.expect_report({"Camera": {"Bitrate": 1500}})
@@ -322,7 +333,7 @@ class RainmakerNodeTest(unittest.TestCase):
             "BitrateKbps(1500)", "Streaming(false)", "Resolution { width: 320, height: 240 }",
             "MaxViewers(3)", "Audio(false)"]))
 
-    def test_3_read_only_param_is_rejected_with_an_alert(self):
+    def test_03_read_only_param_is_rejected_with_an_alert(self):
         self.cloud.drain()
         self.write('{"Camera":{"Channel":"someone-elses"}}')
         self.expect_alert("Camera.Channel: read-only")
@@ -331,7 +342,7 @@ class RainmakerNodeTest(unittest.TestCase):
         self.assertEqual([t for t, _ in self.cloud.quiet(1.0) if t.endswith("params/local")], [])
         self.assertEqual(self.applied_now(), [])
 
-    def test_4_out_of_bounds_and_invalid_strings_are_rejected_not_clamped(self):
+    def test_04_out_of_bounds_and_invalid_strings_are_rejected_not_clamped(self):
         self.cloud.drain()
         for payload, why in [
             ('{"Camera":{"Bitrate":99999}}', "out of bounds"),
@@ -346,7 +357,7 @@ class RainmakerNodeTest(unittest.TestCase):
         self.assertEqual([t for t, _ in self.cloud.quiet(1.0) if t.endswith("params/local")], [])
         self.assertEqual(self.applied_now(), [])
 
-    def test_5_malformed_and_unknown_input_is_ignored_and_nothing_breaks(self):
+    def test_05_malformed_and_unknown_input_is_ignored_and_nothing_breaks(self):
         self.cloud.drain()
         for payload in [b"not json", b'{"Camera":', b"[1,2]", b"\xff\xfe\x00",
                         b'{"Doorbell":{"Stream":true}}', b'{"Camera":{"Zoom":2}}',
@@ -358,7 +369,7 @@ class RainmakerNodeTest(unittest.TestCase):
         self.expect_report({"Camera": {"Stream": True}})
         self.assertEqual(self.applied_now(), ["Streaming(true)"])
 
-    def test_6_viewers_reports_are_coalesced(self):
+    def test_06_viewers_reports_are_coalesced(self):
         time.sleep(1.1)  # past any recent report
         self.cloud.drain()
         for n in range(1, 6):
@@ -370,7 +381,7 @@ class RainmakerNodeTest(unittest.TestCase):
         self.assertLessEqual(len(values), 2, values)
         self.assertEqual(values[-1], 5, values)
 
-    def test_7_another_node_cannot_write_into_this_node(self):
+    def test_07_another_node_cannot_write_into_this_node(self):
         other = Cloud(self.dir, self.port, OTHER_ID, f"node/{OTHER_ID}/#")
         try:
             self.cloud.drain()
@@ -388,7 +399,7 @@ class RainmakerNodeTest(unittest.TestCase):
         log = (self.dir / "mosquitto.log").read_text(errors="replace")
         self.assertIn(OTHER_ID, log)
 
-    def test_8_broker_restart_node_reconnects_and_republishes(self):
+    def test_08_broker_restart_node_reconnects_and_republishes(self):
         self.cloud.drain()
         self.stop_broker()
         time.sleep(1.0)
@@ -410,12 +421,29 @@ class RainmakerNodeTest(unittest.TestCase):
         self.write('{"Camera":{"Audio":true}}')
         self.expect_report({"Camera": {"Audio": True}}, timeout=10)
 
-    def test_9_sigkill_the_node_and_the_cloud_sees_the_last_will(self):
+    def test_09_sigkill_the_node_and_the_cloud_sees_the_last_will(self):
         self.cloud.drain()
         self.node.send_signal(signal.SIGKILL)
         self.node.wait(5)
         will, _ = self.cloud.wait(PREFIX + "params/local", timeout=10)
         self.assertEqual(json.loads(will), {"Connectivity": {"Connected": False}})
+
+    def test_10_clean_stop_says_disconnected_itself(self):
+        self.cloud.drain()
+        self.start_node()
+        self.cloud.wait(PREFIX + "config", timeout=30)
+        self.cloud.wait(PREFIX + "params/local",
+                        pred=lambda p: json.loads(p) == {"Connectivity": {"Connected": True}})
+        self.node.send_signal(signal.SIGTERM)
+        p, _ = self.cloud.wait(PREFIX + "params/local", timeout=5)
+        self.assertEqual(json.loads(p), {"Connectivity": {"Connected": False}})
+        self.assertEqual(self.node.wait(5), 0)
+        lines = []
+        while not self.node_lines.empty():
+            lines.append(self.node_lines.get())
+        self.assertIn("STOPPED", lines)
+        # Exactly one: the node's own, not also the broker's will after a clean DISCONNECT.
+        self.assertEqual([t for t, _ in self.cloud.quiet(1.0) if t.endswith("params/local")], [])
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ use kvs_app::DeviceConfig;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
-use tokio::io::AsyncBufReadExt;
 use tokio::sync::watch;
 
 struct RecordingControl {
@@ -58,9 +57,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let node = RainmakerNode::start(&rainmaker, settings, control)?;
     println!("STARTED {}", node.node_id());
 
-    let stdin = tokio::spawn(async move {
-        let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
+    // A plain thread: tokio's stdin would hold the runtime's shutdown until stdin closes.
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { break };
             if let Some(n) = line.strip_prefix("viewers ") {
                 if let Ok(n) = n.trim().parse() {
                     viewers.send_replace(n);
@@ -68,14 +68,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         // Keep the sender (and so the watch) alive after stdin closes.
-        std::future::pending::<()>().await;
+        loop {
+            std::thread::park();
+        }
     });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
-    stdin.abort();
     node.stop().await;
     println!("STOPPED");
     Ok(())

@@ -42,7 +42,8 @@ pub const MAX_OUTGOING_PACKET: usize = 64 * 1024;
 /// MQTT events waiting for the node task.
 pub const EVENT_CAPACITY: usize = 64;
 
-/// The [`NodeSettings`] for `config`, starting from `initial`.
+/// The [`NodeSettings`] for `config`, starting from `initial` (whose resolution joins the
+/// `valid_strs` when it is not one of the defaults).
 pub fn settings_from(config: &RainmakerConfig, initial: CameraState) -> NodeSettings {
     let mut s = NodeSettings::new(config.node_id.clone());
     s.channel = config.channel.clone();
@@ -50,6 +51,12 @@ pub fn settings_from(config: &RainmakerConfig, initial: CameraState) -> NodeSett
     s.initial = initial;
     if let Some(name) = &config.name {
         s.initial.name = name.clone();
+    }
+    // The size the device starts with is always a valid choice.
+    if !s.resolutions.contains(&s.initial.resolution) {
+        s.resolutions.push(s.initial.resolution);
+        s.resolutions
+            .sort_by_key(|r| (u64::from(r.width) * u64::from(r.height), r.width));
     }
     s
 }
@@ -360,4 +367,68 @@ fn tls_config(config: &RainmakerConfig) -> Result<rustls::ClientConfig, Rainmake
         tls.alpn_protocols = vec![b"x-amzn-mqtt-ca".to_vec()];
     }
     Ok(tls)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_from_config_and_device() {
+        let mut device = DeviceConfig {
+            video: VideoSourceConfig::TestPattern {
+                width: 800,
+                height: 600,
+                fps: 30,
+                bitrate_bps: 2_000_000,
+                gop: 30,
+            },
+            audio: AudioSourceConfig::None,
+            ..DeviceConfig::default()
+        };
+        device.session.max_viewers = 50;
+        let st = camera_state_from(&device);
+        assert_eq!(st.resolution, Resolution::new(800, 600));
+        assert_eq!(
+            (st.bitrate_kbps, st.audio, st.max_viewers),
+            (2000, false, 10)
+        );
+        let mut rm = RainmakerConfig::new("mqtts://b", "n1", "/c", "/k");
+        rm.name = Some("Porch".into());
+        rm.channel = Some("front".into());
+        let s = settings_from(&rm, st);
+        assert_eq!(s.initial.name, "Porch");
+        assert_eq!(s.channel.as_deref(), Some("front"));
+        let valid: Vec<String> = s.resolutions.iter().map(|r| r.to_string()).collect();
+        assert_eq!(valid, ["320x240", "640x480", "800x600", "1280x720"]);
+    }
+
+    #[tokio::test]
+    async fn start_reports_bad_files_at_once() {
+        struct Nothing(tokio::sync::watch::Sender<usize>);
+        impl DeviceControl for Nothing {
+            fn apply(&self, _: crate::Control) -> crate::control::ControlFuture<'_> {
+                Box::pin(async { Ok(()) })
+            }
+            fn viewers(&self) -> tokio::sync::watch::Receiver<usize> {
+                self.0.subscribe()
+            }
+        }
+        let control = Arc::new(Nothing(tokio::sync::watch::channel(0).0));
+        let rm = RainmakerConfig::new("mqtts://127.0.0.1:1", "n1", "/nonexistent/c", "/k");
+        let err = RainmakerNode::start(
+            &rm,
+            settings_from(&rm, CameraState::default()),
+            control.clone(),
+        )
+        .err()
+        .expect("missing files");
+        assert!(matches!(err, RainmakerError::Read { .. }), "{err}");
+        let mut bad = rm.clone();
+        bad.broker = "mqtt://127.0.0.1:1".into();
+        let err = RainmakerNode::start(&bad, settings_from(&bad, CameraState::default()), control)
+            .err()
+            .expect("plain mqtt refused");
+        assert!(matches!(err, RainmakerError::Settings(_)), "{err}");
+    }
 }
