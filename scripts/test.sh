@@ -7,9 +7,11 @@
 #   5. the browser tests: real headless Chromium viewing the real program
 #   6. conformance: the official AWS clients (JS SDK v3, the KVS WebRTC JS SDK, boto3) against
 #      the local signaling service
-#   7. the fuzz targets still build
-#   8. lint: rustfmt and clippy with warnings as errors
-#   9. the benchmarks' smoke run (scripts/bench.sh --smoke: every scenario, peers included,
+#   7. RainMaker remote control: the node (kvs-app's `rainmaker_node` example) against Debian's
+#      mosquitto with mutual TLS and per-node ACLs, driven by paho-mqtt as the cloud
+#   8. the fuzz targets still build
+#   9. lint: rustfmt and clippy with warnings as errors
+#  10. the benchmarks' smoke run (scripts/bench.sh --smoke: every scenario, peers included,
 #      figures printed and not asserted — so the benchmark cannot rot)
 # Stops at the first failure and says which step failed; prints a summary either way.
 #
@@ -22,8 +24,9 @@ cd "$ROOT"
 
 # Debian packages: the browser, what the H.264 (nasm), Opus (libopus-dev, pkg-config) and
 # crypto (clang, cmake) crates need to build, coturn (the TURN server the relay test uses), and
-# iproute2 + python3 for the fault tests between network namespaces (tests/faults).
-APT_PACKAGES=(chromium nasm libopus-dev pkg-config clang cmake ca-certificates coturn iproute2 procps python3 socat)
+# iproute2 + python3 for the fault tests between network namespaces (tests/faults), mosquitto
+# (the MQTT broker the RainMaker tests start, tests/rainmaker).
+APT_PACKAGES=(chromium nasm libopus-dev pkg-config clang cmake ca-certificates coturn iproute2 procps python3 socat mosquitto)
 NODE_MIN_MAJOR=20 # playwright-core's minimum
 
 export DEBIAN_FRONTEND=noninteractive
@@ -153,6 +156,18 @@ conformance_tests() {
   .venv/bin/python -m unittest discover -s tests/conformance -p 'test_*.py' -v
 }
 
+rainmaker_tests() {
+  # mosquitto and the node are started by the test and removed afterwards (~20 s).
+  if [[ ! -x .venv/bin/python ]]; then
+    python3 -m venv .venv
+  fi
+  .venv/bin/pip install --quiet --disable-pip-version-check -r tests/rainmaker/requirements.txt
+  # The node's core and config in virtual time (the feature is off in `cargo test --workspace`).
+  cargo test -p kvs-app --no-default-features --features rainmaker --lib
+  cargo build -p kvs-app --no-default-features --features rainmaker --example rainmaker_node
+  .venv/bin/python -m unittest discover -s tests/rainmaker -p 'test_*.py' -v
+}
+
 fuzz_build() {
   # The fuzz crate is its own workspace (libFuzzer instrumentation); checking it keeps every
   # target compiling. Running them is described in docs/TESTING.md.
@@ -162,21 +177,24 @@ fuzz_build() {
 lint() {
   cargo fmt --all -- --check
   cargo clippy --workspace --all-targets -- -D warnings
+  # Features no workspace member turns on (RainMaker remote control).
+  cargo clippy -p kvs-app --all-targets --all-features -- -D warnings
 }
 
 bench_smoke() {
   bash scripts/bench.sh --smoke
 }
 
-step "1/9 system packages" install_system_packages
-step "2/9 npm ci (tests/browser)" npm_install
-step "3/9 cargo build --release -p kvs-webrtc" build_release
-step "4/9 cargo test --workspace" rust_tests
-step "5/9 browser tests (node --test tests/browser/ tests/faults/)" browser_tests
-step "6/9 conformance (official AWS clients vs the local service)" conformance_tests
-step "7/9 fuzz targets build (cargo check in fuzz/)" fuzz_build
-step "8/9 lint (cargo fmt --check, clippy -D warnings)" lint
-step "9/9 benchmark smoke run (scripts/bench.sh --smoke)" bench_smoke
+step "1/10 system packages" install_system_packages
+step "2/10 npm ci (tests/browser)" npm_install
+step "3/10 cargo build --release -p kvs-webrtc" build_release
+step "4/10 cargo test --workspace" rust_tests
+step "5/10 browser tests (node --test tests/browser/ tests/faults/)" browser_tests
+step "6/10 conformance (official AWS clients vs the local service)" conformance_tests
+step "7/10 RainMaker node (mosquitto, paho-mqtt)" rainmaker_tests
+step "8/10 fuzz targets build (cargo check in fuzz/)" fuzz_build
+step "9/10 lint (cargo fmt --check, clippy -D warnings)" lint
+step "10/10 benchmark smoke run (scripts/bench.sh --smoke)" bench_smoke
 
 trap - ERR
 summary "all steps succeeded"

@@ -43,6 +43,240 @@ pub struct DeviceConfig {
     pub audio: AudioSourceConfig,
     pub session: SessionConfig,
     pub reconnect: BackoffConfig,
+    /// Remote control as a RainMaker-compatible node (`[rainmaker]`; run by
+    /// `kvs_app::rainmaker` with the `rainmaker` feature).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rainmaker: Option<RainmakerConfig>,
+}
+
+/// The role alias RainMaker camera nodes use for KVS credentials.
+pub const DEFAULT_ROLE_ALIAS: &str = "esp-videostream-v1-NodeRole";
+
+/// `[rainmaker]`: the device as a RainMaker-compatible node over MQTT with mutual TLS
+/// (docs/RAINMAKER.md).
+///
+/// With `credentials_endpoint` set and `signaling.mode = "kvs"`, KVS credentials come from the
+/// AWS IoT credentials provider with this node's certificate and key, thing name = `node_id`,
+/// role alias `role_alias` — `[signaling.credentials]` must then be left out (or `default`);
+/// it is filled in as `source = "iot"` when the configuration is loaded.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RainmakerConfig {
+    /// `mqtts://host[:port]` (port 8883 when absent; 443 adds AWS IoT's `x-amzn-mqtt-ca` ALPN).
+    pub broker: String,
+    /// Node id: MQTT client id, topic part (`node/<node_id>/…`), IoT thing name.
+    pub node_id: String,
+    /// Device certificate (PEM, may hold a chain).
+    pub cert_file: PathBuf,
+    /// Device private key (PEM).
+    pub key_file: PathBuf,
+    /// CA to trust for the broker (PEM); the public web roots when absent.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// AWS IoT basic ingest: `$aws/rules/<rule>` put in front of every published topic.
+    #[serde(default)]
+    pub basic_ingest_prefix: Option<String>,
+    /// `Channel`'s value; `esp-v1-<node_id>` when absent.
+    #[serde(default)]
+    pub channel: Option<String>,
+    /// `Name`'s value before any write; `Camera` when absent.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// MQTT keep-alive, seconds.
+    #[serde(default = "default_keep_alive", with = "duration_secs")]
+    pub keep_alive: Duration,
+    /// Reconnection to the broker: first delay, cap, connect timeout (seconds).
+    #[serde(default = "default_mqtt_backoff")]
+    pub reconnect: BackoffConfig,
+    /// AWS IoT credentials endpoint for KVS credentials, e.g.
+    /// `c1abcdef.credentials.iot.us-west-2.amazonaws.com`.
+    #[serde(default)]
+    pub credentials_endpoint: Option<String>,
+    /// IoT role alias for KVS credentials.
+    #[serde(default = "default_role_alias")]
+    pub role_alias: String,
+    /// CA to trust for the credentials endpoint; the public roots when absent.
+    #[serde(default)]
+    pub credentials_ca_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for RainmakerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Paths only: nothing here is secret, but keep the shape of CredentialsConfig's.
+        f.debug_struct("RainmakerConfig")
+            .field("broker", &self.broker)
+            .field("node_id", &self.node_id)
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
+            .field("ca_file", &self.ca_file)
+            .field("basic_ingest_prefix", &self.basic_ingest_prefix)
+            .field("channel", &self.channel)
+            .field("credentials_endpoint", &self.credentials_endpoint)
+            .field("role_alias", &self.role_alias)
+            .finish_non_exhaustive()
+    }
+}
+
+fn default_keep_alive() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_mqtt_backoff() -> BackoffConfig {
+    BackoffConfig {
+        initial: Duration::from_secs(1),
+        max: Duration::from_secs(60),
+        attempt_timeout: Duration::from_secs(15),
+    }
+}
+
+fn default_role_alias() -> String {
+    DEFAULT_ROLE_ALIAS.to_owned()
+}
+
+/// 1–128 characters of `[A-Za-z0-9_.-]` (no MQTT wildcard or level separator).
+pub fn is_valid_node_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// `$aws/rules/<rule>` with a rule name of 1–128 characters of `[A-Za-z0-9_]`.
+pub fn is_valid_ingest_prefix(prefix: &str) -> bool {
+    prefix.strip_prefix("$aws/rules/").is_some_and(|rule| {
+        !rule.is_empty()
+            && rule.len() <= 128
+            && rule.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    })
+}
+
+impl RainmakerConfig {
+    /// A node with the defaults for everything optional.
+    pub fn new(
+        broker: impl Into<String>,
+        node_id: impl Into<String>,
+        cert_file: impl Into<PathBuf>,
+        key_file: impl Into<PathBuf>,
+    ) -> Self {
+        Self {
+            broker: broker.into(),
+            node_id: node_id.into(),
+            cert_file: cert_file.into(),
+            key_file: key_file.into(),
+            ca_file: None,
+            basic_ingest_prefix: None,
+            channel: None,
+            name: None,
+            keep_alive: default_keep_alive(),
+            reconnect: default_mqtt_backoff(),
+            credentials_endpoint: None,
+            role_alias: default_role_alias(),
+            credentials_ca_file: None,
+        }
+    }
+
+    /// Host and port of `broker` (`mqtts://host[:port]`, IPv6 in brackets).
+    pub fn broker_address(&self) -> Result<(String, u16), String> {
+        let bad = || {
+            format!(
+                "rainmaker.broker must be mqtts://host[:port], got {:?}",
+                self.broker
+            )
+        };
+        let rest = self.broker.strip_prefix("mqtts://").ok_or_else(bad)?;
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.is_empty() || rest.contains(['/', '?', '#', '@', ' ']) {
+            return Err(bad());
+        }
+        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+            let (h, after) = v6.split_once(']').ok_or_else(bad)?;
+            match after.strip_prefix(':') {
+                Some(p) => (h, Some(p)),
+                None if after.is_empty() => (h, None),
+                None => return Err(bad()),
+            }
+        } else {
+            match rest.rsplit_once(':') {
+                Some((h, p)) if !h.contains(':') => (h, Some(p)),
+                Some(_) => return Err(bad()),
+                None => (rest, None),
+            }
+        };
+        let port = match port {
+            Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(bad)?,
+            None => 8883,
+        };
+        if host.is_empty() {
+            return Err(bad());
+        }
+        Ok((host.to_owned(), port))
+    }
+
+    /// `Channel`'s value.
+    pub fn channel_name(&self) -> String {
+        self.channel
+            .clone()
+            .unwrap_or_else(|| format!("esp-v1-{}", self.node_id))
+    }
+
+    /// The IoT credentials provider settings for KVS (thing name = node id), when
+    /// `credentials_endpoint` is set.
+    pub fn iot_credentials(&self) -> Option<CredentialsConfig> {
+        Some(CredentialsConfig::Iot {
+            endpoint: self.credentials_endpoint.clone()?,
+            role_alias: self.role_alias.clone(),
+            thing_name: self.node_id.clone(),
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+            ca_file: self.credentials_ca_file.clone(),
+        })
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        self.broker_address()?;
+        if !is_valid_node_id(&self.node_id) {
+            return Err(format!(
+                "rainmaker.node_id must be 1-128 characters of [A-Za-z0-9_.-], got {:?}",
+                self.node_id
+            ));
+        }
+        if let Some(prefix) = &self.basic_ingest_prefix {
+            if !is_valid_ingest_prefix(prefix) {
+                return Err(format!(
+                    "rainmaker.basic_ingest_prefix must be $aws/rules/<rule name>, got {prefix:?}"
+                ));
+            }
+        }
+        if let Some(name) = &self.name {
+            if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+                return Err(format!("rainmaker.name must be 1-64 bytes, got {name:?}"));
+            }
+        }
+        if let Some(channel) = &self.channel {
+            if channel.is_empty() || channel.len() > 256 {
+                return Err(format!(
+                    "rainmaker.channel must be 1-256 bytes, got {channel:?}"
+                ));
+            }
+        }
+        if !(Duration::from_secs(5)..=Duration::from_secs(1200)).contains(&self.keep_alive) {
+            return Err(format!(
+                "rainmaker.keep_alive must be 5..=1200 s, got {}",
+                self.keep_alive.as_secs()
+            ));
+        }
+        if self.reconnect.initial.is_zero() || self.reconnect.max < self.reconnect.initial {
+            return Err("rainmaker.reconnect needs 1 <= initial <= max".into());
+        }
+        if self.role_alias.is_empty() || self.role_alias.contains(['/', '?', '#']) {
+            return Err(format!(
+                "rainmaker.role_alias is invalid: {:?}",
+                self.role_alias
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Which signaling service the device uses.
@@ -399,16 +633,46 @@ impl DeviceConfig {
     }
 
     fn from_table(table: toml::Table, path: Option<PathBuf>) -> Result<Self, ConfigError> {
-        let config: Self = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Invalid {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
+        let mut config: Self =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Invalid {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
         config
-            .validate()
+            .use_rainmaker_credentials()
+            .and_then(|()| config.validate())
             .map_err(|message| ConfigError::Invalid { path, message })?;
         Ok(config)
+    }
+
+    /// With `[rainmaker].credentials_endpoint` and `signaling.mode = "kvs"`: KVS credentials
+    /// from the IoT credentials provider with the node's certificate (thing name = node id).
+    /// `[signaling.credentials]` must be left at `default` (or already name the same provider).
+    /// Called when a configuration is loaded; call it after building one in code.
+    pub fn use_rainmaker_credentials(&mut self) -> Result<(), String> {
+        let Some(iot) = self
+            .rainmaker
+            .as_ref()
+            .and_then(RainmakerConfig::iot_credentials)
+        else {
+            return Ok(());
+        };
+        match &mut self.signaling {
+            SignalingConfig::Kvs { credentials, .. } => {
+                if *credentials == CredentialsConfig::Default {
+                    *credentials = iot;
+                } else if *credentials != iot {
+                    return Err("rainmaker.credentials_endpoint and signaling.credentials both name where KVS credentials come from: keep one".into());
+                }
+                Ok(())
+            }
+            _ => Err(
+                "rainmaker.credentials_endpoint is for signaling.mode = \"kvs\" (KVS credentials)"
+                    .into(),
+            ),
+        }
     }
 
     /// Reject values that cannot work, with a message naming the field.
@@ -496,6 +760,9 @@ impl DeviceConfig {
         }
         if self.session.resend_window > Duration::from_secs(10) {
             return Err("session.resend_window must be at most 10 s".into());
+        }
+        if let Some(rainmaker) = &self.rainmaker {
+            rainmaker.validate()?;
         }
         Ok(())
     }
@@ -714,5 +981,103 @@ mod tests {
             let e = DeviceConfig::from_toml_str(bad).unwrap_err();
             assert!(matches!(e, ConfigError::Invalid { .. }), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn rainmaker_section_defaults_validation_and_iot_credentials() {
+        let c = DeviceConfig::from_toml_str(
+            "[rainmaker]\nbroker = \"mqtts://a1.iot.us-west-2.amazonaws.com\"\nnode_id = \"N1\"\ncert_file = \"/c.pem\"\nkey_file = \"/k.pem\"\n",
+        )
+        .unwrap();
+        let r = c.rainmaker.as_ref().unwrap();
+        assert_eq!(
+            r.broker_address().unwrap(),
+            ("a1.iot.us-west-2.amazonaws.com".into(), 8883)
+        );
+        assert_eq!(r.keep_alive, Duration::from_secs(30));
+        assert_eq!(r.reconnect.initial, Duration::from_secs(1));
+        assert_eq!(r.role_alias, DEFAULT_ROLE_ALIAS);
+        assert_eq!(r.channel_name(), "esp-v1-N1");
+        assert_eq!(r.iot_credentials(), None);
+        // The embedded default stays: no credentials endpoint, nothing rewired.
+        assert!(matches!(c.signaling, SignalingConfig::Embedded { .. }));
+
+        let mut r2 = r.clone();
+        for (broker, expect) in [
+            ("mqtts://127.0.0.1:18883", Some(("127.0.0.1", 18883))),
+            ("mqtts://[::1]:1", Some(("::1", 1))),
+            ("mqtts://h/", Some(("h", 8883))),
+            ("mqtt://h:1883", None),
+            ("mqtts://", None),
+            ("mqtts://h:0", None),
+            ("mqtts://h:x", None),
+            ("mqtts://h/path", None),
+            ("h:8883", None),
+        ] {
+            r2.broker = broker.into();
+            assert_eq!(
+                r2.broker_address().ok(),
+                expect.map(|(h, p)| (h.to_owned(), p)),
+                "{broker}"
+            );
+        }
+
+        // With a credentials endpoint and KVS mode, KVS credentials come from the IoT provider.
+        let kvs = "[signaling]\nmode = \"kvs\"\nchannel = \"esp-v1-N1\"\nregion = \"us-west-2\"\n";
+        let rm = "[rainmaker]\nbroker = \"mqtts://b\"\nnode_id = \"N1\"\ncert_file = \"/c.pem\"\nkey_file = \"/k.pem\"\ncredentials_endpoint = \"c1.credentials.iot.us-west-2.amazonaws.com\"\n";
+        let c = DeviceConfig::from_toml_str(&format!("{kvs}{rm}")).unwrap();
+        let SignalingConfig::Kvs { credentials, .. } = &c.signaling else {
+            panic!()
+        };
+        assert_eq!(
+            credentials,
+            &CredentialsConfig::Iot {
+                endpoint: "c1.credentials.iot.us-west-2.amazonaws.com".into(),
+                role_alias: DEFAULT_ROLE_ALIAS.into(),
+                thing_name: "N1".into(),
+                cert_file: "/c.pem".into(),
+                key_file: "/k.pem".into(),
+                ca_file: None,
+            }
+        );
+        // Two sources named: an error; a credentials endpoint without KVS: an error.
+        let both = format!("{kvs}[signaling.credentials]\nsource = \"env\"\n{rm}");
+        let e = DeviceConfig::from_toml_str(&both).unwrap_err();
+        assert!(e.to_string().contains("keep one"), "{e}");
+        let e = DeviceConfig::from_toml_str(rm).unwrap_err();
+        assert!(e.to_string().contains("credentials_endpoint"), "{e}");
+
+        let base = "[rainmaker]\nbroker = \"mqtts://b\"\ncert_file = \"/c\"\nkey_file = \"/k\"\n";
+        for (extra, field) in [
+            ("node_id = \"a/b\"\n", "node_id"),
+            ("node_id = \"\"\n", "node_id"),
+            (
+                "node_id = \"n\"\nbasic_ingest_prefix = \"rules/x\"\n",
+                "basic_ingest_prefix",
+            ),
+            ("node_id = \"n\"\nkeep_alive = 1\n", "keep_alive"),
+            ("node_id = \"n\"\nname = \"\"\n", "name"),
+            ("node_id = \"n\"\nbogus = 1\n", "bogus"),
+        ] {
+            let e = DeviceConfig::from_toml_str(&format!("{base}{extra}")).unwrap_err();
+            assert!(e.to_string().contains(field), "{extra}: {e}");
+        }
+        let c = DeviceConfig::from_toml_str(&format!(
+            "{base}node_id = \"n\"\nbasic_ingest_prefix = \"$aws/rules/esp_node\"\n"
+        ))
+        .unwrap();
+        assert!(c.rainmaker.is_some());
+        // Environment overrides reach the section too.
+        let c = DeviceConfig::load(
+            None,
+            env(&[
+                ("KVS_WEBRTC_RAINMAKER__BROKER", "mqtts://127.0.0.1:8883"),
+                ("KVS_WEBRTC_RAINMAKER__NODE_ID", "envnode"),
+                ("KVS_WEBRTC_RAINMAKER__CERT_FILE", "/c"),
+                ("KVS_WEBRTC_RAINMAKER__KEY_FILE", "/k"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.rainmaker.unwrap().node_id, "envnode");
     }
 }

@@ -28,6 +28,8 @@ pub mod device;
 #[cfg(feature = "embedded")]
 pub mod embedded;
 pub mod events;
+#[cfg(feature = "rainmaker")]
+pub mod rainmaker;
 pub mod signaling;
 #[cfg(feature = "media")]
 pub mod sources;
@@ -35,8 +37,8 @@ pub mod split;
 
 pub use backoff::{Backoff, BackoffConfig};
 pub use config::{
-    AudioSourceConfig, ConfigError, CredentialsConfig, DeviceConfig, SessionConfig,
-    SignalingConfig, VideoSourceConfig,
+    AudioSourceConfig, ConfigError, CredentialsConfig, DeviceConfig, RainmakerConfig,
+    SessionConfig, SignalingConfig, VideoSourceConfig,
 };
 pub use control::{Control, ControlError, DeviceControl};
 #[cfg(feature = "media")]
