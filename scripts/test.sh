@@ -162,10 +162,11 @@ rainmaker_tests() {
     python3 -m venv .venv
   fi
   .venv/bin/pip install --quiet --disable-pip-version-check -r tests/rainmaker/requirements.txt
-  # The node's core and config in virtual time (the feature is off in `cargo test --workspace`).
-  cargo test -p kvs-app --no-default-features --features rainmaker --lib
-  cargo build -p kvs-app --no-default-features --features rainmaker --example rainmaker_node
-  .venv/bin/python -m unittest discover -s tests/rainmaker -p 'test_*.py' -v
+  # The node's core and config run in `cargo test --workspace` (the device program turns the
+  # `rainmaker` feature on), which also built the example node these tests drive.
+  cargo build --workspace --examples
+  RAINMAKER_NODE_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/examples/rainmaker_node" \
+    .venv/bin/python -m unittest discover -s tests/rainmaker -p 'test_*.py' -v
 }
 
 fuzz_build() {

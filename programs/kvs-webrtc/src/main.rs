@@ -101,6 +101,11 @@ pub(crate) struct DeviceArgs {
     /// Send no video.
     #[arg(long, conflicts_with_all = ["h264_file", "h264_stdin"])]
     no_video: bool,
+
+    /// Remote control as a RainMaker-compatible node: a TOML file with a [rainmaker] section
+    /// (docs/RAINMAKER.md); the same section in --config works too.
+    #[arg(long, value_name = "FILE")]
+    rainmaker_config: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -160,6 +165,18 @@ impl DeviceArgs {
     /// The configuration: file + environment, then the command line on top.
     pub(crate) fn into_config(self) -> Result<DeviceConfig> {
         let mut config = DeviceConfig::load(self.config.as_deref(), std::env::vars())?;
+        if let Some(path) = &self.rainmaker_config {
+            let node = DeviceConfig::load(Some(path), std::iter::empty::<(String, String)>())
+                .with_context(|| format!("reading {}", path.display()))?;
+            config.rainmaker = Some(
+                node.rainmaker
+                    .with_context(|| format!("{} has no [rainmaker] section", path.display()))?,
+            );
+            config
+                .use_rainmaker_credentials()
+                .map_err(anyhow::Error::msg)
+                .context("invalid configuration")?;
+        }
         if let Some(url) = self.signaling_url {
             let channel_arn = self
                 .channel_arn
@@ -262,6 +279,7 @@ async fn main() -> Result<()> {
 }
 
 async fn run_embedded(config: DeviceConfig) -> Result<()> {
+    let config_for_node = config.clone();
     let page = web::PageConfig::new();
     let bus = EventBus::new();
     let report = tokio::spawn(report_events(bus.subscribe()));
@@ -270,6 +288,10 @@ async fn run_embedded(config: DeviceConfig) -> Result<()> {
             .await
             .context("starting the embedded default")?;
     page.publish(&running.local);
+    let node = start_rainmaker(
+        &config_for_node,
+        std::sync::Arc::new(running.device.controller()),
+    )?;
     println!(
         "Signaling:   {} (channel {})",
         running.signaling_url, running.channel_arn
@@ -281,6 +303,9 @@ async fn run_embedded(config: DeviceConfig) -> Result<()> {
     );
     wait_for_stop().await;
     println!("Stopping…");
+    if let Some(node) = node {
+        node.stop().await;
+    }
     running.shutdown().await;
     report.abort();
     Ok(())
@@ -308,6 +333,7 @@ async fn run_external(config: DeviceConfig) -> Result<()> {
     };
     let bus = EventBus::new();
     let report = tokio::spawn(report_events(bus.subscribe()));
+    let config_for_node = config.clone();
     let parts = DeviceParts {
         config,
         signaling: client,
@@ -316,10 +342,34 @@ async fn run_external(config: DeviceConfig) -> Result<()> {
     };
     let device = Device::start_with_events(parts, bus).await?;
     println!("Streaming as master of {what}");
+    let node = start_rainmaker(&config_for_node, std::sync::Arc::new(device.controller()))?;
     wait_for_stop().await;
+    if let Some(node) = node {
+        node.stop().await;
+    }
     device.shutdown().await;
     report.abort();
     Ok(())
+}
+
+/// Starts remote control (a RainMaker node) when the configuration has a `[rainmaker]` section.
+pub(crate) fn start_rainmaker(
+    config: &DeviceConfig,
+    control: std::sync::Arc<dyn kvs_app::DeviceControl>,
+) -> Result<Option<kvs_app::rainmaker::RainmakerNode>> {
+    let Some(rainmaker) = &config.rainmaker else {
+        return Ok(None);
+    };
+    let settings =
+        kvs_app::rainmaker::settings_from(rainmaker, kvs_app::rainmaker::camera_state_from(config));
+    let node = kvs_app::rainmaker::RainmakerNode::start(rainmaker, settings, control)
+        .context("starting remote control (RainMaker node)")?;
+    println!(
+        "Remote control: RainMaker node {} via {}",
+        node.node_id(),
+        rainmaker.broker
+    );
+    Ok(Some(node))
 }
 
 /// Print what the device is doing, one line per milestone, to stdout.

@@ -187,7 +187,12 @@ pub(crate) async fn run_signaling_only(args: SignalingOnlyArgs) -> Result<()> {
     )
     .await?;
     println!("Signaling only: relaying viewers over {}", args.link);
+    // In split mode the signaling side is the node: it commands the camera over the link.
+    let node = crate::start_rainmaker(&config, std::sync::Arc::new(side.controller()))?;
     wait_for_stop().await;
+    if let Some(node) = node {
+        node.stop().await;
+    }
     if let Some(s) = snapshot {
         s.abort();
     }
@@ -324,8 +329,12 @@ pub(crate) async fn run_split(args: SplitArgs) -> Result<()> {
             SplitWake::Signal => "a resident process, SIGUSR1",
         }
     );
+    let node = crate::start_rainmaker(&config, std::sync::Arc::new(side.controller()))?;
     wait_for_stop().await;
     println!("Stopping…");
+    if let Some(node) = node {
+        node.stop().await;
+    }
     if let Some(s) = snapshot {
         s.abort();
     }
