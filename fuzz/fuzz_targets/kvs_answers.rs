@@ -39,7 +39,14 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         _ => {
-            let header = std::str::from_utf8(body).ok().map(|s| &s[..s.len().min(200)]);
+            // At most 200 bytes of header, cut on a character boundary.
+            let header = std::str::from_utf8(body).ok().map(|s| {
+                let mut end = s.len().min(200);
+                while !s.is_char_boundary(end) {
+                    end -= 1;
+                }
+                &s[..end]
+            });
             let e = ApiError::from_answer("Fuzz", 400, header, body);
             assert!(e.error_type.chars().count() <= 128);
             assert!(e.message.chars().count() <= 512);
