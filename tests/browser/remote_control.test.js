@@ -47,8 +47,8 @@ function makeCerts(dir) {
   issue('cloud', 'extendedKeyUsage=clientAuth\n');
 }
 
-async function startBroker(dir) {
-  const port = await freePort();
+async function startBroker(dir, fixedPort) {
+  const port = fixedPort || (await freePort());
   const p = (f) => path.join(dir, f);
   fs.writeFileSync(p('acl'), 'pattern readwrite node/%u/#\nuser cloud\ntopic readwrite node/#\n');
   fs.writeFileSync(p('mosquitto.conf'), [
@@ -68,6 +68,7 @@ async function startBroker(dir) {
   const broker = spawn('mosquitto', ['-c', p('mosquitto.conf')], { stdio: ['ignore', 'ignore', 'pipe'] });
   let log = '';
   broker.stderr.on('data', (d) => { log += d; });
+  const exited = new Promise((resolve) => broker.on('exit', resolve));
   cleanups.push(async () => broker.kill('SIGKILL'));
   const net = require('node:net');
   const deadline = Date.now() + 10_000;
@@ -80,7 +81,7 @@ async function startBroker(dir) {
     if (Date.now() > deadline) throw new Error(`mosquitto did not listen on ${port}: ${log}`);
     await sleep(100);
   }
-  return port;
+  return { port, async kill() { broker.kill('SIGKILL'); await exited; } };
 }
 
 async function cloudClient(dir, port) {
@@ -137,7 +138,8 @@ test('remote control over MQTT drives the live device: resolution, bitrate, stre
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kvs-remote-'));
     cleanups.push(async () => fs.rmSync(dir, { recursive: true, force: true }));
     makeCerts(dir);
-    const port = await startBroker(dir);
+    const broker = await startBroker(dir);
+    const { port } = broker;
     const nodeToml = path.join(dir, 'node.toml');
     fs.writeFileSync(nodeToml, [
       '[rainmaker]',
@@ -175,6 +177,28 @@ test('remote control over MQTT drives the live device: resolution, bitrate, stre
     await waitForDecodedVideo(v, 10);
     assert.equal(await frameSize(v), '640x480');
     const clientId = await v.page.evaluate(() => window.kvsViewer.clientId);
+
+    // The broker restarts under a live session: video never stops, the node comes back and
+    // republishes its state.
+    const framesBefore = (await inboundStats(v)).video.framesDecoded;
+    const killedAt = Date.now();
+    await broker.kill();
+    await sleep(1500);
+    await startBroker(dir, port);
+    const republished = await (async () => {
+      const deadline = Date.now() + 30_000;
+      for (;;) {
+        const m = cloud.messages.find((x) => x.t > killedAt && x.topic === `node/${NODE_ID}/params/local/init`);
+        if (m) return m.t;
+        if (Date.now() > deadline) throw new Error('the node did not republish its init state after the broker restart');
+        await sleep(100);
+      }
+    })();
+    const framesAfter = (await inboundStats(v)).video.framesDecoded;
+    const seconds = (Date.now() - killedAt) / 1000;
+    console.log(`broker restart: init republished ${republished - killedAt} ms after the kill; ${framesAfter - framesBefore} frames decoded in ${seconds.toFixed(1)} s meanwhile`);
+    assert.ok(framesAfter - framesBefore >= seconds * 20, `video kept playing: ${framesAfter - framesBefore} frames in ${seconds} s`);
+    assert.equal(await v.page.evaluate(() => window.kvsViewer.pc.connectionState), 'connected');
 
     // Resolution: the same session's decoded frames change size; no reconnect.
     let at = await cloud.write({ Resolution: '320x240' });
