@@ -132,7 +132,7 @@ async function frameSize(v) {
   return s && s.video ? `${s.video.frameWidth}x${s.video.frameHeight}` : null;
 }
 
-test('remote control over MQTT drives the live device: resolution, bitrate, stream off with a visible reason, on again', { timeout: 180_000 }, async () => {
+test('remote control over MQTT drives the live device: broker restart, resolution, bitrate, audio, viewer limit, name, stream off with a visible reason, on again', { timeout: 180_000 }, async () => {
   const parts = { viewers: [] };
   await withDiagnostics(() => parts, async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kvs-remote-'));
@@ -229,6 +229,47 @@ test('remote control over MQTT drives the live device: resolution, bitrate, stre
     } while (after > 300_000 && Date.now() < deadline);
     console.log(`write Bitrate 200 → received ${Math.round(before / 1000)} → ${Math.round(after / 1000)} kbit/s after ${Date.now() - at} ms`);
     assert.ok(after < 300_000 && after < before * 0.7, `received bitrate ${after} (was ${before})`);
+
+    // Audio off: the live session's audio stops arriving; on: it comes back.
+    const audioPackets = async () => (await inboundStats(v)).audio.packetsReceived;
+    at = await cloud.write({ Audio: false });
+    await cloud.reported('Audio', false, at);
+    let last = await audioPackets();
+    for (;;) {
+      await sleep(200);
+      const now = await audioPackets();
+      if (now === last) break; // nothing new for 200 ms
+      last = now;
+      assert.ok(Date.now() - at < 5000, 'audio still arriving 5 s after Audio false');
+    }
+    console.log(`write Audio false → audio stops arriving after ≤ ${Date.now() - at} ms`);
+    await sleep(1000);
+    assert.ok((await audioPackets()) - last <= 2, 'no audio while Audio is false');
+    at = await cloud.write({ Audio: true });
+    await cloud.reported('Audio', true, at);
+    const silentAt = await audioPackets();
+    await waitInPage(v, 'audio again', async (n) => {
+      const r = await window.kvsViewer.pc.getStats();
+      let more = false;
+      r.forEach((x) => { if (x.type === 'inbound-rtp' && x.kind === 'audio' && x.packetsReceived > n + 10) more = true; });
+      return more;
+    }, silentAt, 5000);
+    console.log(`write Audio true → audio arriving again after ${Date.now() - at} ms`);
+
+    // Max Viewers 1 with one viewer live: it keeps playing, a second page is refused.
+    at = await cloud.write({ 'Max Viewers': 1 });
+    await cloud.reported('Max Viewers', 1, at);
+    console.log(`write Max Viewers 1 → reported applied after ${Date.now() - at} ms`);
+    const second = await openViewer(program.url, 'second');
+    parts.viewers.push(second);
+    cleanups.push(() => second.close());
+    await waitInPage(second, 'the second viewer refused', () => window.kvsViewer.state === 'refused'
+      && /SESSION_LIMIT/.test(window.kvsViewer.error.message), undefined, 10_000);
+    await second.close();
+    assert.equal(await v.page.evaluate(() => window.kvsViewer.pc.connectionState), 'connected');
+    at = await cloud.write({ 'Max Viewers': 10, Name: 'Porch' });
+    await cloud.reported('Name', 'Porch', at);
+    console.log(`write Name → reported after ${Date.now() - at} ms`);
 
     // Stream off: the live session ends with a visible reason within 1 s.
     at = await cloud.write({ Stream: false });
