@@ -177,6 +177,8 @@ test('remote control over MQTT drives the live device: broker restart, resolutio
     await waitForDecodedVideo(v, 10);
     assert.equal(await frameSize(v), '640x480');
     const clientId = await v.page.evaluate(() => window.kvsViewer.clientId);
+    // The read-only Viewers param follows the live sessions.
+    await cloud.reported('Viewers', 1, 0);
 
     // The broker restarts under a live session: video never stops, the node comes back and
     // republishes its state.
