@@ -29,9 +29,9 @@ pub const COLD_CHANNEL: &str = "bench-split-cold";
 const SCENARIO: &str = "7 split";
 /// A viewer gets this long for its first frame (a cold start included).
 const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(20);
-/// The media side gets this long to go to sleep after its last viewer left (1 s idle timer,
-/// plus noticing the viewer left).
-const SLEEP_TIMEOUT: Duration = Duration::from_secs(30);
+/// The media side gets this long to go to sleep after its last viewer left (1–2 s idle
+/// timers, plus noticing the viewer left); then it is stopped with SIGTERM, and counted.
+const SLEEP_TIMEOUT: Duration = Duration::from_secs(15);
 /// The exec-started media side sleeps this long after its last viewer left.
 const IDLE_AFTER_LAST_VIEWER_S: u64 = 1;
 /// … and this long after a wake (or its last offer or answer) with no viewer; short, so a
@@ -158,6 +158,8 @@ impl SigSide {
 struct MediaProcess {
     pid_file: PathBuf,
     pid: Option<u32>,
+    /// Times it did not sleep within [`SLEEP_TIMEOUT`] and was stopped.
+    forced: usize,
 }
 
 impl MediaProcess {
@@ -194,6 +196,25 @@ impl MediaProcess {
     }
 }
 
+impl MediaProcess {
+    /// [`MediaProcess::wait_asleep`]; a media side still awake then is stopped (SIGTERM) so
+    /// that the next viewer wakes a fresh one, and counted in `forced`.
+    async fn ensure_asleep(&mut self, sig: &mut SigSide) -> Result<()> {
+        let Err(e) = self.wait_asleep(sig, SLEEP_TIMEOUT).await else {
+            return Ok(());
+        };
+        eprintln!("[bench] split: {e:#}; stopping the streaming process");
+        self.forced += 1;
+        if let Some(pid) = self.pid.filter(|_| self.running()) {
+            // SAFETY: kill(2) on the streaming process's pid (read from its pid file).
+            unsafe {
+                libc::kill(pid as i32, libc::SIGTERM);
+            }
+        }
+        self.wait_asleep(sig, Duration::from_secs(10)).await
+    }
+}
+
 /// A fresh directory for one link and pid file (Unix socket paths must stay short).
 fn run_dir(what: &str) -> Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("kvs-bench-{what}-{}", std::process::id()));
@@ -227,6 +248,8 @@ struct Variant {
     wake: Vec<f64>,
     to_wake: Vec<f64>,
     wake_to_frame: Vec<f64>,
+    /// Cold start only: times the media side did not sleep in time and was stopped.
+    forced: usize,
 }
 
 impl Variant {
@@ -361,7 +384,7 @@ pub async fn split(ctx: &mut Ctx) -> Result<()> {
     .filter_map(|(n, v)| Some((n, v?)))
     .collect();
     for (name, v) in &variants {
-        ctx.report.row(
+        let row = ctx.report.row(
             SCENARIO,
             &format!("Rust viewer: offer sent → first frame decoded, {name}"),
             "ms",
@@ -369,6 +392,13 @@ pub async fn split(ctx: &mut Ctx) -> Result<()> {
             None,
             vec![("classic", classic_fig.clone())],
         );
+        if name.starts_with("split, cold") {
+            row.note = Some(format!(
+                "media side stopped by the bench after not sleeping within {} s of its last viewer leaving: {} times (all cold-start steps, sequential viewers included)",
+                SLEEP_TIMEOUT.as_secs(),
+                v.forced
+            ));
+        }
     }
     if ctx.peers.is_some() {
         let classic_chromium = classic.chromium();
@@ -536,6 +566,7 @@ async fn cold(ctx: &mut Ctx, runs: usize, memory: &mut Vec<SigMemory>) -> Result
     let mut media = MediaProcess {
         pid_file: pid_file.clone(),
         pid: None,
+        forced: 0,
     };
     let result = cold_runs(ctx, runs, memory, &mut sig, &mut media, &log).await;
     sig.child.stop().await;
@@ -560,7 +591,7 @@ async fn cold_runs(
     let mut v = Variant::default();
     let mut ids = Vec::new();
     for i in 0..runs {
-        media.wait_asleep(sig, SLEEP_TIMEOUT).await?;
+        media.ensure_asleep(sig).await?;
         sig.refresh();
         let mark = sig.history.len();
         let id = format!("split-cold-{i}-{}", std::process::id());
@@ -577,7 +608,7 @@ async fn cold_runs(
     }
     if ctx.peers.is_some() {
         for i in 0..runs {
-            media.wait_asleep(sig, SLEEP_TIMEOUT).await?;
+            media.ensure_asleep(sig).await?;
             match chromium_ttff(ctx, COLD_CHANNEL, &format!("split-cold-{i}"), 1).await {
                 Ok(mut c) => v.chromium.append(&mut c),
                 Err(e) => ctx
@@ -591,7 +622,7 @@ async fn cold_runs(
     }
 
     // One viewer receiving through the link.
-    media.wait_asleep(sig, SLEEP_TIMEOUT).await?;
+    media.ensure_asleep(sig).await?;
     let id = format!("split-relay-{}", std::process::id());
     let member = Member::join(&ctx.url, &arn, &id).await?;
     let deadline = Instant::now() + FIRST_FRAME_TIMEOUT;
@@ -610,7 +641,7 @@ async fn cold_runs(
     if let Err(e) = member.stop().await {
         tracing::debug!("relayed viewer ended with: {e}");
     }
-    media.wait_asleep(sig, SLEEP_TIMEOUT).await?;
+    media.ensure_asleep(sig).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     memory.push(SigMemory {
         label: "media side asleep again, after the viewer left".into(),
@@ -619,7 +650,7 @@ async fn cold_runs(
 
     let seq = sequential(ctx, sig, media).await;
     if seq.tried > 0 {
-        media.wait_asleep(sig, SLEEP_TIMEOUT).await.ok();
+        media.ensure_asleep(sig).await.ok();
         tokio::time::sleep(Duration::from_secs(1)).await;
         memory.push(SigMemory {
             label: format!("asleep, after {} more wake/sleep cycles", seq.tried),
@@ -636,6 +667,7 @@ async fn cold_runs(
         .iter()
         .filter_map(|id| by_peer.get(id).copied())
         .collect();
+    v.forced = media.forced;
     Ok(v)
 }
 
@@ -654,7 +686,8 @@ struct Sequential {
     wake_to_frame: Vec<f64>,
     offer_to_frame: Vec<f64>,
     cycle_s: Vec<f64>,
-    /// Times the media side was still awake [`SLEEP_TIMEOUT`] after the last viewer left.
+    /// Times the media side was still awake [`SLEEP_TIMEOUT`] after the last viewer left
+    /// (and was stopped, so the next viewer still woke a sleeping one).
     sleep_timeouts: usize,
     budget_ran_out: bool,
 }
@@ -672,12 +705,14 @@ async fn sequential(ctx: &mut Ctx, sig: &mut SigSide, media: &mut MediaProcess) 
             break;
         }
         let cycle = Instant::now();
-        if let Err(e) = media.wait_asleep(sig, SLEEP_TIMEOUT).await {
-            // Not the next viewer's fault: counted apart, and it does not join while awake.
+        let forced = media.forced;
+        if let Err(e) = media.ensure_asleep(sig).await {
+            // Not the next viewer's fault: it does not join while the media side is awake.
             eprintln!("[bench] split, before sequential viewer {i}: {e:#}");
             s.sleep_timeouts += 1;
             continue;
         }
+        s.sleep_timeouts += media.forced - forced;
         s.tried += 1;
         sig.refresh();
         let mark = sig.history.len();
@@ -737,7 +772,7 @@ fn report_sequential(ctx: &mut Ctx, s: &Sequential) {
         vec![],
     );
     row.note = Some(format!(
-        "{} of {} planned tried{}: joined {}, decoded {}, lost {}, stuck {}; media side not asleep {} s after a viewer left: {}; exec wake, the media side exits {IDLE_AFTER_LAST_VIEWER_S} s after its last viewer and each viewer waits for that",
+        "{} of {} planned tried{}: joined {}, decoded {}, lost {}, stuck {}; media side still awake {} s after its viewer left (then stopped): {}; exec wake, the media side exits {IDLE_AFTER_LAST_VIEWER_S} s after its last viewer and each viewer waits for that",
         s.tried,
         s.planned,
         if s.budget_ran_out {
