@@ -103,7 +103,7 @@ impl Plan {
                 dc_pings: 200,
                 split_ttff_runs: 5,
                 split_viewers: 100,
-                split_viewers_budget: Duration::from_secs(240),
+                split_viewers_budget: Duration::from_secs(270),
             }
         };
         if let Some(c) = args.churn_cycles {
