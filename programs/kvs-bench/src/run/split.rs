@@ -252,6 +252,8 @@ struct Variant {
     wake_to_frame: Vec<f64>,
     /// Cold start only: times the media side did not sleep in time and was stopped.
     forced: usize,
+    /// Cold start only: the sequential viewers.
+    sequential: Option<Sequential>,
 }
 
 impl Variant {
@@ -472,6 +474,9 @@ pub async fn split(ctx: &mut Ctx) -> Result<()> {
             "Rust viewers' runs; each measured by the device from the offer reaching it".into(),
         );
     }
+    if let Some(seq) = cold.as_ref().and_then(|c| c.sequential.as_ref()) {
+        report_sequential(ctx, seq);
+    }
     Ok(())
 }
 
@@ -667,7 +672,6 @@ async fn cold_runs(
             sample: sample(&mut sig.child).await?,
         });
     }
-    report_sequential(ctx, &seq);
 
     // The streaming processes' own breakdowns, from their log.
     let text = std::fs::read_to_string(log).unwrap_or_default();
@@ -678,6 +682,7 @@ async fn cold_runs(
         .filter_map(|id| by_peer.get(id).copied())
         .collect();
     v.forced = media.forced;
+    v.sequential = Some(seq);
     Ok(v)
 }
 
