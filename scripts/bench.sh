@@ -8,7 +8,7 @@
 #      runs, the size-optimised profile of kvs-webrtc and kvs-signaling-only, if present)
 #   5. `kvs-bench run`: every scenario, table on stdout, target/bench/results.{json,md}
 #
-# Usage: bash scripts/bench.sh            the full run (about 20 minutes on 2 cores)
+# Usage: bash scripts/bench.sh            the full run (about 25 minutes on 2 cores, builds included)
 #        bash scripts/bench.sh --smoke    the short run CI does (figures printed, not asserted)
 #        any other arguments go to `kvs-bench run` (see `kvs-bench run --help`), e.g.
 #        --only ttff,memory   --no-peers   --out DIR

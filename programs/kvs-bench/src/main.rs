@@ -1,8 +1,9 @@
 //! # kvs-bench: benchmarks of the device against peers (not timed tests)
 //!
 //! - `kvs-bench run [--smoke]`: every scenario of `docs/BENCHMARKS.md` — time to first
-//!   frame, memory per viewer, churn, fan-out cost, data channel, size — with repeats, the
-//!   peers measured in the same run; prints the table, writes `results.json` and `results.md`.
+//!   frame, memory per viewer, churn, fan-out cost, data channel, split mode, size — with
+//!   repeats, the peers measured in the same run; prints the table, writes `results.json` and
+//!   `results.md`.
 //!   `scripts/bench.sh` installs the peers, builds, and calls it.
 //! - `kvs-bench device …`: our device in classic mode as its own measured process (used by
 //!   `run`; see [`device`]).
