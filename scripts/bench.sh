@@ -4,11 +4,11 @@
 #   2. the peers' npm packages (playwright-core, node-datachannel; bench/peers/package-lock.json)
 #   3. the peers' PyPI packages (aiortc; bench/peers/requirements.txt) in bench/peers/.venv,
 #      made from Debian's python3 so that GStreamer's Python bindings import too
-#   4. release builds of kvs-webrtc and kvs-bench (and, outside --smoke, the size-optimised
-#      profile for the size figure)
+#   4. release builds of kvs-webrtc and kvs-bench (and, outside --smoke when the size scenario
+#      runs, the size-optimised profile of kvs-webrtc and kvs-signaling-only, if present)
 #   5. `kvs-bench run`: every scenario, table on stdout, target/bench/results.{json,md}
 #
-# Usage: bash scripts/bench.sh            the full run (about 20 minutes on 2 cores)
+# Usage: bash scripts/bench.sh            the full run (about 25 minutes on 2 cores, builds included)
 #        bash scripts/bench.sh --smoke    the short run CI does (figures printed, not asserted)
 #        any other arguments go to `kvs-bench run` (see `kvs-bench run --help`), e.g.
 #        --only ttff,memory   --no-peers   --out DIR
@@ -31,9 +31,21 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 export NPM_CONFIG_UPDATE_NOTIFIER=false NPM_CONFIG_FUND=false NPM_CONFIG_AUDIT=false
 
 smoke=0
+# The size figure needs the release-small builds (slow: LTO, one codegen unit): only made
+# outside --smoke when the size scenario runs (no --only, or --only naming it).
+wants_size=1
+prev=
 for arg in "$@"; do
   [[ "$arg" == --smoke ]] && smoke=1
+  if [[ "$prev" == --only ]]; then
+    [[ ",$arg," == *,size,* ]] || wants_size=0
+  elif [[ "$arg" == --only=* ]]; then
+    [[ ",${arg#--only=}," == *,size,* ]] || wants_size=0
+  fi
+  prev="$arg"
 done
+# Where cargo puts its builds (CARGO_TARGET_DIR, as cargo reads it).
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 
 as_root() {
   if [[ $(id -u) -eq 0 ]]; then
@@ -72,10 +84,16 @@ fi
 
 echo "==> build (release)"
 cargo build --release -p kvs-webrtc -p kvs-bench
-if ((smoke == 0)); then
+if ((smoke == 0 && wants_size == 1)); then
   echo "==> build (release-small, for the size figure)"
   cargo build --profile release-small -p kvs-webrtc
+  # Split mode's always-on side as its own program, where the tree has it.
+  if [[ -f "$ROOT/programs/kvs-signaling-only/Cargo.toml" ]]; then
+    cargo build --profile release-small -p kvs-signaling-only
+  else
+    echo "no kvs-signaling-only package in this tree: its size is not measured"
+  fi
 fi
 
 echo "==> kvs-bench run $*"
-target/release/kvs-bench run --peers "$PEERS" "$@"
+"$TARGET_DIR/release/kvs-bench" run --peers "$PEERS" "$@"

@@ -168,6 +168,23 @@ impl LineChild {
         self.json(kind, Duration::from_secs(30)).await
     }
 
+    /// SIGTERM at once (for programs that do not read stdin), then SIGKILL after 5 s.
+    pub async fn terminate(mut self) {
+        self.stdin = None;
+        if let Some(pid) = self.child.id() {
+            // SAFETY: signalling our own child by its pid.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGTERM);
+            }
+        }
+        if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+    }
+
     /// Close stdin (our children stop on that or on `quit`), then SIGTERM, then SIGKILL.
     pub async fn stop(mut self) {
         let _ = self.send("quit").await;

@@ -122,7 +122,7 @@ fn emit(value: serde_json::Value) {
 
 /// Milliseconds from "… answer sent 0 ms, ICE connected 29 ms, …" (the device's timing
 /// event, see `kvs_app::device::describe_timing`).
-fn timing_field(message: &str, label: &str) -> Option<f64> {
+pub(crate) fn timing_field(message: &str, label: &str) -> Option<f64> {
     let rest = &message[message.find(label)? + label.len()..];
     rest.trim_start().split(' ').next()?.parse().ok()
 }

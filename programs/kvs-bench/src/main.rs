@@ -1,11 +1,14 @@
 //! # kvs-bench: benchmarks of the device against peers (not timed tests)
 //!
 //! - `kvs-bench run [--smoke]`: every scenario of `docs/BENCHMARKS.md` — time to first
-//!   frame, memory per viewer, churn, fan-out cost, data channel, size — with repeats, the
-//!   peers measured in the same run; prints the table, writes `results.json` and `results.md`.
+//!   frame, memory per viewer, churn, fan-out cost, data channel, split mode, size — with
+//!   repeats, the peers measured in the same run; prints the table, writes `results.json` and
+//!   `results.md`.
 //!   `scripts/bench.sh` installs the peers, builds, and calls it.
 //! - `kvs-bench device …`: our device in classic mode as its own measured process (used by
 //!   `run`; see [`device`]).
+//! - `kvs-bench signaling-side …`: split mode's signaling-only side as its own measured
+//!   process (used by `run`'s split scenario; see [`signaling_side`]).
 //!
 //! The counting allocator ([`alloc`]) is this program's global allocator, so the device's
 //! heap figures come from the SDK code running here. This program owns measuring; it must not
@@ -19,6 +22,7 @@ mod loop_camera;
 mod procfs;
 mod report;
 mod run;
+mod signaling_side;
 mod viewer;
 
 use clap::{Parser, Subcommand};
@@ -39,6 +43,8 @@ enum Command {
     Run(run::RunArgs),
     /// Our device as a measured process (driven by `run` over stdin/stdout).
     Device(device::DeviceArgs),
+    /// Split mode's signaling-only side as a measured process (driven by `run`).
+    SignalingSide(signaling_side::SignalingSideArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -58,6 +64,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Run(args) => run::run(args).await,
             Command::Device(args) => device::run(args).await,
+            Command::SignalingSide(args) => signaling_side::run(args).await,
         }
     })
 }

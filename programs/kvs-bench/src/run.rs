@@ -16,6 +16,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+mod split;
+
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// The short version CI runs: every scenario, fewer repeats and viewers.
@@ -24,7 +26,7 @@ pub struct RunArgs {
     /// Where results.json, results.md and the logs go.
     #[arg(long, default_value = "target/bench")]
     pub out: PathBuf,
-    /// Run only these scenarios (ttff, memory, churn, fanout, datachannel, size).
+    /// Run only these scenarios (ttff, memory, churn, fanout, datachannel, split, size).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// The `kvs-webrtc` program (the local service); default: next to this program.
@@ -45,6 +47,10 @@ pub struct RunArgs {
     /// Override the fan-out measuring window, in seconds.
     #[arg(long)]
     pub fanout_window: Option<u64>,
+    /// Override the number of sequential viewers of the split scenario (each wakes a
+    /// sleeping media side).
+    #[arg(long)]
+    pub split_viewers: Option<usize>,
 }
 
 /// How much of everything a run does.
@@ -59,6 +65,10 @@ struct Plan {
     dc_bytes: usize,
     dc_repeats: usize,
     dc_pings: usize,
+    split_ttff_runs: usize,
+    split_viewers: usize,
+    /// The longest the sequential viewers may take; fewer viewers when it runs out.
+    split_viewers_budget: Duration,
 }
 
 impl Plan {
@@ -75,6 +85,9 @@ impl Plan {
                 dc_bytes: 8 << 20,
                 dc_repeats: 1,
                 dc_pings: 20,
+                split_ttff_runs: 2,
+                split_viewers: 5,
+                split_viewers_budget: Duration::from_secs(60),
             }
         } else {
             Plan {
@@ -88,6 +101,9 @@ impl Plan {
                 dc_bytes: 64 << 20,
                 dc_repeats: 3,
                 dc_pings: 200,
+                split_ttff_runs: 5,
+                split_viewers: 100,
+                split_viewers_budget: Duration::from_secs(270),
             }
         };
         if let Some(c) = args.churn_cycles {
@@ -95,6 +111,9 @@ impl Plan {
         }
         if !args.fanout_viewers.is_empty() {
             p.fanout_viewers = args.fanout_viewers.clone();
+        }
+        if let Some(n) = args.split_viewers {
+            p.split_viewers = n;
         }
         if let Some(w) = args.fanout_window {
             p.fanout_window = Duration::from_secs(w.max(1));
@@ -108,7 +127,7 @@ const DC_MESSAGE: usize = 16 * 1024;
 const DC_WINDOW: usize = 512 * 1024;
 const FANOUT_BITRATE: u32 = 2_000_000;
 
-const CHANNELS: [&str; 7] = [
+const CHANNELS: [&str; 10] = [
     "bench-ours",
     "bench-gstreamer",
     "bench-aiortc",
@@ -116,6 +135,9 @@ const CHANNELS: [&str; 7] = [
     "bench-churn",
     "bench-fanout",
     "bench-datachannel",
+    split::CLASSIC_CHANNEL,
+    split::RESIDENT_CHANNEL,
+    split::COLD_CHANNEL,
 ];
 
 struct Ctx {
@@ -123,6 +145,8 @@ struct Ctx {
     out: PathBuf,
     logs: PathBuf,
     me: PathBuf,
+    /// The `kvs-webrtc` program (the local service; split mode's streaming side).
+    kvs_webrtc: PathBuf,
     peers: Option<PathBuf>,
     url: String,
     arns: BTreeMap<String, String>,
@@ -164,17 +188,7 @@ impl Ctx {
         let name = self.name(&format!("device-{channel}"));
         // KVS_BENCH_DEVICE_WRAPPER="heaptrack -o /tmp/ht" (or perf, valgrind …) runs the device
         // under a profiler, to see where a figure comes from.
-        let (program, args) = match std::env::var("KVS_BENCH_DEVICE_WRAPPER") {
-            Ok(w) if !w.trim().is_empty() => {
-                let mut words = w.split_whitespace().map(str::to_string);
-                let program = PathBuf::from(words.next().unwrap_or_default());
-                let mut all: Vec<String> = words.collect();
-                all.push(self.me.display().to_string());
-                all.extend(args);
-                (program, all)
-            }
-            _ => (self.me.clone(), args),
-        };
+        let (program, args) = wrapped("KVS_BENCH_DEVICE_WRAPPER", &self.me, args);
         let mut dev =
             LineChild::spawn_with_env(&name, &program, &args, &self.device_env, &self.logs)?;
         dev.json("ready", Duration::from_secs(60)).await?;
@@ -202,6 +216,21 @@ impl Ctx {
         all.extend(args);
         let name = self.name(base);
         LineChild::spawn(&name, &program, &all, &self.logs)
+    }
+}
+
+/// `program args…`, or under the command in environment variable `var` (a profiler).
+fn wrapped(var: &str, program: &Path, args: Vec<String>) -> (PathBuf, Vec<String>) {
+    match std::env::var(var) {
+        Ok(w) if !w.trim().is_empty() => {
+            let mut words = w.split_whitespace().map(str::to_string);
+            let wrapper = PathBuf::from(words.next().unwrap_or_default());
+            let mut all: Vec<String> = words.collect();
+            all.push(program.display().to_string());
+            all.extend(args);
+            (wrapper, all)
+        }
+        _ => (program.to_path_buf(), args),
     }
 }
 
@@ -273,6 +302,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         out: args.out.clone(),
         logs,
         me,
+        kvs_webrtc: kvs_webrtc.clone(),
         peers,
         url,
         arns,
@@ -288,12 +318,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
     ) -> std::pin::Pin<
         Box<dyn std::future::Future<Output = Result<()>> + 'a>,
     >;
-    let scenarios: [(&str, Scenario); 6] = [
+    let scenarios: [(&str, Scenario); 7] = [
         ("ttff", |c| Box::pin(ttff(c))),
         ("memory", |c| Box::pin(memory(c))),
         ("churn", |c| Box::pin(churn(c))),
         ("fanout", |c| Box::pin(fanout(c))),
         ("datachannel", |c| Box::pin(datachannel(c))),
+        ("split", |c| Box::pin(split::split(c))),
         ("size", |c| Box::pin(size(c))),
     ];
     for (name, f) in scenarios {
@@ -399,7 +430,12 @@ async fn rust_ttff_runs(ctx: &mut Ctx, channel: &str, label: &str) -> Vec<viewer
     out
 }
 
-async fn chromium_ttff(ctx: &mut Ctx, channel: &str, label: &str) -> Result<Vec<Value>> {
+async fn chromium_ttff(
+    ctx: &mut Ctx,
+    channel: &str,
+    label: &str,
+    runs: usize,
+) -> Result<Vec<Value>> {
     let args = vec![
         "ttff".into(),
         "--signaling".into(),
@@ -407,7 +443,7 @@ async fn chromium_ttff(ctx: &mut Ctx, channel: &str, label: &str) -> Result<Vec<
         "--arn".into(),
         ctx.arn(channel),
         "--runs".into(),
-        ctx.plan.ttff_runs.to_string(),
+        runs.to_string(),
         "--label".into(),
         label.into(),
     ];
@@ -466,7 +502,7 @@ async fn start_sender(
 async fn ttff(ctx: &mut Ctx) -> Result<()> {
     let mut dev = ctx.device("bench-ours", &["--bitrate", "1000000"]).await?;
     let ours_rust = rust_ttff_runs(ctx, "bench-ours", "ours").await;
-    let ours_chromium = match chromium_ttff(ctx, "bench-ours", "ours").await {
+    let ours_chromium = match chromium_ttff(ctx, "bench-ours", "ours", ctx.plan.ttff_runs).await {
         Ok(v) => Some(v),
         Err(e) => {
             ctx.report.skip(format!("Chromium ← our device: {e:#}"));
@@ -491,7 +527,7 @@ async fn ttff(ctx: &mut Ctx) -> Result<()> {
                     .skip(format!("Rust viewer ← {name}: no run decoded a frame"));
             }
             peer_rust.push((name, r));
-            match chromium_ttff(ctx, channel, name).await {
+            match chromium_ttff(ctx, channel, name, ctx.plan.ttff_runs).await {
                 Ok(v) => peer_chromium.push((name, v)),
                 Err(e) => ctx.report.skip(format!("Chromium ← {name}: {e:#}")),
             }
@@ -1272,17 +1308,7 @@ async fn size(ctx: &mut Ctx) -> Result<()> {
             ));
             continue;
         }
-        let stripped = ctx.out.join(format!("kvs-webrtc.{profile}.stripped"));
-        std::fs::copy(&bin, &stripped)?;
-        let status = tokio::process::Command::new("strip")
-            .arg(&stripped)
-            .status()
-            .await
-            .context("running strip (binutils)")?;
-        if !status.success() {
-            bail!("strip failed on {}", stripped.display());
-        }
-        let bytes = std::fs::metadata(&stripped)?.len() as f64;
+        let bytes = stripped_size(ctx, &bin, &format!("kvs-webrtc.{profile}.stripped")).await?;
         let row = ctx.report.row(
             "6 size",
             &format!("kvs-webrtc device program ({profile})"),
@@ -1295,5 +1321,39 @@ async fn size(ctx: &mut Ctx) -> Result<()> {
             "{note}; includes the local signaling service and viewer page"
         ));
     }
+    // Split mode's always-on side as its own small program, where the tree has it.
+    let bin = target.join("release-small").join("kvs-signaling-only");
+    if bin.exists() {
+        let bytes = stripped_size(ctx, &bin, "kvs-signaling-only.release-small").await?;
+        let row = ctx.report.row(
+            "6 size",
+            "kvs-signaling-only, split mode's always-on side (release-small)",
+            "MB",
+            Figure::of(&[bytes / 1e6]),
+            None,
+            vec![],
+        );
+        row.note = Some("stripped; no peer engine, capture or codec".into());
+    } else {
+        ctx.report.skip(format!(
+            "size of kvs-signaling-only: {} not built (no kvs-signaling-only package in this tree, or scripts/bench.sh did not build it)",
+            bin.display()
+        ));
+    }
     Ok(())
+}
+
+/// Size in bytes of a stripped copy of `bin` (kept in the output directory as `name`).
+async fn stripped_size(ctx: &Ctx, bin: &Path, name: &str) -> Result<f64> {
+    let stripped = ctx.out.join(name);
+    std::fs::copy(bin, &stripped)?;
+    let status = tokio::process::Command::new("strip")
+        .arg(&stripped)
+        .status()
+        .await
+        .context("running strip (binutils)")?;
+    if !status.success() {
+        bail!("strip failed on {}", stripped.display());
+    }
+    Ok(std::fs::metadata(&stripped)?.len() as f64)
 }

@@ -22,7 +22,7 @@ impl Joined {
     }
 
     /// When the offer was handed to the signaling connection.
-    fn offer_sent(&self) -> Instant {
+    pub fn offer_sent(&self) -> Instant {
         self.0.offer_sent()
     }
 
@@ -53,6 +53,8 @@ impl Joined {
 /// Offer sent → first video frame decoded (openh264), and when the transport came up.
 #[derive(Debug, Clone, Copy)]
 pub struct FirstFrame {
+    /// When the offer was handed to the signaling connection (the origin of the others).
+    pub offer_sent: Instant,
     pub connected: Duration,
     pub first_packet: Duration,
     pub decoded: Duration,
@@ -73,6 +75,7 @@ pub async fn first_frame(j: &mut Joined, timeout: Duration) -> Result<FirstFrame
                 if let Ok(Some(_picture)) = decoder.decode(&f.data) {
                     let decoded = j.offer_sent().elapsed();
                     return Ok(FirstFrame {
+                        offer_sent: j.offer_sent(),
                         connected: connected.unwrap_or(decoded),
                         first_packet: first_packet.unwrap_or(decoded),
                         decoded,
