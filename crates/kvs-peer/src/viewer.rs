@@ -391,6 +391,17 @@ impl Viewer {
                             Some(ViewerMsg::Close(r)) => {
                                 core.close(now);
                                 flush(&sock, &mut core);
+                                // str0m drains its close (RTCP BYE, SCTP shutdown, DTLS
+                                // close_notify) over the following polls: keep driving it,
+                                // briefly, or the device never hears the goodbye and holds the
+                                // session until its ICE timeout.
+                                let until = Instant::now() + CLOSE_DRAIN;
+                                while core.is_alive() && Instant::now() < until {
+                                    let at = core.poll_timeout(Instant::now()).min(until);
+                                    tokio::time::sleep_until(at.into()).await;
+                                    core.handle_timeout(Instant::now());
+                                    flush(&sock, &mut core);
+                                }
                                 let _ = r.send(());
                                 return;
                             }
@@ -421,6 +432,9 @@ impl Viewer {
         ))
     }
 }
+
+/// How long a closing viewer keeps sending its goodbye at most.
+const CLOSE_DRAIN: Duration = Duration::from_millis(200);
 
 fn flush(sock: &UdpSocket, core: &mut ViewerCore) {
     while let Some(d) = core.poll_transmit() {

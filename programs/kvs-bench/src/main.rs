@@ -57,9 +57,16 @@ fn main() -> anyhow::Result<()> {
         // Every line through the one redaction: no dependency can log a token or a key.
         .with_writer(|| kvs_aws::redact::RedactingWriter::new(std::io::stderr()))
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    // The signaling side runs on one thread, as the `kvs-signaling-only` program does (a
+    // multi-thread runtime alone costs it ~60 KB of heap).
+    let runtime = match cli.command {
+        Command::SignalingSide(_) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        _ => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?,
+    };
     runtime.block_on(async {
         match cli.command {
             Command::Run(args) => run::run(args).await,

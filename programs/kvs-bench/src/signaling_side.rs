@@ -101,6 +101,7 @@ pub async fn run(args: SignalingSideArgs) -> Result<()> {
                 ..RelayConfig::default()
             },
             reconnect: kvs_app::DeviceConfig::default().reconnect,
+            fallback_ice: Vec::new(),
         },
         client,
     )
