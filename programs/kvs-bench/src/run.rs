@@ -262,8 +262,14 @@ pub async fn run(args: RunArgs) -> Result<()> {
         "127.0.0.1:0".into(),
         "--max-viewers".into(),
         "200".into(),
-        // Churn and fan-out join viewers faster than KVS's 3 connects/s per channel.
+        // Churn and fan-out join viewers faster than KVS's 3 connects/s per channel, and the
+        // device answers them faster than KVS's 5 SDP/s (20 candidates/s) per connection:
+        // the local service's KVS limits would refuse the 11th answer of a churn.
         "--connects-per-second".into(),
+        "0".into(),
+        "--sdp-per-second".into(),
+        "0".into(),
+        "--ice-per-second".into(),
         "0".into(),
         "--state-dir".into(),
         state.display().to_string(),
