@@ -83,6 +83,34 @@ async fn watch_size(
     }
 }
 
+/// A resident media side on TCP `port` that sleeps 1 s after waking or its last viewer; stop
+/// it by sending `true`.
+fn resident_media_side(
+    port: u16,
+    config: &DeviceConfig,
+) -> (
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<Result<MediaSideExit, kvs_app::split::MediaSideError>>,
+) {
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let media = tokio::spawn(media_side::run(
+        MediaSideConfig {
+            link: LinkAddr::Tcp(format!("127.0.0.1:{port}")),
+            device: config.clone(),
+            media: MediaConfig {
+                idle_after_wake: Duration::from_secs(1),
+                idle_after_last_viewer: Duration::from_secs(1),
+                ..MediaConfig::default()
+            },
+            sleep: SleepMode::Resident,
+            fallback_ice: Vec::new(),
+        },
+        EventBus::new(),
+        stop,
+    ));
+    (stop_tx, media)
+}
+
 /// A signaling side listening on TCP `port`.
 async fn signaling_side(
     port: u16,
@@ -129,22 +157,7 @@ async fn offers_wake_a_resident_media_side_over_tcp_and_it_sleeps_after_the_last
     let side = signaling_side(port, WakeMethod::None, Duration::from_secs(10), client).await;
     let mut status = side.status();
 
-    let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let media = tokio::spawn(media_side::run(
-        MediaSideConfig {
-            link: LinkAddr::Tcp(format!("127.0.0.1:{port}")),
-            device: config.clone(),
-            media: MediaConfig {
-                idle_after_wake: Duration::from_secs(1),
-                idle_after_last_viewer: Duration::from_secs(1),
-                ..MediaConfig::default()
-            },
-            sleep: SleepMode::Resident,
-            fallback_ice: Vec::new(),
-        },
-        EventBus::new(),
-        stop,
-    ));
+    let (stop_tx, media) = resident_media_side(port, &config);
 
     // It starts awake, finds no viewer, and sleeps.
     wait_presence(
@@ -272,22 +285,7 @@ async fn camera_settings_cross_the_link_wait_for_a_sleeping_camera_and_streaming
     let side = signaling_side(port, WakeMethod::None, Duration::from_secs(10), client).await;
     let mut status = side.status();
     let control = side.controller();
-    let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let media = tokio::spawn(media_side::run(
-        MediaSideConfig {
-            link: LinkAddr::Tcp(format!("127.0.0.1:{port}")),
-            device: config.clone(),
-            media: MediaConfig {
-                idle_after_wake: Duration::from_secs(1),
-                idle_after_last_viewer: Duration::from_secs(1),
-                ..MediaConfig::default()
-            },
-            sleep: SleepMode::Resident,
-            fallback_ice: Vec::new(),
-        },
-        EventBus::new(),
-        stop,
-    ));
+    let (stop_tx, media) = resident_media_side(port, &config);
     wait_presence(
         &mut status,
         |p| p == Some(MediaPresence::Sleeping),
