@@ -105,6 +105,8 @@ impl Desired {
 pub struct SignalingSide {
     commands: mpsc::Sender<Request>,
     status: watch::Receiver<SignalingSideStatus>,
+    /// Live viewers of an awake media side (0 while it sleeps), for [`SplitControl`].
+    viewers: watch::Receiver<usize>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -124,6 +126,7 @@ impl SignalingSide {
         let link = Link::start(&config.link, LinkSide::Signaling).await?;
         let (commands, command_rx) = mpsc::channel(MAX_APP_COMMANDS);
         let (status_tx, status) = watch::channel(SignalingSideStatus::default());
+        let (viewers_tx, viewers) = watch::channel(0usize);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let driver = Driver {
             core: SignalingSideCore::new(config.relay.clone(), Instant::now()),
@@ -143,11 +146,13 @@ impl SignalingSide {
             desired: Desired::default(),
             pending_sends: Vec::new(),
             status: status_tx,
+            viewers: viewers_tx,
         };
         let task = tokio::spawn(driver.run(command_rx, shutdown_rx));
         Ok(SignalingSide {
             commands,
             status,
+            viewers,
             shutdown,
             task,
         })
@@ -168,26 +173,9 @@ impl SignalingSide {
     /// them when it next wakes); while streaming is off, viewers' offers are refused here,
     /// without waking it.
     pub fn controller(&self) -> SplitControl {
-        let viewers = {
-            let mut status = self.status.clone();
-            let (tx, rx) = watch::channel(0usize);
-            tokio::spawn(async move {
-                loop {
-                    let n = match status.borrow_and_update().media {
-                        Some(MediaPresence::Awake { viewers }) => usize::from(viewers),
-                        _ => 0,
-                    };
-                    tx.send_if_modified(|v| std::mem::replace(v, n) != n);
-                    if status.changed().await.is_err() || tx.is_closed() {
-                        return;
-                    }
-                }
-            });
-            rx
-        };
         SplitControl {
             requests: self.commands.clone(),
-            viewers,
+            viewers: self.viewers.clone(),
         }
     }
 
@@ -262,6 +250,7 @@ struct Driver {
     /// Messages to viewers decided outside the core (refusals while streaming is off).
     pending_sends: Vec<SignalingMessage>,
     status: watch::Sender<SignalingSideStatus>,
+    viewers: watch::Sender<usize>,
 }
 
 enum Input {
@@ -562,6 +551,12 @@ impl Driver {
             RelayOutput::MediaStatus(p) => {
                 tracing::info!(presence = ?p, "media side");
                 self.status.send_modify(|s| s.media = Some(p));
+                let n = match p {
+                    MediaPresence::Awake { viewers } => usize::from(viewers),
+                    _ => 0,
+                };
+                self.viewers
+                    .send_if_modified(|v| std::mem::replace(v, n) != n);
             }
             RelayOutput::StateChanged(state) => tracing::debug!(?state, "relay state"),
             RelayOutput::IceServersNeeded => self.fetch_ice(false),
