@@ -171,18 +171,7 @@ impl LineChild {
     /// SIGTERM at once (for programs that do not read stdin), then SIGKILL after 5 s.
     pub async fn terminate(mut self) {
         self.stdin = None;
-        if let Some(pid) = self.child.id() {
-            // SAFETY: signalling our own child by its pid.
-            unsafe {
-                libc::kill(pid as i32, libc::SIGTERM);
-            }
-        }
-        if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = self.child.kill().await;
-        }
+        kvs_app::split::wake::terminate(self.child, Duration::from_secs(5)).await;
     }
 
     /// Close stdin (our children stop on that or on `quit`), then SIGTERM, then SIGKILL.
@@ -195,17 +184,6 @@ impl LineChild {
         {
             return;
         }
-        if let Some(pid) = self.child.id() {
-            // SAFETY: signalling our own child by its pid.
-            unsafe {
-                libc::kill(pid as i32, libc::SIGTERM);
-            }
-        }
-        if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = self.child.kill().await;
-        }
+        self.terminate().await;
     }
 }

@@ -339,17 +339,8 @@ pub(crate) async fn run_split(args: SplitArgs) -> Result<()> {
         s.abort();
     }
     side.shutdown().await;
-    if let Some(mut child) = resident {
-        if let Some(pid) = child.id() {
-            // SAFETY: kill(2) on our own child's pid; no memory is touched.
-            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-        }
-        if tokio::time::timeout(Duration::from_secs(3), child.wait())
-            .await
-            .is_err()
-        {
-            let _ = child.kill().await;
-        }
+    if let Some(child) = resident {
+        kvs_app::split::wake::terminate(child, Duration::from_secs(3)).await;
     }
     local.shutdown().await;
     let _ = std::fs::remove_dir_all(&run_dir);

@@ -137,14 +137,19 @@ impl Waker {
     /// Asks a running exec-started child to stop (SIGTERM), waiting at most `grace` before
     /// killing it.
     pub async fn stop_child(&mut self, grace: std::time::Duration) {
-        if let Some(mut child) = self.child.take() {
-            if let Some(pid) = child.id() {
-                let _ = send_signal(pid as i32, libc::SIGTERM);
-            }
-            if tokio::time::timeout(grace, child.wait()).await.is_err() {
-                let _ = child.kill().await;
-            }
+        if let Some(child) = self.child.take() {
+            terminate(child, grace).await;
         }
+    }
+}
+
+/// Asks a child process to stop (SIGTERM) and waits at most `grace` before killing it.
+pub async fn terminate(mut child: Child, grace: std::time::Duration) {
+    if let Some(pid) = child.id() {
+        let _ = send_signal(pid as i32, libc::SIGTERM);
+    }
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        let _ = child.kill().await;
     }
 }
 
