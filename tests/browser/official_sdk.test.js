@@ -93,12 +93,25 @@ async function freePort() {
   return port;
 }
 
-/** coturn with the TURN REST API scheme (`use-auth-secret`), relaying on loopback. */
-async function startCoturn(secret, dir) {
+/**
+ * coturn with the TURN REST API scheme (`use-auth-secret`), relaying on loopback; with `tls`,
+ * also TURN over TLS with a certificate for 127.0.0.1 made here (`certFile` to trust it).
+ */
+async function startCoturn(secret, dir, { tls = false } = {}) {
   const port = await freePort();
+  const tlsPort = await freePort();
+  const certFile = path.join(dir, 'turn-cert.pem');
+  const tlsArgs = ['--no-tls'];
+  if (tls) {
+    const keyFile = path.join(dir, 'turn-key.pem');
+    require('node:child_process').execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256',
+      '-nodes', '-keyout', keyFile, '-out', certFile, '-days', '1', '-subj', '/CN=127.0.0.1',
+      '-addext', 'subjectAltName=IP:127.0.0.1', '-addext', 'basicConstraints=critical,CA:FALSE'], { stdio: 'pipe' });
+    tlsArgs.splice(0, 1, `--tls-listening-port=${tlsPort}`, `--cert=${certFile}`, `--pkey=${keyFile}`);
+  }
   const args = ['-n', '--listening-ip=127.0.0.1', `--listening-port=${port}`, '--relay-ip=127.0.0.1',
     '--min-port=49160', '--max-port=49400', '--use-auth-secret', `--static-auth-secret=${secret}`,
-    '--realm=kvs-webrtc.local', '--allow-loopback-peers', '--no-cli', '--no-tls', '--no-dtls', '--fingerprint',
+    '--realm=kvs-webrtc.local', '--allow-loopback-peers', '--no-cli', ...tlsArgs, '--no-dtls', '--fingerprint',
     '--log-file=stdout', '--simple-log', `--pidfile=${path.join(dir, 'turnserver.pid')}`, `--userdb=${path.join(dir, 'turndb')}`];
   const child = spawn('turnserver', args, { stdio: ['ignore', 'pipe', 'pipe'] });
   const log = new TailBuffer(64 * 1024);
@@ -116,6 +129,9 @@ async function startCoturn(secret, dir) {
   });
   return {
     uri: `turn:127.0.0.1:${port}?transport=udp`,
+    tcpUri: `turn:127.0.0.1:${port}?transport=tcp`,
+    tlsUri: `turns:127.0.0.1:${tlsPort}?transport=tcp`,
+    certFile,
     log,
     stop: () => new Promise((resolve) => {
       child.once('exit', resolve);
@@ -128,7 +144,7 @@ async function startCoturn(secret, dir) {
  * The local service (TLS + SigV4, extra `serviceArgs`), our device pointed at it like at KVS,
  * the official-SDK page, and a Chromium trusting the service's certificate.
  */
-async function startStack(parts, stateDir, channel, serviceArgs = []) {
+async function startStack(parts, stateDir, channel, serviceArgs = [], deviceArgs = []) {
   const service = await startProcess(
     ['service', '--listen', '127.0.0.1:0', '--state-dir', stateDir, '--region', REGION, '--channel', channel, ...serviceArgs],
     {
@@ -144,7 +160,7 @@ async function startStack(parts, stateDir, channel, serviceArgs = []) {
 
   const device = await startProcess(
     ['--endpoint', controlPlane, '--ca-file', path.join(stateDir, 'ca.pem'), '--region', REGION,
-      '--channel', channel, '--media-bind', '127.0.0.1'],
+      '--channel', channel, '--media-bind', '127.0.0.1', ...deviceArgs],
     {
       name: 'kvs-webrtc device',
       ready: /SignalingConnected/,
@@ -207,7 +223,10 @@ async function viewAndDecode(stack, channel, clientId, extra = {}) {
     });
     if (!video || !audio || video.framesDecoded < 10 || audio.packetsReceived < 10) return false;
     const local = pair && report.get(pair.localCandidateId);
+    const remote = pair && report.get(pair.remoteCandidateId);
     return {
+      remoteCandidateType: remote ? remote.candidateType : null,
+      remoteAddress: remote ? `${remote.address}:${remote.port}` : null,
       framesDecoded: video.framesDecoded,
       width: video.frameWidth,
       height: video.frameHeight,
@@ -238,6 +257,38 @@ test('a viewer page made of the official KVS JS SDK and AWS SDK v3 decodes our d
     assert.match(stack.device.stdout.text, /PeerConnected \[official-sdk-viewer\]/);
   });
 });
+
+for (const transport of ['udp', 'tcp', 'tls']) {
+  test(`a relay-only device streams through its own TURN allocation over ${transport} (coturn, credentials minted by the service)`, TEST_TIMEOUT, async () => {
+    const stateDir = freshDir(`device-relay-${transport}`);
+    const secret = crypto.randomBytes(16).toString('hex');
+    const coturn = await startCoturn(secret, stateDir, { tls: transport === 'tls' });
+    cleanups.push(coturn.stop);
+    const uri = { udp: coturn.uri, tcp: coturn.tcpUri, tls: coturn.tlsUri }[transport];
+    // The service hands out the one URI under test. The viewer asks coturn for its
+    // server-reflexive address only: Chromium hides its host candidates behind mDNS names, and
+    // the device needs one real address of the viewer to give it a TURN permission.
+    const serviceArgs = ['--turn-uri', uri, '--turn-secret', secret];
+    const deviceArgs = ['--relay-only', ...(transport === 'tls' ? ['--turn-ca-file', coturn.certFile] : [])];
+    const parts = {};
+    await withDiagnostics(() => ({ program: parts.device || parts.service, viewers: [] }), async () => {
+      const stack = await startStack(parts, stateDir, `device-relay-${transport}`, serviceArgs, deviceArgs);
+      const stun = coturn.uri.replace(/^turn:/, 'stun:').replace(/\?.*$/, '');
+      const stats = await viewAndDecode(stack, `device-relay-${transport}`, 'direct-viewer', { iceServers: [{ urls: stun }] });
+      assert.equal(stats.width, 640);
+      const out = stack.device.stdout.text;
+      // The device gathered a relayed address on coturn and its media goes from it, carried to
+      // coturn over the transport asked for.
+      const escaped = uri.replace(/[?.]/g, (c) => `\\${c}`);
+      const gathered = out.match(new RegExp(`IceCandidateGathered: relay (127\\.0\\.0\\.1:\\d+) via ${escaped}`));
+      assert.ok(gathered, out);
+      assert.match(out, new RegExp(`IcePairSelected \\[direct-viewer\\]: local=relay/${transport} remote=\\w+ ${gathered[1]} -> `));
+      // The browser's selected pair has the device's relayed address as its remote end.
+      assert.equal(stats.remoteAddress, gathered[1], JSON.stringify(stats));
+      assert.equal(stats.remoteCandidateType, 'relay', JSON.stringify(stats));
+    });
+  });
+}
 
 test('a relay-only viewer reaches our device through coturn with TURN credentials minted by the service', TEST_TIMEOUT, async () => {
   const stateDir = freshDir('turn-relay');

@@ -42,6 +42,7 @@ pub struct DeviceConfig {
     pub video: VideoSourceConfig,
     pub audio: AudioSourceConfig,
     pub session: SessionConfig,
+    pub nat: NatConfig,
     pub reconnect: BackoffConfig,
     /// Remote control as a RainMaker-compatible node (`[rainmaker]`; run by
     /// `kvs_app::rainmaker` with the `rainmaker` feature).
@@ -596,6 +597,43 @@ impl Default for SessionConfig {
     }
 }
 
+/// `[nat]`: how the device gets through NATs (README, "Behind NAT").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatConfig {
+    /// STUN servers of our own (`stun:host[:port]`) for server-reflexive candidates, besides
+    /// the ones signaling gives (KVS: the region's STUN server; the UDP TURN servers answer
+    /// STUN too).
+    pub stun_urls: Vec<String>,
+    /// Allocate relayed candidates on the TURN servers KVS hands out (`signaling.use_turn`
+    /// decides whether KVS is asked for them).
+    pub use_turn: bool,
+    /// Offer relayed candidates only (ICE transport policy "relay"): viewers never learn the
+    /// device's own addresses, and media always crosses the TURN server.
+    pub relay_only: bool,
+    /// Most TURN allocations at once; they are shared by every viewer (one per TURN URI).
+    pub max_turn_allocations: usize,
+    /// Restart ICE from the device when a viewer's path has been lost this long (a new offer
+    /// with new ICE credentials); 0 = leave it to the viewer.
+    #[serde(with = "duration_millis")]
+    pub ice_restart_after: Duration,
+    /// Extra CA certificate(s) (PEM) to trust for `turns:` servers, besides the public roots.
+    pub turn_ca_file: Option<PathBuf>,
+}
+
+impl Default for NatConfig {
+    fn default() -> Self {
+        Self {
+            stun_urls: Vec::new(),
+            use_turn: true,
+            relay_only: false,
+            max_turn_allocations: 6,
+            ice_restart_after: Duration::from_millis(1000),
+            turn_ca_file: None,
+        }
+    }
+}
+
 impl DeviceConfig {
     /// Parse a TOML document (no environment overrides).
     pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
@@ -682,6 +720,24 @@ impl DeviceConfig {
                 "session.max_viewers must be 1..=100, got {}",
                 self.session.max_viewers
             ));
+        }
+        if self.nat.relay_only && !self.nat.use_turn {
+            return Err(
+                "nat.relay_only needs nat.use_turn: relayed candidates come from TURN".into(),
+            );
+        }
+        if !(1..=20).contains(&self.nat.max_turn_allocations) {
+            return Err(format!(
+                "nat.max_turn_allocations must be 1..=20, got {}",
+                self.nat.max_turn_allocations
+            ));
+        }
+        for url in &self.nat.stun_urls {
+            match kvs_peer::nat::IceUri::parse(url) {
+                Ok(u) if u.kind == kvs_peer::nat::ServerKind::Stun => {}
+                Ok(_) => return Err(format!("nat.stun_urls: {url} is not a stun: URI")),
+                Err(e) => return Err(format!("nat.stun_urls: {e}")),
+            }
         }
         if let Some((first, last)) = self.session.udp_port_range {
             if first == 0 || first > last {

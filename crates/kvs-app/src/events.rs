@@ -50,6 +50,14 @@ pub enum EventKind {
     DataChannelMessage,
     /// The signaling service reported a failed delivery (STATUS_RESPONSE).
     SignalingStatus,
+    /// A server-reflexive or relayed candidate was gathered (message: type, address, server).
+    IceCandidateGathered,
+    /// A viewer's media path changed (message: local and remote candidate types, addresses).
+    IcePairSelected,
+    /// An ICE restart, started by the device (path lost) or by the viewer's offer.
+    IceRestart,
+    /// A TURN server failed (message: the URI and why, e.g. it refused the credentials).
+    TurnError,
     Error,
 }
 

@@ -9,9 +9,8 @@ use std::time::Duration;
 
 pub use kvs_platform::{AudioCodec, VideoCodec};
 
-/// A STUN/TURN server as given by signaling. Kept for new sessions; candidates are gathered
-/// from host addresses only so far (peers reach us through peer-reflexive candidates), so the
-/// servers are not contacted yet.
+/// A STUN/TURN server as given by signaling (or configured): `stun:` URIs give
+/// server-reflexive candidates, `turn:`/`turns:` URIs relayed ones (see [`crate::nat`]).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct IceServer {
     pub urls: Vec<String>,
@@ -43,8 +42,10 @@ pub struct PeerConfig {
     pub resend_window: Duration,
     /// Expected video bitrate, for sizing the resend buffer.
     pub video_bitrate_bps: u32,
-    /// STUN/TURN servers (accepted, not used yet).
+    /// STUN/TURN servers to gather candidates from (see [`crate::nat`]).
     pub ice_servers: Vec<IceServer>,
+    /// What to do about NAT: srflx/relay gathering, relay-only, ICE restarts.
+    pub nat: crate::nat::NatPolicy,
     /// Least time between two [`PeerEvent::KeyframeRequested`] for one session.
     pub keyframe_request_min_interval: Duration,
     /// Per-session queue lengths of the fan-out (frames).
@@ -78,6 +79,7 @@ impl Default for PeerConfig {
             resend_window: Duration::from_millis(250),
             video_bitrate_bps: 2_000_000,
             ice_servers: Vec::new(),
+            nat: crate::nat::NatPolicy::default(),
             keyframe_request_min_interval: Duration::from_millis(500),
             video_queue_frames: kvs_media::fanout::DEFAULT_VIDEO_QUEUE,
             audio_queue_frames: kvs_media::fanout::DEFAULT_AUDIO_QUEUE,
@@ -147,8 +149,8 @@ pub enum PeerCommand {
     },
     /// Close the peer's session; answered by [`PeerEvent::Closed`].
     CloseSession { peer_id: String },
-    /// Replace the STUN/TURN servers given to sessions created from now on (fresh TURN
-    /// credentials from signaling). Live sessions keep what they have.
+    /// Replace the STUN/TURN servers (fresh TURN credentials from signaling): probes start
+    /// again and new sessions allocate on the new servers; live sessions keep their relays.
     SetIceServers { servers: Vec<IceServer> },
     /// Change the session limit. Lowering it closes no live session: it only refuses new
     /// offers until the count is below the new limit.
@@ -180,8 +182,8 @@ pub struct SessionStats {
     pub duration: Duration,
 }
 
-/// What the engine tells the application. Every event names the signaling peer (the
-/// viewer's client id).
+/// What the engine tells the application. Every event but the gathering ones names the
+/// signaling peer (the viewer's client id).
 #[derive(Debug, Clone, PartialEq)]
 pub enum PeerEvent {
     /// A new viewer's offer was accepted for a session.
@@ -249,6 +251,54 @@ pub enum PeerEvent {
         peer_id: String,
         stats: SessionStats,
     },
+    /// The path media takes changed (first media on a new candidate pair): local and remote
+    /// candidate types (`host`, `srflx`, `prflx`, `relay`), and for a relay how it reaches its
+    /// server (`udp`, `tcp`, `tls`).
+    PathSelected {
+        peer_id: String,
+        path: SelectedPath,
+    },
+    /// An ICE restart: started by the device (its path was lost), or by the viewer's offer.
+    IceRestart {
+        peer_id: String,
+        reason: String,
+    },
+    /// A server-reflexive or relayed candidate was gathered (for every session).
+    CandidateGathered {
+        kind: String,
+        addr: SocketAddr,
+        from: String,
+    },
+    /// A STUN/TURN server failed in a way worth telling (e.g. it refused our credentials).
+    NatServerError {
+        uri: String,
+        reason: String,
+    },
+}
+
+/// The candidate pair a session's media uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SelectedPath {
+    pub local_kind: &'static str,
+    /// For a relayed local candidate: how we reach the TURN server.
+    pub relay_transport: Option<String>,
+    pub remote_kind: &'static str,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+}
+
+impl std::fmt::Display for SelectedPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "local={}/{} remote={} {} -> {}",
+            self.local_kind,
+            self.relay_transport.as_deref().unwrap_or("udp"),
+            self.remote_kind,
+            self.local,
+            self.remote
+        )
+    }
 }
 
 impl PeerEvent {
@@ -270,7 +320,10 @@ impl PeerEvent {
             | PeerEvent::KeyframeRequested { peer_id }
             | PeerEvent::FirstKeyframeSent { peer_id }
             | PeerEvent::SessionTiming { peer_id, .. }
-            | PeerEvent::Closed { peer_id, .. } => peer_id,
+            | PeerEvent::Closed { peer_id, .. }
+            | PeerEvent::PathSelected { peer_id, .. }
+            | PeerEvent::IceRestart { peer_id, .. } => peer_id,
+            PeerEvent::CandidateGathered { .. } | PeerEvent::NatServerError { .. } => "",
         }
     }
 

@@ -20,10 +20,12 @@
 //! packet for it costs ~88 KB per viewer.
 
 use crate::api::{
-    Datagram, PeerCommand, PeerConfig, PeerError, PeerEvent, SessionStats, SessionTiming,
+    Datagram, PeerCommand, PeerConfig, PeerError, PeerEvent, SelectedPath, SessionStats,
+    SessionTiming,
 };
 use crate::candidate::{parse_candidate, ParsedCandidate};
 use crate::drain::{drain, DrainPolicy, DrainTarget};
+use crate::nat::{NatCore, NatEvent, NatServer, RelayTransport, RelayedData, StreamIo};
 use bytes::Bytes;
 use kvs_media::fanout::{FanoutKind, PushOutcome, Subscriber};
 use kvs_media::rtp::{PacketizedFrame, DEFAULT_MAX_PAYLOAD};
@@ -39,13 +41,17 @@ use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid, Pt};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{Extension, RtpWrite};
-use str0m::{Candidate, Event, IceConnectionState, Input, Rtc, RtcConfig};
+use str0m::{Candidate, CandidateKind, Event, IceConnectionState, Input, Rtc, RtcConfig};
 use tracing::{debug, info, warn};
 
 /// Remote candidates held per peer before its offer arrives.
 const MAX_PENDING_CANDIDATES_PER_PEER: usize = 32;
 /// Peers with held candidates.
 const MAX_PENDING_PEERS: usize = 64;
+/// Remote candidate addresses remembered per session, to name the type of the path in use.
+const MAX_REMOTE_KINDS: usize = 32;
+/// Rounds of passing data between the sessions and the relays after one input.
+const NAT_ROUNDS: usize = 8;
 /// Largest data channel message we send (str0m's default SCTP send buffer: a larger one
 /// would never be accepted).
 pub const MAX_DATA_MESSAGE: usize = 128 * 1024;
@@ -160,6 +166,18 @@ struct Session {
     stats: SessionStats,
     failure: Option<String>,
     next_timeout: Instant,
+    /// The mid candidates are trickled with (the first m-line's).
+    sdp_mid: Option<String>,
+    /// The candidate pair media last went out on.
+    path: Option<(SocketAddr, SocketAddr)>,
+    /// Types of the remote candidates we were told about, by address.
+    remote_kinds: Vec<(SocketAddr, &'static str)>,
+    /// The viewer's ICE username fragment (a new one in an offer is an ICE restart).
+    remote_ufrag: Option<String>,
+    /// The device has offered an ICE restart for the current loss of connectivity.
+    restart_sent: bool,
+    /// Gathering was still running when the session started: GatheringComplete is owed.
+    gathering_pending: bool,
 }
 
 impl Session {
@@ -189,6 +207,20 @@ impl Session {
             stats: SessionStats::default(),
             failure: None,
             next_timeout: now,
+            sdp_mid: None,
+            path: None,
+            remote_kinds: Vec::new(),
+            remote_ufrag: None,
+            restart_sent: false,
+            gathering_pending: false,
+        }
+    }
+
+    fn remember_remote(&mut self, c: &Candidate) {
+        if self.remote_kinds.len() < MAX_REMOTE_KINDS
+            && !self.remote_kinds.iter().any(|(a, _)| *a == c.addr())
+        {
+            self.remote_kinds.push((c.addr(), kind_name(c.kind())));
         }
     }
 
@@ -224,6 +256,10 @@ impl Session {
 struct Outputs {
     transmits: VecDeque<Datagram>,
     events: VecDeque<PeerEvent>,
+    /// Datagrams str0m sends from a relayed address: they go through the TURN client.
+    relayed: VecDeque<Datagram>,
+    /// Our relayed addresses and how each reaches its server.
+    relay_addrs: Vec<(SocketAddr, RelayTransport)>,
 }
 
 impl Outputs {
@@ -259,6 +295,7 @@ pub struct PeerCore {
     pending_candidates: HashMap<String, VecDeque<PendingCandidate>>,
     held_datagrams: VecDeque<HeldDatagram>,
     out: Outputs,
+    nat: NatCore,
 }
 
 impl PeerCore {
@@ -266,9 +303,11 @@ impl PeerCore {
     /// certificate shared by every session (generate it once at start-up: it is slow).
     pub fn new(config: PeerConfig, local_addrs: Vec<SocketAddr>, cert: Option<DtlsCert>) -> Self {
         let rtc_config = rtc_config(&config, cert);
+        let nat = NatCore::new(config.nat.clone(), local_addrs.clone());
         Self {
             config,
             rtc_config,
+            nat,
             local_addrs,
             sessions: HashMap::new(),
             addr_cache: HashMap::new(),
@@ -296,6 +335,57 @@ impl PeerCore {
         self.out.events.pop_front()
     }
 
+    /// TCP connections to TURN servers: what to open, write and close.
+    pub fn poll_stream_io(&mut self) -> Option<StreamIo> {
+        self.nat.poll_stream()
+    }
+
+    /// The STUN/TURN servers, resolved (the driver looks names up; see
+    /// [`crate::nat::parse_ice_servers`]).
+    pub fn set_nat_servers(&mut self, now: Instant, servers: Vec<NatServer>) {
+        self.nat.set_servers(now, servers);
+        self.after(now);
+    }
+
+    /// A TCP connection to a TURN server is up.
+    pub fn stream_connected(&mut self, now: Instant, conn: u64, local: SocketAddr) {
+        self.nat.stream_connected(now, conn, local);
+        self.after(now);
+    }
+
+    /// Bytes from a TCP connection to a TURN server.
+    pub fn stream_data(&mut self, now: Instant, conn: u64, data: &[u8]) {
+        self.nat.stream_data(now, conn, data);
+        self.after(now);
+    }
+
+    /// A TCP connection to a TURN server could not be made, or closed.
+    pub fn stream_closed(&mut self, now: Instant, conn: u64, why: &str) {
+        self.nat.stream_closed(now, conn, why);
+        self.after(now);
+    }
+
+    /// `servers` and the STUN servers of our own configuration.
+    pub fn with_own_servers(
+        &self,
+        servers: &[crate::api::IceServer],
+    ) -> Vec<crate::api::IceServer> {
+        let mut all = servers.to_vec();
+        if !self.config.nat.stun_urls.is_empty() {
+            all.push(crate::api::IceServer {
+                urls: self.config.nat.stun_urls.clone(),
+                username: None,
+                credential: None,
+            });
+        }
+        all
+    }
+
+    /// TURN allocations alive.
+    pub fn relay_count(&self) -> usize {
+        self.nat.allocation_count()
+    }
+
     /// When [`PeerCore::handle_timeout`] must be called next.
     pub fn poll_timeout(&self, now: Instant) -> Instant {
         let mut t = now + MAX_IDLE;
@@ -310,6 +400,10 @@ impl PeerCore {
         if let Some(oldest) = self.held_datagrams.front() {
             t = t.min(oldest.received + HELD_DATAGRAM_TTL);
         }
+        if let Some(n) = self.nat.poll_timeout() {
+            t = t.min(n);
+        }
+        let restart_after = self.config.nat.ice_restart_after;
         for s in self.sessions.values() {
             t = t.min(s.next_timeout);
             // The session deadlines too: str0m may have no timer of its own left (its ICE
@@ -319,6 +413,9 @@ impl PeerCore {
             }
             if let Some(since) = s.disconnected_since {
                 t = t.min(since + self.config.disconnected_timeout);
+                if let (Some(after), false, true) = (restart_after, s.restart_sent, s.connected) {
+                    t = t.min(since + after);
+                }
             }
             if s.keyframe_request_pending {
                 if let Some(last) = s.last_keyframe_request {
@@ -349,11 +446,16 @@ impl PeerCore {
                 Ok(())
             }
             PeerCommand::SetIceServers { servers } => {
+                // Only the literal addresses here; the driver resolves names and calls
+                // `set_nat_servers` with all of them.
+                let (parsed, _) = crate::nat::parse_ice_servers(&self.with_own_servers(&servers));
+                let literal: Vec<NatServer> = parsed.iter().filter_map(|s| s.literal()).collect();
+                self.nat.set_servers(now, literal);
                 self.config.ice_servers = servers;
                 Ok(())
             }
         };
-        self.reap(now);
+        self.after(now);
         result
     }
 
@@ -364,6 +466,22 @@ impl PeerCore {
     /// overtake the ICE check that makes its address known here (the viewer nominates first),
     /// and dropping it would cost the viewer's DTLS retransmission timer, a whole second.
     pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        destination: SocketAddr,
+        data: &[u8],
+    ) {
+        if self.nat.handle_datagram(now, source, destination, data) {
+            self.after(now);
+            return;
+        }
+        self.accept_datagram(now, source, destination, data);
+        self.after(now);
+    }
+
+    /// A datagram for the sessions (from a socket, or unwrapped from a relay).
+    fn accept_datagram(
         &mut self,
         now: Instant,
         source: SocketAddr,
@@ -466,6 +584,9 @@ impl PeerCore {
 
     /// Time passed: drive every session's timers, expire held candidates, enforce timeouts.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.nat.handle_timeout(now);
+        let restart_after = self.config.nat.ice_restart_after;
+        let mut restarted = false;
         self.held_datagrams
             .retain(|d| now.saturating_duration_since(d.received) < HELD_DATAGRAM_TTL);
         let ttl = self.config.pending_candidate_ttl;
@@ -488,6 +609,15 @@ impl PeerCore {
                         "ICE disconnected for more than {:?}",
                         self.config.disconnected_timeout
                     ));
+                } else if let Some(after) = restart_after {
+                    if !s.restart_sent
+                        && s.connected
+                        && s.is_live()
+                        && now.saturating_duration_since(since) >= after
+                    {
+                        restart_ice(s, now, &mut self.out);
+                        restarted = true;
+                    }
                 }
             }
             // Only sessions whose own timer is due are driven: polling an `Rtc` is not free,
@@ -505,7 +635,11 @@ impl PeerCore {
                 service(s, now, &self.config, &mut self.out);
             }
         }
-        self.reap(now);
+        if restarted {
+            // The path broke: the NAT may have moved or forgotten our mappings.
+            self.nat.regather(now);
+        }
+        self.after(now);
     }
 
     /// One encoded frame from the capture: offer it to every session and send what each
@@ -552,7 +686,7 @@ impl PeerCore {
             }
             service(s, now, &self.config, &mut self.out);
         }
-        self.reap(now);
+        self.after(now);
     }
 
     /// Close every session (engine shutdown).
@@ -561,24 +695,132 @@ impl PeerCore {
         for id in ids {
             let _ = self.close_session(now, &id);
         }
+        self.after(now);
+    }
+
+    /// After every input: pass data between the sessions and the relays until neither has
+    /// more, add gathered candidates to the sessions, remove dead sessions.
+    fn after(&mut self, now: Instant) {
+        for _ in 0..NAT_ROUNDS {
+            let mut progressed = false;
+            while let Some(d) = self.out.relayed.pop_front() {
+                self.nat.send_relayed(now, d.source, d.destination, &d.data);
+                progressed = true;
+            }
+            while let Some(d) = self.nat.poll_datagram() {
+                self.out.transmits.push_back(Datagram {
+                    source: d.source,
+                    destination: d.destination,
+                    data: d.data,
+                });
+            }
+            while let Some(RelayedData {
+                peer,
+                relayed,
+                data,
+            }) = self.nat.poll_received()
+            {
+                self.accept_datagram(now, peer, relayed, &data);
+                progressed = true;
+            }
+            while let Some(e) = self.nat.poll_event() {
+                self.on_nat_event(now, e);
+                progressed = true;
+            }
+            if !progressed {
+                break;
+            }
+        }
+        if self.nat.gathering_done() {
+            for s in self.sessions.values_mut() {
+                if s.gathering_pending {
+                    s.gathering_pending = false;
+                    self.out.event(PeerEvent::GatheringComplete {
+                        peer_id: s.peer_id.clone(),
+                    });
+                }
+            }
+        }
         self.reap(now);
+    }
+
+    fn on_nat_event(&mut self, now: Instant, e: NatEvent) {
+        match e {
+            NatEvent::Candidate { candidate, from } => {
+                let relayed = candidate.kind() == CandidateKind::Relayed;
+                if relayed {
+                    let transport = self
+                        .nat
+                        .relay_transport(candidate.addr())
+                        .unwrap_or(RelayTransport::Udp);
+                    self.out.relay_addrs.retain(|(a, _)| *a != candidate.addr());
+                    self.out.relay_addrs.push((candidate.addr(), transport));
+                }
+                self.out.event(PeerEvent::CandidateGathered {
+                    kind: kind_name(candidate.kind()).to_string(),
+                    addr: candidate.addr(),
+                    from,
+                });
+                if self.config.nat.relay_only && !relayed {
+                    return;
+                }
+                for s in self.sessions.values_mut() {
+                    if !s.is_live() {
+                        continue;
+                    }
+                    if let Some(c) = s.rtc.add_local_candidate(candidate.clone()) {
+                        let line = c.to_sdp_string();
+                        self.out.event(PeerEvent::LocalCandidate {
+                            peer_id: s.peer_id.clone(),
+                            candidate: line,
+                            sdp_mid: s.sdp_mid.clone(),
+                            sdp_m_line_index: Some(0),
+                        });
+                    }
+                    service(s, now, &self.config, &mut self.out);
+                }
+            }
+            NatEvent::RelayLost { addr } => {
+                self.out.relay_addrs.retain(|(a, _)| *a != addr);
+            }
+            NatEvent::ServerError { uri, reason } => {
+                self.out.event(PeerEvent::NatServerError { uri, reason });
+            }
+        }
     }
 
     fn live_count(&self) -> usize {
         self.sessions.values().filter(|s| s.is_live()).count()
     }
 
-    fn new_session(&mut self, now: Instant, peer_id: &str) -> Box<Session> {
+    /// A session with every candidate we have: host ones (unless relay-only), and what
+    /// gathering has found so far (the rest is trickled as it comes). Returns the candidates'
+    /// SDP lines for trickling.
+    fn new_session(&mut self, now: Instant, peer_id: &str) -> (Box<Session>, Vec<String>) {
         let mut rtc = self.rtc_config.clone().build(now);
-        for addr in &self.local_addrs {
-            match Candidate::host(*addr, "udp") {
-                Ok(c) => {
-                    rtc.add_local_candidate(c);
+        let mut lines = Vec::new();
+        if !self.config.nat.relay_only {
+            for addr in &self.local_addrs {
+                match Candidate::host(*addr, "udp") {
+                    Ok(c) => {
+                        if let Some(c) = rtc.add_local_candidate(c) {
+                            lines.push(c.to_sdp_string());
+                        }
+                    }
+                    Err(e) => warn!(%addr, "cannot use local address as candidate: {e}"),
                 }
-                Err(e) => warn!(%addr, "cannot use local address as candidate: {e}"),
             }
         }
-        Box::new(Session::new(peer_id.to_string(), rtc, now, &self.config))
+        // Allocations are made when sessions exist: count this one in now.
+        self.nat.set_sessions(now, self.sessions.len() + 1);
+        for c in self.nat.candidates() {
+            if let Some(c) = rtc.add_local_candidate(c) {
+                lines.push(c.to_sdp_string());
+            }
+        }
+        let mut s = Box::new(Session::new(peer_id.to_string(), rtc, now, &self.config));
+        s.gathering_pending = true;
+        (s, lines)
     }
 
     fn remote_offer(&mut self, now: Instant, peer_id: String, sdp: &str) -> Result<(), PeerError> {
@@ -590,9 +832,14 @@ impl PeerCore {
             reason: e.to_string(),
         })?;
 
-        // Renegotiation of a live session.
+        let ufrag = sdp_ufrag(sdp);
+        // Renegotiation of a live session (an offer of ours still pending — an ICE restart —
+        // gives way: str0m drops it when it accepts the viewer's).
         if let Some(s) = self.sessions.get_mut(&peer_id) {
-            if s.is_live() && s.pending_offer.is_none() {
+            if s.is_live() && (s.pending_offer.is_none() || s.connected) {
+                let restart =
+                    s.remote_ufrag.is_some() && ufrag.is_some() && s.remote_ufrag != ufrag;
+                remember_sdp_candidates(s, sdp);
                 let answer = s
                     .rtc
                     .sdp_api()
@@ -601,9 +848,19 @@ impl PeerCore {
                         peer_id: peer_id.clone(),
                         reason: e.to_string(),
                     })?;
+                s.pending_offer = None;
                 s.video_pt = None;
                 s.audio_pt = None;
                 s.video_rtx_sized = false;
+                if restart {
+                    s.remote_ufrag = ufrag;
+                    info!(peer = %peer_id, "the viewer restarted ICE");
+                    self.out.event(PeerEvent::IceRestart {
+                        peer_id: peer_id.clone(),
+                        reason: "the viewer's offer restarts ICE".to_string(),
+                    });
+                    self.nat.regather(now);
+                }
                 self.out.event(PeerEvent::LocalAnswer {
                     peer_id: peer_id.clone(),
                     sdp: answer.to_sdp_string(),
@@ -624,7 +881,9 @@ impl PeerCore {
             return Ok(());
         }
 
-        let mut s = self.new_session(now, &peer_id);
+        let (mut s, lines) = self.new_session(now, &peer_id);
+        s.remote_ufrag = ufrag;
+        remember_sdp_candidates(&mut s, sdp);
         let answer: SdpAnswer =
             s.rtc
                 .sdp_api()
@@ -642,7 +901,7 @@ impl PeerCore {
             peer_id: peer_id.clone(),
             sdp: sdp.clone(),
         });
-        self.emit_local_candidates(&peer_id, &sdp);
+        self.emit_local_candidates(&mut s, &sdp, lines);
         self.apply_held_candidates(&mut s, held, now);
         start_checks(&mut s, now);
         service(&mut s, now, &self.config, &mut self.out);
@@ -663,7 +922,7 @@ impl PeerCore {
             self.out.event(PeerEvent::OfferRefused { peer_id, reason });
             return Ok(());
         }
-        let mut s = self.new_session(now, &peer_id);
+        let (mut s, lines) = self.new_session(now, &peer_id);
         let mut api = s.rtc.sdp_api();
         if self.config.video.is_some() {
             s.video_mid =
@@ -688,7 +947,7 @@ impl PeerCore {
             peer_id: peer_id.clone(),
             sdp: sdp.clone(),
         });
-        self.emit_local_candidates(&peer_id, &sdp);
+        self.emit_local_candidates(&mut s, &sdp, lines);
         service(&mut s, now, &self.config, &mut self.out);
         self.sessions.insert(peer_id, s);
         Ok(())
@@ -714,7 +973,13 @@ impl PeerCore {
                 reason: e.to_string(),
             });
         }
-        s.timing.answer_sent = Some(now.saturating_duration_since(s.started));
+        s.timing
+            .answer_sent
+            .get_or_insert(now.saturating_duration_since(s.started));
+        if s.remote_ufrag.is_none() {
+            s.remote_ufrag = sdp_ufrag(sdp);
+        }
+        remember_sdp_candidates(&mut s, sdp);
         let held = self.pending_candidates.remove(&peer_id);
         self.apply_held_candidates(&mut s, held, now);
         start_checks(&mut s, now);
@@ -750,6 +1015,7 @@ impl PeerCore {
         };
         match parse_candidate(&candidate) {
             Ok(ParsedCandidate::Candidate(c)) => {
+                s.remember_remote(&c);
                 s.rtc.add_remote_candidate(c);
                 service(s, now, &self.config, &mut self.out);
                 Ok(())
@@ -779,6 +1045,7 @@ impl PeerCore {
             match parse_candidate(&c.candidate) {
                 Ok(ParsedCandidate::Candidate(c)) => {
                     debug!(peer = %s.peer_id, "applying held candidate {c}");
+                    s.remember_remote(&c);
                     s.rtc.add_remote_candidate(c);
                 }
                 Ok(ParsedCandidate::Ignored(why)) => debug!(peer = %s.peer_id, why, "ignored"),
@@ -787,24 +1054,27 @@ impl PeerCore {
         }
     }
 
-    fn emit_local_candidates(&mut self, peer_id: &str, sdp: &str) {
-        let first_mid = sdp
+    /// Trickle the session's first candidates; gathering complete is announced now or when
+    /// the probes and allocations running finish (see [`PeerCore::after`]).
+    fn emit_local_candidates(&mut self, s: &mut Session, sdp: &str, lines: Vec<String>) {
+        s.sdp_mid = sdp
             .lines()
             .find_map(|l| l.trim().strip_prefix("a=mid:"))
             .map(|m| m.trim().to_string());
-        for addr in &self.local_addrs {
-            if let Ok(c) = Candidate::host(*addr, "udp") {
-                self.out.event(PeerEvent::LocalCandidate {
-                    peer_id: peer_id.to_string(),
-                    candidate: c.to_sdp_string(),
-                    sdp_mid: first_mid.clone(),
-                    sdp_m_line_index: Some(0),
-                });
-            }
+        for candidate in lines {
+            self.out.event(PeerEvent::LocalCandidate {
+                peer_id: s.peer_id.clone(),
+                candidate,
+                sdp_mid: s.sdp_mid.clone(),
+                sdp_m_line_index: Some(0),
+            });
         }
-        self.out.event(PeerEvent::GatheringComplete {
-            peer_id: peer_id.to_string(),
-        });
+        if self.nat.gathering_done() {
+            s.gathering_pending = false;
+            self.out.event(PeerEvent::GatheringComplete {
+                peer_id: s.peer_id.clone(),
+            });
+        }
     }
 
     fn send_data(
@@ -868,6 +1138,7 @@ impl PeerCore {
             info!(peer = %id, ?stats, "session closed");
             self.out.event(PeerEvent::Closed { peer_id: id, stats });
         }
+        self.nat.set_sessions(now, self.sessions.len());
     }
 }
 
@@ -907,7 +1178,17 @@ impl DrainTarget for Serviced<'_> {
     }
 
     fn transmit(&mut self, datagram: Datagram) {
-        self.out.transmits.push_back(datagram);
+        note_path(self.s, &datagram, self.out);
+        if self
+            .out
+            .relay_addrs
+            .iter()
+            .any(|(a, _)| *a == datagram.source)
+        {
+            self.out.relayed.push_back(datagram);
+        } else {
+            self.out.transmits.push_back(datagram);
+        }
     }
 
     fn event(&mut self, event: Event) -> bool {
@@ -952,6 +1233,7 @@ fn on_event(
                 IceConnectionState::Connected | IceConnectionState::Completed => {
                     s.timing.ice_connected.get_or_insert(since);
                     s.disconnected_since = None;
+                    s.restart_sent = false;
                 }
                 IceConnectionState::Disconnected => {
                     s.disconnected_since.get_or_insert(now);
@@ -1224,6 +1506,96 @@ fn flush_data(s: &mut Session) {
             }
         }
     }
+}
+
+fn kind_name(kind: CandidateKind) -> &'static str {
+    match kind {
+        CandidateKind::Host => "host",
+        CandidateKind::ServerReflexive => "srflx",
+        CandidateKind::PeerReflexive => "prflx",
+        CandidateKind::Relayed => "relay",
+    }
+}
+
+/// The `a=ice-ufrag` of an SDP (the session-level one, or the first media's).
+fn sdp_ufrag(sdp: &str) -> Option<String> {
+    sdp.lines()
+        .find_map(|l| l.trim().strip_prefix("a=ice-ufrag:"))
+        .map(|u| u.trim().to_string())
+}
+
+/// Remember the types of the candidates an SDP carries (for [`PeerEvent::PathSelected`]).
+fn remember_sdp_candidates(s: &mut Session, sdp: &str) {
+    for line in sdp.lines() {
+        let Some(c) = line.trim().strip_prefix("a=") else {
+            continue;
+        };
+        if c.starts_with("candidate:") {
+            if let Ok(ParsedCandidate::Candidate(c)) = parse_candidate(c) {
+                s.remember_remote(&c);
+            }
+        }
+    }
+}
+
+/// Note the candidate pair media goes out on; a change is reported. STUN (first byte 0..=3)
+/// is left out: ICE checks go on every pair, media only on the selected one.
+fn note_path(s: &mut Session, d: &Datagram, out: &mut Outputs) {
+    let media = matches!(d.data.first(), Some(20..=63 | 128..=191));
+    if !media || s.path == Some((d.source, d.destination)) {
+        return;
+    }
+    s.path = Some((d.source, d.destination));
+    let relay = out
+        .relay_addrs
+        .iter()
+        .find(|(a, _)| *a == d.source)
+        .map(|(_, t)| *t);
+    let remote_kind = s
+        .remote_kinds
+        .iter()
+        .find(|(a, _)| *a == d.destination)
+        .map_or("prflx", |(_, k)| *k);
+    let path = SelectedPath {
+        local_kind: if relay.is_some() { "relay" } else { "host" },
+        relay_transport: relay.map(|t| t.to_string()),
+        remote_kind,
+        local: d.source,
+        remote: d.destination,
+    };
+    info!(peer = %s.peer_id, %path, "media path");
+    out.event(PeerEvent::PathSelected {
+        peer_id: s.peer_id.clone(),
+        path,
+    });
+}
+
+/// The device restarts ICE itself: an offer with new credentials, keeping its candidates
+/// (gathering again adds any new public address); the viewer's answer completes it.
+fn restart_ice(s: &mut Session, now: Instant, out: &mut Outputs) {
+    let mut api = s.rtc.sdp_api();
+    api.ice_restart(true);
+    let Some((offer, pending)) = api.apply() else {
+        return;
+    };
+    s.pending_offer = Some(pending);
+    s.restart_sent = true;
+    let lost = s
+        .disconnected_since
+        .map(|t| now.saturating_duration_since(t))
+        .unwrap_or_default();
+    info!(peer = %s.peer_id, ?lost, "restarting ICE");
+    out.event(PeerEvent::IceRestart {
+        peer_id: s.peer_id.clone(),
+        reason: format!(
+            "no connectivity for {} ms; offering new ICE credentials",
+            lost.as_millis()
+        ),
+    });
+    out.event(PeerEvent::LocalOffer {
+        peer_id: s.peer_id.clone(),
+        sdp: offer.to_sdp_string(),
+    });
 }
 
 #[cfg(test)]

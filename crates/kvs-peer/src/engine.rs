@@ -15,8 +15,9 @@
 //! Frames come in through [`FrameSink`]s: bounded channels fed with `try_send` from capture
 //! threads (never blocking them; a full sink drops the frame and counts it).
 
-use crate::api::{Datagram, PeerCommand, PeerConfig, PeerError, PeerEvent};
+use crate::api::{Datagram, IceServer, PeerCommand, PeerConfig, PeerError, PeerEvent};
 use crate::core::PeerCore;
+use crate::nat::{NatServer, StreamIo};
 use crate::udp::{RecvBatch, SendBatcher, UdpIo};
 use kvs_media::fanout::FanoutKind;
 use kvs_platform::EncodedFrame;
@@ -25,7 +26,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::net::UdpSocket;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
@@ -34,6 +36,33 @@ pub const EVENT_BACKLOG_LIMIT: usize = 1024;
 /// Received datagrams waiting for the engine task.
 const NET_QUEUE: usize = 1024;
 const COMMAND_QUEUE: usize = 64;
+/// Results of name lookups and TURN connections waiting for the engine task.
+const NAT_QUEUE: usize = 256;
+/// Writes queued per TURN connection; a connection that falls this far behind is closed
+/// (its relay fails over to the others) rather than buffering without bound.
+const STREAM_WRITE_QUEUE: usize = 512;
+const TCP_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+const LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What the engine's helper tasks report (name lookups, TURN connections).
+enum NatInput {
+    Resolved {
+        generation: u64,
+        servers: Vec<NatServer>,
+    },
+    StreamConnected {
+        conn: u64,
+        local: SocketAddr,
+    },
+    StreamData {
+        conn: u64,
+        data: Vec<u8>,
+    },
+    StreamClosed {
+        conn: u64,
+        why: String,
+    },
+}
 
 enum EngineMsg {
     Command(PeerCommand, oneshot::Sender<Result<(), PeerError>>),
@@ -172,16 +201,30 @@ impl PeerEngine {
         drop(net_tx);
 
         let sessions = Arc::new(AtomicUsize::new(0));
+        let initial_servers = config.ice_servers.clone();
         let core = PeerCore::new(config, local_addrs.clone(), Some(cert));
-        let driver = Driver {
+        let (nat_tx, nat_rx) = mpsc::channel(NAT_QUEUE);
+        let mut driver = Driver {
             core,
             sockets,
             events: event_tx,
             backlog: VecDeque::new(),
             sessions: sessions.clone(),
+            nat_tx,
+            streams: HashMap::new(),
+            lookup_generation: 0,
         };
+        // The configured servers, as if signaling had just handed them out.
+        let all = driver.core.with_own_servers(&initial_servers);
+        driver.resolve(&all);
+        let _ = driver.core.handle_command(
+            Instant::now(),
+            PeerCommand::SetIceServers {
+                servers: initial_servers,
+            },
+        );
         tokio::spawn(async move {
-            driver.run(cmd_rx, video_rx, audio_rx, net_rx).await;
+            driver.run(cmd_rx, video_rx, audio_rx, net_rx, nat_rx).await;
             for t in recv_tasks {
                 t.abort();
             }
@@ -309,6 +352,11 @@ struct Driver {
     events: mpsc::Sender<PeerEvent>,
     backlog: VecDeque<PeerEvent>,
     sessions: Arc<AtomicUsize>,
+    nat_tx: mpsc::Sender<NatInput>,
+    /// TURN connections: the writer queue of each.
+    streams: HashMap<u64, mpsc::Sender<Vec<u8>>>,
+    /// Lookups of an older server list are ignored when they finish.
+    lookup_generation: u64,
 }
 
 impl Driver {
@@ -318,6 +366,7 @@ impl Driver {
         mut video: mpsc::Receiver<EncodedFrame>,
         mut audio: mpsc::Receiver<EncodedFrame>,
         mut net: mpsc::Receiver<Received>,
+        mut nat: mpsc::Receiver<NatInput>,
     ) {
         let mut shutdown_reply = None;
         let mut orphaned = false;
@@ -328,6 +377,10 @@ impl Driver {
             tokio::select! {
                 msg = commands.recv() => match msg {
                     Some(EngineMsg::Command(cmd, reply)) => {
+                        if let PeerCommand::SetIceServers { servers } = &cmd {
+                            let all = self.core.with_own_servers(servers);
+                            self.resolve(&all);
+                        }
                         let r = self.core.handle_command(Instant::now(), cmd);
                         self.sessions.store(self.core.session_count(), Ordering::Relaxed);
                         let _ = reply.send(r);
@@ -348,6 +401,7 @@ impl Driver {
                         self.flush_transmits();
                     }
                 }
+                Some(input) = nat.recv() => self.on_nat_input(input),
                 permit = events.reserve(), if has_backlog => {
                     if let (Ok(permit), Some(e)) = (permit, self.backlog.pop_front()) {
                         permit.send(e);
@@ -358,6 +412,7 @@ impl Driver {
                 }
             }
             self.flush_transmits();
+            self.flush_streams();
             // Count first: an application that sees `Closed` must see the new count.
             self.sessions
                 .store(self.core.session_count(), Ordering::Relaxed);
@@ -374,6 +429,116 @@ impl Driver {
         if let Some(reply) = shutdown_reply {
             let _ = reply.send(());
         }
+    }
+
+    /// Look up the servers' names in the background; the core gets the whole list when done
+    /// (literal addresses it has already taken from the command itself).
+    fn resolve(&mut self, servers: &[IceServer]) {
+        self.lookup_generation += 1;
+        let generation = self.lookup_generation;
+        let (parsed, bad) = crate::nat::parse_ice_servers(servers);
+        for e in bad {
+            warn!("ICE server ignored: {e}");
+        }
+        if parsed.is_empty() || parsed.iter().all(|s| s.literal().is_some()) {
+            return;
+        }
+        let tx = self.nat_tx.clone();
+        tokio::spawn(async move {
+            // All lookups at once: one name that does not resolve (the regional STUN server
+            // seen from an offline network) must not hold up the others.
+            let mut lookups = tokio::task::JoinSet::new();
+            for (index, server) in parsed.into_iter().enumerate() {
+                lookups.spawn(async move {
+                    if let Some(s) = server.literal() {
+                        return (index, Some(s));
+                    }
+                    let host = (server.parsed.host.as_str(), server.parsed.port);
+                    match tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host(host)).await
+                    {
+                        Ok(Ok(addrs)) => {
+                            let addrs: Vec<SocketAddr> = addrs.collect();
+                            // IPv4 first: that is where NATs (and so the need for these) are.
+                            let pick = addrs.iter().find(|a| a.is_ipv4()).or(addrs.first());
+                            (index, pick.map(|a| server.at(*a)))
+                        }
+                        Ok(Err(e)) => {
+                            warn!(uri = %server.uri, "cannot resolve ICE server: {e}");
+                            (index, None)
+                        }
+                        Err(_) => {
+                            warn!(uri = %server.uri, "ICE server lookup timed out");
+                            (index, None)
+                        }
+                    }
+                });
+            }
+            let mut resolved: Vec<(usize, NatServer)> = Vec::new();
+            while let Some(done) = lookups.join_next().await {
+                if let Ok((index, Some(server))) = done {
+                    resolved.push((index, server));
+                }
+            }
+            resolved.sort_by_key(|(i, _)| *i);
+            let _ = tx
+                .send(NatInput::Resolved {
+                    generation,
+                    servers: resolved.into_iter().map(|(_, s)| s).collect(),
+                })
+                .await;
+        });
+    }
+
+    fn on_nat_input(&mut self, input: NatInput) {
+        let now = Instant::now();
+        match input {
+            NatInput::Resolved {
+                generation,
+                servers,
+            } => {
+                if generation == self.lookup_generation {
+                    self.core.set_nat_servers(now, servers);
+                }
+            }
+            NatInput::StreamConnected { conn, local } => {
+                self.core.stream_connected(now, conn, local)
+            }
+            NatInput::StreamData { conn, data } => self.core.stream_data(now, conn, &data),
+            NatInput::StreamClosed { conn, why } => {
+                if self.streams.remove(&conn).is_some() {
+                    self.core.stream_closed(now, conn, &why);
+                }
+            }
+        }
+    }
+
+    /// Open, write and close the TURN connections the core asks for.
+    fn flush_streams(&mut self) {
+        while let Some(io) = self.core.poll_stream_io() {
+            match io {
+                StreamIo::Connect { conn, server } => {
+                    let (wtx, wrx) = mpsc::channel(STREAM_WRITE_QUEUE);
+                    self.streams.insert(conn, wtx);
+                    tokio::spawn(run_stream(conn, server, wrx, self.nat_tx.clone()));
+                }
+                StreamIo::Write { conn, data } => {
+                    let Some(w) = self.streams.get(&conn) else {
+                        continue;
+                    };
+                    if w.try_send(data).is_err() {
+                        warn!(conn, "TURN connection not keeping up; closing it");
+                        self.streams.remove(&conn);
+                        self.core
+                            .stream_closed(Instant::now(), conn, "write queue full");
+                    }
+                }
+                StreamIo::Close { conn } => {
+                    // Dropping the writer ends the connection's task.
+                    self.streams.remove(&conn);
+                }
+            }
+        }
+        self.flush_transmits();
     }
 
     fn flush_transmits(&mut self) {
@@ -435,6 +600,87 @@ impl Driver {
             }
         }
     }
+}
+
+/// One TCP connection to a TURN server: connect, then copy bytes both ways until either
+/// side ends; every outcome is reported to the engine.
+async fn run_stream(
+    conn: u64,
+    server: SocketAddr,
+    mut writes: mpsc::Receiver<Vec<u8>>,
+    tx: mpsc::Sender<NatInput>,
+) {
+    let stream = match tokio::time::timeout(TCP_CONNECT_TIMEOUT, TcpStream::connect(server)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            let _ = tx
+                .send(NatInput::StreamClosed {
+                    conn,
+                    why: e.to_string(),
+                })
+                .await;
+            return;
+        }
+        Err(_) => {
+            let _ = tx
+                .send(NatInput::StreamClosed {
+                    conn,
+                    why: format!("no connection within {TCP_CONNECT_TIMEOUT:?}"),
+                })
+                .await;
+            return;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let local = match stream.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = tx
+                .send(NatInput::StreamClosed {
+                    conn,
+                    why: e.to_string(),
+                })
+                .await;
+            return;
+        }
+    };
+    if tx
+        .send(NatInput::StreamConnected { conn, local })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let (mut rd, mut wr) = stream.into_split();
+    let reader = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) => return "closed by the server".to_string(),
+                Ok(n) => {
+                    let data = buf[..n].to_vec();
+                    if tx.send(NatInput::StreamData { conn, data }).await.is_err() {
+                        return "engine gone".to_string();
+                    }
+                }
+                Err(e) => return e.to_string(),
+            }
+        }
+    };
+    let writer = async {
+        while let Some(d) = writes.recv().await {
+            if let Err(e) = wr.write_all(&d).await {
+                return e.to_string();
+            }
+        }
+        "closed by us".to_string()
+    };
+    let why = tokio::select! {
+        w = reader => w,
+        w = writer => w,
+    };
+    debug!(conn, %server, %why, "TURN connection ended");
+    let _ = tx.send(NatInput::StreamClosed { conn, why }).await;
 }
 
 #[cfg(test)]

@@ -5,6 +5,8 @@
 //!   carry `now`; outputs (datagrams, events, next timeout) are polled.
 //! - [`engine`]: the tokio driver ([`PeerEngine`], [`PeerHandle`], [`FrameSink`]): UDP sockets
 //!   (one per bind address, shared by all sessions), the engine task, bounded channels.
+//! - [`nat`]: NAT traversal, sans-IO: server-reflexive candidates (STUN Binding per socket) and
+//!   relayed candidates (TURN allocations over UDP/TCP/TLS shared by all sessions).
 //! - `udp`: batched UDP I/O (segmented sends, `recvmmsg`) and the sans-IO send grouping.
 //! - `drain`: the one loop that drains a str0m `Rtc` after every change (used by both cores).
 //! - [`viewer`]: a Rust viewer peer (sans-IO core + small driver) for tests and benchmarks,
@@ -23,6 +25,7 @@ pub mod candidate;
 pub mod core;
 mod drain;
 pub mod engine;
+pub mod nat;
 #[cfg(test)]
 mod sim;
 #[doc(hidden)]

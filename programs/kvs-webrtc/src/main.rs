@@ -78,6 +78,28 @@ pub(crate) struct DeviceArgs {
     #[arg(long = "media-bind")]
     media_bind: Vec<IpAddr>,
 
+    /// A STUN server of our own for server-reflexive candidates, e.g. stun:203.0.113.1:3478
+    /// (repeatable; KVS's regional one and the UDP TURN servers are asked anyway).
+    #[arg(long = "stun-uri", value_name = "URI")]
+    stun_uris: Vec<String>,
+
+    /// Do not allocate relayed candidates on the TURN servers signaling hands out.
+    #[arg(long, conflicts_with = "relay_only")]
+    no_turn: bool,
+
+    /// Offer relayed (TURN) candidates only: viewers never learn the device's addresses.
+    #[arg(long)]
+    relay_only: bool,
+
+    /// Extra CA certificate (PEM) to trust for turns: (TLS) servers.
+    #[arg(long, value_name = "FILE")]
+    turn_ca_file: Option<PathBuf>,
+
+    /// Restart ICE from the device after a viewer's path has been lost this many
+    /// milliseconds (0: never; default 1000).
+    #[arg(long, value_name = "MS")]
+    ice_restart_after_ms: Option<u64>,
+
     /// Stream an Annex-B H.264 file (looped) instead of the test pattern.
     #[arg(long, conflicts_with = "h264_stdin")]
     h264_file: Option<PathBuf>,
@@ -140,6 +162,21 @@ impl DeviceArgs {
         }
         for ip in &self.media_bind {
             push("--media-bind", Some(ip.to_string()));
+        }
+        for uri in &self.stun_uris {
+            push("--stun-uri", Some(uri.clone()));
+        }
+        if self.no_turn {
+            push("--no-turn", None);
+        }
+        if self.relay_only {
+            push("--relay-only", None);
+        }
+        if let Some(f) = &self.turn_ca_file {
+            push("--turn-ca-file", Some(f.to_string_lossy().into_owned()));
+        }
+        if let Some(ms) = self.ice_restart_after_ms {
+            push("--ice-restart-after-ms", Some(ms.to_string()));
         }
         if let Some(f) = &self.h264_file {
             push("--h264-file", Some(f.to_string_lossy().into_owned()));
@@ -226,6 +263,20 @@ impl DeviceArgs {
         if !self.media_bind.is_empty() {
             config.session.media_bind = self.media_bind;
         }
+        config.nat.stun_urls.extend(self.stun_uris);
+        if self.no_turn {
+            config.nat.use_turn = false;
+        }
+        if self.relay_only {
+            config.nat.relay_only = true;
+            config.nat.use_turn = true;
+        }
+        if let Some(f) = self.turn_ca_file {
+            config.nat.turn_ca_file = Some(f);
+        }
+        if let Some(ms) = self.ice_restart_after_ms {
+            config.nat.ice_restart_after = std::time::Duration::from_millis(ms);
+        }
         if let Some(path) = self.h264_file {
             config.video = VideoSourceConfig::H264File {
                 path,
@@ -258,7 +309,9 @@ async fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,str0m=warn,dimpl=warn".into()),
+                .unwrap_or_else(|_| {
+                    "info,str0m=warn,dimpl=warn,turn_client_proto=warn,turn_client_rustls=warn,stun_proto=warn,turn_types=warn".into()
+                }),
         )
         // Every line through the one redaction: no dependency can log a token or a key.
         .with_writer(|| kvs_aws::redact::RedactingWriter::new(std::io::stderr()))
@@ -392,6 +445,10 @@ pub(crate) async fn report_events(mut events: tokio::sync::broadcast::Receiver<k
                         | EventKind::PeerRefused
                         | EventKind::FirstFrameSent
                         | EventKind::StreamingStopped
+                        | EventKind::IceCandidateGathered
+                        | EventKind::IcePairSelected
+                        | EventKind::IceRestart
+                        | EventKind::TurnError
                         | EventKind::Error
                 );
                 if show {

@@ -56,7 +56,7 @@ window.startViewer = async function startViewer(config) {
       systemClockOffset: kinesisVideo.config.systemClockOffset,
     });
     // `relay` makes the browser use TURN only (the test of minted TURN credentials).
-    const pc = new RTCPeerConnection({ iceServers, iceTransportPolicy: config.iceTransportPolicy || 'all' });
+    const pc = new RTCPeerConnection({ iceServers: config.iceServers || iceServers, iceTransportPolicy: config.iceTransportPolicy || 'all' });
     v.pc = pc;
     v.signalingClient = signalingClient;
     pc.addTransceiver('video', { direction: 'recvonly' });

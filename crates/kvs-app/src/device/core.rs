@@ -735,6 +735,26 @@ impl DeviceCore {
                 }
                 self.update_ready();
             }
+            PeerEvent::PathSelected { peer_id, path } => {
+                self.event(AppEvent::peer(
+                    K::IcePairSelected,
+                    &peer_id,
+                    path.to_string(),
+                ));
+            }
+            PeerEvent::IceRestart { peer_id, reason } => {
+                self.event(AppEvent::peer(K::IceRestart, &peer_id, reason));
+            }
+            PeerEvent::CandidateGathered { kind, addr, from } => {
+                let how = if kind == "relay" { "via" } else { "from" };
+                self.event(AppEvent::new(
+                    K::IceCandidateGathered,
+                    format!("{kind} {addr} {how} {from}"),
+                ));
+            }
+            PeerEvent::NatServerError { uri, reason } => {
+                self.event(AppEvent::new(K::TurnError, format!("{uri}: {reason}")).with_status(1));
+            }
         }
     }
 }

@@ -228,6 +228,43 @@ fn peer_config(
         data_channel: true,
         resend_window: session.resend_window,
         video_bitrate_bps: config.video.nominal_bitrate_bps(),
+        nat: nat_policy(config),
         ..PeerConfig::default()
+    }
+}
+
+/// `[nat]` as the engine takes it. TLS for `turns:` trusts the public roots, plus
+/// `nat.turn_ca_file` and the signaling CA (`signaling.ca_file`, a local service's).
+fn nat_policy(config: &DeviceConfig) -> kvs_peer::nat::NatPolicy {
+    let nat = &config.nat;
+    let mut pem = Vec::new();
+    let signaling_ca = match &config.signaling {
+        crate::config::SignalingConfig::Kvs { ca_file, .. } => ca_file.clone(),
+        _ => None,
+    };
+    for file in nat.turn_ca_file.iter().chain(signaling_ca.iter()) {
+        match std::fs::read(file) {
+            Ok(bytes) => pem.extend_from_slice(&bytes),
+            Err(e) => {
+                tracing::warn!(file = %file.display(), "cannot read CA for turns: servers: {e}")
+            }
+        }
+    }
+    let extra = (!pem.is_empty()).then_some(pem.as_slice());
+    let turn_tls = match kvs_aws::https::client_tls_config(extra, false) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!("TLS for turns: servers unavailable: {e}");
+            None
+        }
+    };
+    kvs_peer::nat::NatPolicy {
+        stun_urls: nat.stun_urls.clone(),
+        use_stun: true,
+        use_turn: nat.use_turn,
+        relay_only: nat.relay_only,
+        max_turn_allocations: nat.max_turn_allocations,
+        ice_restart_after: (!nat.ice_restart_after.is_zero()).then_some(nat.ice_restart_after),
+        turn_tls,
     }
 }
