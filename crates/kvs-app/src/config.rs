@@ -613,8 +613,9 @@ pub struct NatConfig {
     pub relay_only: bool,
     /// Most TURN allocations at once; they are shared by every viewer (one per TURN URI).
     pub max_turn_allocations: usize,
-    /// Restart ICE from the device when a viewer's path has been lost this long (a new offer
-    /// with new ICE credentials); 0 = leave it to the viewer.
+    /// Restart ICE from the device when nothing has come from a viewer for this long, or its
+    /// ICE reports the path lost (a new offer with new ICE credentials, sent to the viewer);
+    /// 0 = leave it to the viewer.
     #[serde(with = "duration_millis")]
     pub ice_restart_after: Duration,
     /// Extra CA certificate(s) (PEM) to trust for `turns:` servers, besides the public roots.
@@ -628,7 +629,7 @@ impl Default for NatConfig {
             use_turn: true,
             relay_only: false,
             max_turn_allocations: 6,
-            ice_restart_after: Duration::from_millis(1000),
+            ice_restart_after: Duration::from_millis(2000),
             turn_ca_file: None,
         }
     }
@@ -732,6 +733,7 @@ impl DeviceConfig {
                 self.nat.max_turn_allocations
             ));
         }
+        #[cfg(feature = "media")]
         for url in &self.nat.stun_urls {
             match kvs_peer::nat::IceUri::parse(url) {
                 Ok(u) if u.kind == kvs_peer::nat::ServerKind::Stun => {}

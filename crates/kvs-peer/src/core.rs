@@ -176,6 +176,8 @@ struct Session {
     remote_ufrag: Option<String>,
     /// The device has offered an ICE restart for the current loss of connectivity.
     restart_sent: bool,
+    /// When the last datagram from the viewer arrived (any: RTCP, STUN, media, data).
+    last_received: Instant,
     /// Gathering was still running when the session started: GatheringComplete is owed.
     gathering_pending: bool,
 }
@@ -212,6 +214,7 @@ impl Session {
             remote_kinds: Vec::new(),
             remote_ufrag: None,
             restart_sent: false,
+            last_received: now,
             gathering_pending: false,
         }
     }
@@ -413,9 +416,9 @@ impl PeerCore {
             }
             if let Some(since) = s.disconnected_since {
                 t = t.min(since + self.config.disconnected_timeout);
-                if let (Some(after), false, true) = (restart_after, s.restart_sent, s.connected) {
-                    t = t.min(since + after);
-                }
+            }
+            if let (Some(after), false, true) = (restart_after, s.restart_sent, s.connected) {
+                t = t.min(lost_since(s) + after);
             }
             if s.keyframe_request_pending {
                 if let Some(last) = s.last_keyframe_request {
@@ -577,6 +580,7 @@ impl PeerCore {
         if let Err(e) = s.rtc.handle_input(input) {
             s.fail(format!("input rejected: {e}"));
         }
+        s.last_received = now;
         service(s, now, &self.config, &mut self.out);
         self.reap(now);
         true
@@ -609,15 +613,16 @@ impl PeerCore {
                         "ICE disconnected for more than {:?}",
                         self.config.disconnected_timeout
                     ));
-                } else if let Some(after) = restart_after {
-                    if !s.restart_sent
-                        && s.connected
-                        && s.is_live()
-                        && now.saturating_duration_since(since) >= after
-                    {
-                        restart_ice(s, now, &mut self.out);
-                        restarted = true;
-                    }
+                }
+            }
+            if let Some(after) = restart_after {
+                if !s.restart_sent
+                    && s.connected
+                    && s.is_live()
+                    && now.saturating_duration_since(lost_since(s)) >= after
+                {
+                    restart_ice(s, now, &mut self.out);
+                    restarted = true;
                 }
             }
             // Only sessions whose own timer is due are driven: polling an `Rtc` is not free,
@@ -966,6 +971,15 @@ impl PeerCore {
             return Err(PeerError::NoPendingOffer(peer_id));
         };
         if let Err(e) = s.rtc.sdp_api().accept_answer(pending, answer) {
+            if s.connected {
+                // An answer to a restart that no longer applies: the session goes on.
+                warn!(peer = %peer_id, "answer ignored: {e}");
+                self.sessions.insert(peer_id.clone(), s);
+                return Err(PeerError::Rtc {
+                    peer_id,
+                    reason: e.to_string(),
+                });
+            }
             s.fail(format!("answer rejected: {e}"));
             self.sessions.insert(peer_id.clone(), s);
             return Err(PeerError::Rtc {
@@ -1570,6 +1584,16 @@ fn note_path(s: &mut Session, d: &Datagram, out: &mut Outputs) {
     });
 }
 
+/// Since when the session's path counts as lost: ICE said so, or nothing has come from the
+/// viewer (a browser sends RTCP receiver reports about every second while it receives
+/// video, and consent checks besides), whichever is earlier.
+fn lost_since(s: &Session) -> Instant {
+    match s.disconnected_since {
+        Some(d) => d.min(s.last_received),
+        None => s.last_received,
+    }
+}
+
 /// The device restarts ICE itself: an offer with new credentials, keeping its candidates
 /// (gathering again adds any new public address); the viewer's answer completes it.
 fn restart_ice(s: &mut Session, now: Instant, out: &mut Outputs) {
@@ -1580,10 +1604,7 @@ fn restart_ice(s: &mut Session, now: Instant, out: &mut Outputs) {
     };
     s.pending_offer = Some(pending);
     s.restart_sent = true;
-    let lost = s
-        .disconnected_since
-        .map(|t| now.saturating_duration_since(t))
-        .unwrap_or_default();
+    let lost = now.saturating_duration_since(lost_since(s));
     info!(peer = %s.peer_id, ?lost, "restarting ICE");
     out.event(PeerEvent::IceRestart {
         peer_id: s.peer_id.clone(),

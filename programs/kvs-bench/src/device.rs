@@ -6,8 +6,14 @@
 //! The software encoders run inside their own allocator buckets (see [`crate::alloc`]) and
 //! hand the SDK a copy of each frame, as a hardware encoder would hand it a buffer.
 //!
-//! Protocol: one JSON object per line on stdout (`ready`, `timing`, `peer`, `stats`); commands
-//! one per line on stdin (`stats`, `quit`). Logs go to stderr.
+//! Protocol: one JSON object per line on stdout (`ready`, `timing`, `peer`, `stats`, and with
+//! `--nat-events` also `nat`); commands one per line on stdin (`stats`, `quit`). Logs go to
+//! stderr.
+//!
+//! NAT traversal: `--ice-servers-from` asks a local service's GetIceServerConfig for the
+//! channel's ICE servers (the TURN credentials it mints), as a KVS master does, and hands them
+//! to the signaling client; `--relay-only`, `--no-turn` and `--stun-uri` are the `[nat]`
+//! settings `kvs-webrtc` takes under the same names.
 
 use crate::alloc::{self, Bucket};
 use crate::procfs;
@@ -17,7 +23,7 @@ use kvs_app::{AudioSourceConfig, Device, DeviceConfig, DeviceParts, EventKind, V
 use kvs_platform::{
     AudioCapture, AudioFormat, CaptureError, EncodedFrame, VideoCapture, VideoFormat,
 };
-use kvs_signaling::{data_plane_url, Role, WsSignalingClient};
+use kvs_signaling::{data_plane_url, Role, WsClientConfig, WsSignalingClient};
 use serde_json::json;
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
@@ -45,6 +51,58 @@ pub struct DeviceArgs {
     /// live (see [`crate::loop_camera`]).
     #[arg(long)]
     pub loop_video: bool,
+    /// A local service's control plane (`http://…`, unsigned: `--no-auth`): fetch the
+    /// channel's ICE servers (GetIceServerConfig, TURN credentials included) before starting.
+    #[arg(long)]
+    pub ice_servers_from: Option<String>,
+    /// Offer relayed candidates only (`nat.relay_only`).
+    #[arg(long, conflicts_with = "no_turn")]
+    pub relay_only: bool,
+    /// Make no TURN allocation (`nat.use_turn = false`).
+    #[arg(long)]
+    pub no_turn: bool,
+    /// A STUN server of our own, `stun:host[:port]` (`nat.stun_urls`; repeatable).
+    #[arg(long = "stun-uri")]
+    pub stun_uris: Vec<String>,
+    /// Report offers received, candidates gathered, pairs selected and TURN errors as `nat`
+    /// lines, each with its time on `CLOCK_MONOTONIC`.
+    #[arg(long)]
+    pub nat_events: bool,
+}
+
+/// The channel's ICE servers from a local service's GetIceServerConfig (plain HTTP, unsigned).
+async fn fetch_ice_servers(
+    control_plane: &str,
+    channel_arn: &str,
+) -> Result<Vec<kvs_signaling::IceServer>> {
+    use kvs_signaling::kvs::api;
+    let url = format!(
+        "{}{}",
+        control_plane.trim_end_matches('/'),
+        api::GET_ICE_PATH
+    );
+    let body = api::ice_request(channel_arn, None);
+    let answer = kvs_aws::https::send(
+        None,
+        &kvs_aws::https::Request {
+            method: "POST",
+            url: &url,
+            headers: &[("content-type", "application/json")],
+            body: body.as_bytes(),
+        },
+        api::MAX_ANSWER_BYTES,
+        std::time::Duration::from_secs(10),
+    )
+    .await
+    .with_context(|| format!("GetIceServerConfig at {url}"))?;
+    if answer.status != 200 {
+        anyhow::bail!(
+            "GetIceServerConfig at {url}: HTTP {}: {}",
+            answer.status,
+            answer.body_text()
+        );
+    }
+    Ok(api::parse_ice_servers(&answer.body, api::MAX_ICE_SERVERS)?)
 }
 
 /// Runs a capture's calls inside an allocator bucket and copies each frame out of it.
@@ -147,6 +205,13 @@ pub async fn run(args: DeviceArgs) -> Result<()> {
     } else {
         AudioSourceConfig::Tone
     };
+    config.nat.relay_only = args.relay_only;
+    config.nat.use_turn = !args.no_turn;
+    config.nat.stun_urls.extend(args.stun_uris.iter().cloned());
+    let ice_servers = match &args.ice_servers_from {
+        Some(control_plane) => fetch_ice_servers(control_plane, &args.channel_arn).await?,
+        None => Vec::new(),
+    };
 
     // The encoders are created (and the video encoder run once, which is when openh264 sets
     // itself up) with nothing else running, so glibc's figures before and after are theirs.
@@ -194,7 +259,9 @@ pub async fn run(args: DeviceArgs) -> Result<()> {
     let role = Role::Master;
     let url = data_plane_url(&args.signaling_url, &args.channel_arn, &role)
         .context("building the data plane URL")?;
-    let signaling = Arc::new(WsSignalingClient::new(url, role));
+    let mut ws_config = WsClientConfig::new(url, role);
+    ws_config.ice_servers = ice_servers;
+    let signaling = Arc::new(WsSignalingClient::with_config(ws_config));
     // Subscribed before the start, so no early event (signaling connected) is missed.
     let bus = kvs_app::EventBus::new();
     let mut events = bus.subscribe();
@@ -210,6 +277,7 @@ pub async fn run(args: DeviceArgs) -> Result<()> {
     .await
     .context("starting the device")?;
     let started = Instant::now();
+    let started_ns = crate::signaling_side::monotonic_ns_of(started);
 
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     loop {
@@ -217,7 +285,27 @@ pub async fn run(args: DeviceArgs) -> Result<()> {
             ev = events.recv() => {
                 let Ok(ev) = ev else { continue };
                 match ev.kind {
-                    EventKind::SignalingConnected => emit(json!({"type": "ready"})),
+                    EventKind::SignalingConnected => emit(json!({
+                        "type": "ready",
+                        "t_ns": crate::signaling_side::monotonic_ns(),
+                        "started_t_ns": started_ns,
+                    })),
+                    EventKind::ReceivedOffer
+                    | EventKind::IceCandidateGathered
+                    | EventKind::IcePairSelected
+                    | EventKind::IceRestart
+                    | EventKind::TurnError
+                        if args.nat_events =>
+                    {
+                        emit(json!({
+                            "type": "nat",
+                            "event": format!("{:?}", ev.kind),
+                            "peer": ev.peer_id,
+                            "message": ev.message,
+                            "t_ns": crate::signaling_side::monotonic_ns(),
+                            "since_start_ms": started.elapsed().as_secs_f64() * 1000.0,
+                        }))
+                    }
                     EventKind::FirstFrameSent => emit(json!({
                         "type": "timing",
                         "peer": ev.peer_id,

@@ -95,8 +95,8 @@ pub(crate) struct DeviceArgs {
     #[arg(long, value_name = "FILE")]
     turn_ca_file: Option<PathBuf>,
 
-    /// Restart ICE from the device after a viewer's path has been lost this many
-    /// milliseconds (0: never; default 1000).
+    /// Restart ICE from the device when nothing has come from a viewer for this many
+    /// milliseconds (0: never; default 2000).
     #[arg(long, value_name = "MS")]
     ice_restart_after_ms: Option<u64>,
 

@@ -342,6 +342,11 @@
         case 'SDP_ANSWER':
           this.onAnswer(payload).catch((e) => this.onFatal('The device sent an unusable answer', e));
           break;
+        case 'SDP_OFFER':
+          // The device restarts ICE itself when its path to us broke (a NAT forgot its
+          // mapping, an address moved): answer on the same connection, no page reload.
+          this.onDeviceOffer(payload).catch((e) => console.warn('ignoring an offer from the device', e));
+          break;
         case 'ICE_CANDIDATE':
           this.onRemoteCandidate(payload);
           break;
@@ -379,6 +384,16 @@
       if (hook.state === 'offer-sent') setState('connecting');
       const queued = this.pendingRemoteCandidates.splice(0);
       for (const c of queued) await this.addRemoteCandidate(c);
+    }
+
+    async onDeviceOffer(payload) {
+      const sdp = payload && field(payload, 'sdp');
+      if (!sdp || !this.pc || !this.remoteDescriptionSet || this.closed) return;
+      // Our own offer (if any) gives way: setRemoteDescription rolls it back.
+      await this.pc.setRemoteDescription({ type: 'offer', sdp });
+      await this.pc.setLocalDescription(await this.pc.createAnswer());
+      this.send('SDP_ANSWER', { type: 'answer', sdp: this.pc.localDescription.sdp });
+      hook.iceRestarts = (hook.iceRestarts || 0) + 1;
     }
 
     onRemoteCandidate(payload) {

@@ -225,8 +225,9 @@ pub struct NatPolicy {
     pub relay_only: bool,
     /// Most TURN allocations at once (one per TURN URI, shared by all sessions).
     pub max_turn_allocations: usize,
-    /// A session whose ICE has been disconnected this long is restarted by the device (a new
-    /// offer with new ICE credentials, sent to the viewer); none: wait for the viewer.
+    /// A session that has heard nothing from its viewer this long (or whose ICE reports the
+    /// path lost as long) is restarted by the device: a new offer with new ICE credentials,
+    /// sent to the viewer. None: leave it to the viewer.
     pub ice_restart_after: Option<Duration>,
     /// TLS for `turns:` servers; none: TLS TURN servers are skipped.
     pub turn_tls: Option<Arc<turn_client_rustls::rustls::ClientConfig>>,
@@ -240,7 +241,7 @@ impl Default for NatPolicy {
             use_turn: true,
             relay_only: false,
             max_turn_allocations: 6,
-            ice_restart_after: Some(Duration::from_millis(1000)),
+            ice_restart_after: Some(Duration::from_millis(2000)),
             turn_tls: None,
         }
     }
