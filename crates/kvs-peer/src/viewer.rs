@@ -140,6 +140,22 @@ impl ViewerCore {
         Ok(())
     }
 
+    /// Answer an offer from the device on the live session (the device restarting ICE).
+    pub fn accept_offer(&mut self, now: Instant, sdp: &str) -> Result<String, PeerError> {
+        let offer =
+            str0m::change::SdpOffer::from_sdp_string(sdp).map_err(|e| PeerError::InvalidSdp {
+                peer_id: PEER.into(),
+                reason: e.to_string(),
+            })?;
+        let answer = self
+            .rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| rtc_err(&e.to_string()))?;
+        self.service(now);
+        Ok(answer.to_sdp_string())
+    }
+
     pub fn add_remote_candidate(&mut self, now: Instant, candidate: &str) -> Result<(), PeerError> {
         match parse_candidate(candidate) {
             Ok(ParsedCandidate::Candidate(c)) => self.rtc.add_remote_candidate(c),

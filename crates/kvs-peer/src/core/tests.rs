@@ -503,3 +503,77 @@ fn lowering_the_session_limit_keeps_live_sessions_and_refuses_new_ones() {
         "viewer-1 keeps streaming"
     );
 }
+
+#[test]
+fn a_viewer_silent_for_two_seconds_gets_an_ice_restart_and_video_resumes_on_the_same_session() {
+    let config = PeerConfig::default();
+    let after = config
+        .nat
+        .ice_restart_after
+        .expect("restarts on by default");
+    let mut sim = Sim::new(config);
+    let v = sim.add_viewer("viewer-1");
+    sim.start_camera(FRAME, None);
+    sim.signal(v);
+    assert!(sim.run_until(Duration::from_secs(5), |s| s.viewers[v].video().len() >= 5));
+    assert!(sim
+        .device_event(|e| matches!(e, PeerEvent::PathSelected { .. }))
+        .is_some());
+
+    // The path breaks both ways (a NAT forgot its mapping).
+    sim.viewers[v].up.rule = Rule::DropAll;
+    sim.viewers[v].down.rule = Rule::DropAll;
+    let last_heard = sim.viewers[v]
+        .up
+        .delivered
+        .last()
+        .expect("the viewer spoke")
+        .at;
+    let restarted = wait_device(&mut sim, Duration::from_secs(5), |e| {
+        matches!(e, PeerEvent::IceRestart { .. })
+    });
+    // Detected from silence: the threshold after the last datagram from the viewer, to the
+    // instant (a timer of its own, not the next frame's wake-up).
+    assert_eq!(restarted - last_heard, after);
+    let offer = sim
+        .device_event(|e| matches!(e, PeerEvent::LocalOffer { .. }))
+        .map(|(_, e)| match e {
+            PeerEvent::LocalOffer { sdp, .. } => sdp.clone(),
+            _ => unreachable!(),
+        })
+        .expect("the restart's offer");
+    assert_ne!(
+        super::sdp_ufrag(&offer),
+        None,
+        "the offer carries ICE credentials"
+    );
+
+    // The path is back; the offer and the answer cross signaling; video resumes, no new session.
+    sim.viewers[v].up.rule = Rule::Pass;
+    sim.viewers[v].down.rule = Rule::Pass;
+    let answer = sim
+        .with_viewer(v, |core, now| core.accept_offer(now, &offer))
+        .expect("the viewer answers");
+    sim.command(PeerCommand::RemoteAnswer {
+        peer_id: "viewer-1".into(),
+        sdp: answer,
+    })
+    .expect("the device takes the answer");
+    let resumed_from = sim.viewers[v].video().len();
+    let back = sim.now;
+    assert!(
+        sim.run_until(Duration::from_secs(3), |s| s.viewers[v].video().len()
+            >= resumed_from + 10),
+        "video did not resume\n{}",
+        sim.dump()
+    );
+    assert!(
+        sim.now - back < Duration::from_secs(1),
+        "{:?}",
+        sim.now - back
+    );
+    assert_eq!(sim.device.session_count(), 1);
+    assert!(sim
+        .device_event(|e| matches!(e, PeerEvent::Closed { .. } | PeerEvent::Failed { .. }))
+        .is_none());
+}
