@@ -589,6 +589,12 @@ impl PeerCore {
     /// Time passed: drive every session's timers, expire held candidates, enforce timeouts.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.nat.handle_timeout(now);
+        let in_use: Vec<SocketAddr> = self
+            .sessions
+            .values()
+            .filter_map(|s| s.path.map(|(local, _)| local))
+            .collect();
+        self.nat.release_unused(now, &in_use);
         let restart_after = self.config.nat.ice_restart_after;
         let mut restarted = false;
         self.held_datagrams

@@ -390,7 +390,7 @@ impl NatCore {
             self.srflx
                 .start(now, &self.host_addrs, stun, uris, &mut self.out);
         }
-        self.relays.retire_missing(&self.servers);
+        self.relays.retire_missing(now, &self.servers);
         if self.sessions > 0 {
             self.allocate(now);
         }
@@ -444,6 +444,13 @@ impl NatCore {
             self.relays
                 .ensure(now, server, user, pass, local, &mut self.out);
         }
+    }
+
+    /// Release the allocations of older server lists (credentials) that no session's media
+    /// path uses any more (`in_use`: the local addresses of the sessions' paths).
+    pub fn release_unused(&mut self, now: Instant, in_use: &[SocketAddr]) {
+        self.relays
+            .release_unused_retired(now, in_use, &mut self.out);
     }
 
     /// Candidates ready now (srflx of every socket, relayed addresses of live allocations).
@@ -519,6 +526,10 @@ impl NatCore {
 
     pub fn handle_timeout(&mut self, now: Instant) {
         self.srflx.handle_timeout(now, &mut self.out);
+        if self.sessions > 0 {
+            // A relay lost while sessions need it is made again (with the newest credentials).
+            self.allocate(now);
+        }
         if let Some(since) = self.idle_since {
             if now.saturating_duration_since(since) >= RELAY_LINGER {
                 self.idle_since = None;

@@ -63,6 +63,8 @@ const MAX_CHANNELS: usize = 64;
 /// A failed allocation on a server is tried again after this long (a new server list is
 /// tried at once).
 const RETRY_AFTER: Duration = Duration::from_secs(60);
+/// How long a retired allocation is kept for the sessions that might still be moving off it.
+const RETIRED_GRACE: Duration = Duration::from_secs(10);
 /// Request retransmissions: 0.5 s, doubling to 2 s, 4 resends, 2 s for the last answer —
 /// a server that never answers is given up on in ~7.5 s, not the 39.5 s of RFC 8489.
 const RTO_INITIAL: Duration = Duration::from_millis(500);
@@ -88,14 +90,17 @@ struct Relay {
     host: String,
     transport: RelayTransport,
     credentials: TurnCredentials,
-    /// From an older server list: serves its sessions, is not offered to new ones.
-    retired: bool,
+    /// From an older server list (or older credentials) since then: serves the sessions whose
+    /// path uses it, is not offered to new ones, and is released once none does.
+    retired: Option<Instant>,
     state: State,
     client: Option<TurnClient>,
     conn: Option<u64>,
     local: Option<SocketAddr>,
     /// The last error a server answer carried.
     last_error: Option<String>,
+    /// It worked, then failed (refresh refused, connection lost): try again at once.
+    lost: bool,
     /// Transactions the server answered 401 while allocating: the first is the challenge,
     /// a second one means our credentials were refused.
     unauthorized: Vec<u128>,
@@ -160,11 +165,11 @@ impl RelayPool {
             return;
         };
         let existing = self.relays.iter().find(|r| {
-            !r.retired
+            r.retired.is_none()
                 && r.uri == server.uri
                 && r.server == server.addr
                 && match r.state {
-                    State::Failed(at) => now.saturating_duration_since(at) < RETRY_AFTER,
+                    State::Failed(at) => !r.lost && now.saturating_duration_since(at) < RETRY_AFTER,
                     State::Released => false,
                     _ => true,
                 }
@@ -176,7 +181,13 @@ impl RelayPool {
             debug!(uri = %server.uri, "no TLS configuration for turns:; skipped");
             return;
         }
-        if self.live_count() >= self.max {
+        // Retired allocations do not count: they are on their way out.
+        let current = self
+            .relays
+            .iter()
+            .filter(|r| r.is_live() && r.retired.is_none())
+            .count();
+        if current >= self.max {
             debug!(uri = %server.uri, max = self.max, "TURN allocation cap reached");
             return;
         }
@@ -188,12 +199,13 @@ impl RelayPool {
             host: server.host.clone(),
             transport,
             credentials: TurnCredentials::new(user, pass),
-            retired: false,
+            retired: None,
             state: State::Connecting,
             client: None,
             conn: None,
             local,
             last_error: None,
+            lost: false,
             unauthorized: Vec::new(),
             pending: VecDeque::new(),
             permission_requested: Vec::new(),
@@ -228,20 +240,37 @@ impl RelayPool {
 
     /// Allocations on servers (or with credentials) no longer listed keep serving the
     /// sessions that use them, but are not offered to new sessions.
-    pub(crate) fn retire_missing(&mut self, servers: &[NatServer]) {
+    pub(crate) fn retire_missing(&mut self, now: Instant, servers: &[NatServer]) {
         for r in &mut self.relays {
-            let listed = servers.iter().any(|s| {
-                s.uri == r.uri
-                    && s.addr == r.server
-                    && s.username.as_deref() == Some(r.credentials.username())
-                    && s.credential.as_deref() == Some(r.credentials.password())
-            });
-            if !listed {
-                r.retired = true;
+            // New credentials for the same server keep the allocation: one UDP socket can hold
+            // only one allocation per server (RFC 8656 5-tuples), and the client refreshes it
+            // with the credentials it was made with. Should the server refuse those one day,
+            // the relay is lost and made again at once with the newest ones (`ensure`).
+            let listed = servers.iter().any(|s| s.uri == r.uri && s.addr == r.server);
+            if !listed && r.retired.is_none() {
+                r.retired = Some(now);
             }
         }
         // Failed or released ones are of no use to anybody.
         self.relays.retain(|r| r.is_live());
+    }
+
+    /// Release retired allocations no session's path uses (after a grace period in which a
+    /// session may still be moving off it).
+    pub(crate) fn release_unused_retired(
+        &mut self,
+        now: Instant,
+        in_use: &[SocketAddr],
+        out: &mut NatOut,
+    ) {
+        let clock = self.clock(now);
+        for r in &mut self.relays {
+            let Some(since) = r.retired else { continue };
+            let used = matches!(r.state, State::Ready(a) if in_use.contains(&a));
+            if !used && now.saturating_duration_since(since) >= RETIRED_GRACE {
+                release(r, now, clock, out);
+            }
+        }
     }
 
     /// Delete every allocation (no session is left).
@@ -256,7 +285,7 @@ impl RelayPool {
     pub(crate) fn candidates(&self) -> impl Iterator<Item = Candidate> + '_ {
         self.relays
             .iter()
-            .filter(|r| !r.retired)
+            .filter(|r| r.retired.is_none())
             .filter_map(|r| match r.state {
                 State::Ready(addr) => relay_candidate(r, addr),
                 _ => None,
@@ -565,6 +594,7 @@ fn fail(r: &mut Relay, now: Instant, reason: String, out: &mut NatOut) {
     let was = std::mem::replace(&mut r.state, State::Failed(now));
     warn!(uri = %r.uri, %reason, "TURN relay failed");
     if let State::Ready(addr) = was {
+        r.lost = true;
         out.event(NatEvent::RelayLost { addr });
     }
     out.event(NatEvent::ServerError {

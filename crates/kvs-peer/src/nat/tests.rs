@@ -27,6 +27,8 @@ struct World {
     to_peer: Vec<Vec<u8>>,
     /// Drop everything the device sends to the server.
     server_silent: bool,
+    /// Allocations the server made (each gets the next relayed port).
+    allocations: u16,
 }
 
 impl World {
@@ -57,6 +59,7 @@ impl World {
             server,
             to_peer: Vec::new(),
             server_silent: false,
+            allocations: 0,
         }
     }
 
@@ -109,13 +112,15 @@ impl World {
             } = self.server.poll(t)
             {
                 moved = true;
+                let relayed = SocketAddr::new(addr(RELAYED).ip(), 50000 + self.allocations);
+                self.allocations += 1;
                 self.server.allocated_socket(
                     transport,
                     listen_addr,
                     client_addr,
                     allocation_transport,
                     family,
-                    Ok(addr(RELAYED)),
+                    Ok(relayed),
                     t,
                 );
             }
@@ -365,4 +370,50 @@ fn uris_parse_with_their_defaults_and_bad_ones_are_refused() {
     ] {
         assert!(IceUri::parse(bad).is_err(), "{bad}");
     }
+}
+
+#[test]
+fn fresh_credentials_keep_the_live_allocation_and_a_lost_one_is_made_again_with_them() {
+    let mut w = World::new("secret");
+    w.server.add_user("user2".into(), "secret2".into());
+    w.nat.set_sessions(w.now, 1);
+    w.advance(Duration::from_millis(100));
+    let first = addr(RELAYED);
+    assert!(candidates(&w.events()).contains(&(str0m::CandidateKind::Relayed, first)));
+    // The ICE-server refresh brings new credentials: the allocation serving the sessions
+    // stays (one per server and socket), nothing is lost.
+    let fresh = NatServer {
+        uri: "turn:203.0.113.1:3478?transport=udp".into(),
+        kind: ServerKind::Turn(RelayTransport::Udp),
+        addr: addr(SERVER),
+        host: "203.0.113.1".into(),
+        username: Some("user2".into()),
+        credential: Some("secret2".into()),
+    };
+    w.nat.set_servers(w.now, vec![fresh]);
+    w.advance(Duration::from_secs(1));
+    assert_eq!(w.nat.allocation_count(), 1);
+    assert!(w.nat.is_relayed(first));
+    assert!(w
+        .events()
+        .iter()
+        .all(|e| !matches!(e, NatEvent::RelayLost { .. })));
+    // The server goes away long enough for the allocation to expire: the relay is lost, and
+    // made again as soon as the server answers, with the newest credentials.
+    w.server_silent = true;
+    w.advance(Duration::from_secs(31 * 60));
+    assert!(w
+        .events()
+        .iter()
+        .any(|e| matches!(e, NatEvent::RelayLost { addr: a } if *a == first)));
+    w.server_silent = false;
+    w.advance(Duration::from_secs(10));
+    let again = candidates(&w.events());
+    assert!(
+        again
+            .iter()
+            .any(|(k, a)| *k == str0m::CandidateKind::Relayed && *a != first),
+        "{again:?}"
+    );
+    assert_eq!(w.nat.allocation_count(), 1);
 }
