@@ -312,7 +312,9 @@ fn command_peer(command: &PeerCommand) -> Option<String> {
         | PeerCommand::CreateOffer { peer_id }
         | PeerCommand::SendData { peer_id, .. }
         | PeerCommand::CloseSession { peer_id } => Some(peer_id.clone()),
-        PeerCommand::SetIceServers { .. } | PeerCommand::SetMaxSessions { .. } => None,
+        PeerCommand::SetIceServers { .. }
+        | PeerCommand::SetMaxSessions { .. }
+        | PeerCommand::SignalingRestored => None,
     }
 }
 
