@@ -5,7 +5,8 @@
 //! channel per scenario; our device as `kvs-bench device` (its own process, so heap, RSS and
 //! CPU are its own); Rust viewers in this process; peers as scripts under `bench/peers/`
 //! that print one JSON object per line. The relay scenario adds its own coturn and a second
-//! service that hands out TURN credentials (see [`relay`]).
+//! service that hands out TURN credentials (see [`relay`]). The cold-page scenario runs the
+//! main program on its embedded default and opens its viewer page (see [`coldpage`]).
 
 use crate::child::LineChild;
 use crate::fleet::{self, Member};
@@ -17,6 +18,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+mod coldpage;
 mod relay;
 mod split;
 
@@ -29,7 +31,7 @@ pub struct RunArgs {
     #[arg(long, default_value = "target/bench")]
     pub out: PathBuf,
     /// Run only these scenarios (ttff, memory, churn, fanout, datachannel, split, relay,
-    /// size).
+    /// size, coldpage).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// The `kvs-webrtc` program (the local service); default: next to this program.
@@ -57,6 +59,9 @@ pub struct RunArgs {
     /// Override the number of offer → first frame runs of the relay scenario (per mode).
     #[arg(long)]
     pub relay_runs: Option<usize>,
+    /// Override the number of cold-page runs (a fresh browser context each).
+    #[arg(long)]
+    pub coldpage_runs: Option<usize>,
 }
 
 /// How much of everything a run does.
@@ -83,6 +88,8 @@ struct Plan {
     relay_settle: Duration,
     relay_window: Duration,
     relay_windows: usize,
+    /// Cold page: runs, each a fresh browser context opening the viewer page.
+    coldpage_runs: usize,
 }
 
 impl Plan {
@@ -108,6 +115,7 @@ impl Plan {
                 relay_settle: Duration::from_secs(2),
                 relay_window: Duration::from_secs(3),
                 relay_windows: 1,
+                coldpage_runs: 5,
             }
         } else {
             Plan {
@@ -130,6 +138,7 @@ impl Plan {
                 relay_settle: Duration::from_secs(3),
                 relay_window: Duration::from_secs(10),
                 relay_windows: 3,
+                coldpage_runs: 10,
             }
         };
         if let Some(c) = args.churn_cycles {
@@ -143,6 +152,9 @@ impl Plan {
         }
         if let Some(n) = args.relay_runs {
             p.relay_ttff_runs = n.max(1);
+        }
+        if let Some(n) = args.coldpage_runs {
+            p.coldpage_runs = n.max(1);
         }
         if let Some(w) = args.fanout_window {
             p.fanout_window = Duration::from_secs(w.max(1));
@@ -356,7 +368,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     ) -> std::pin::Pin<
         Box<dyn std::future::Future<Output = Result<()>> + 'a>,
     >;
-    let scenarios: [(&str, Scenario); 8] = [
+    let scenarios: [(&str, Scenario); 9] = [
         ("ttff", |c| Box::pin(ttff(c))),
         ("memory", |c| Box::pin(memory(c))),
         ("churn", |c| Box::pin(churn(c))),
@@ -365,6 +377,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         ("split", |c| Box::pin(split::split(c))),
         ("relay", |c| Box::pin(relay::relay(c))),
         ("size", |c| Box::pin(size(c))),
+        ("coldpage", |c| Box::pin(coldpage::coldpage(c))),
     ];
     for (name, f) in scenarios {
         if !wants(&args, name) {
