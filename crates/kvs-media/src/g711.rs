@@ -51,7 +51,7 @@ pub fn alaw_encode(sample: i16) -> u8 {
         0x55
     };
     // Segment ends: 0x1f, 0x3f, 0x7f, … 0xfff.
-    let segment = (0..8).find(|s| pcm <= (0x20 << s) - 1).unwrap_or(8);
+    let segment = (0..8).find(|s| pcm < (0x20 << s)).unwrap_or(8);
     let code = if segment >= 8 {
         0x7f
     } else {
