@@ -673,4 +673,40 @@ mod tests {
         let hz = crossings as f32 * 5.0;
         assert!((hz - 600.0).abs() < 40.0, "decoded {hz} Hz");
     }
+
+    /// Prints what decoding costs (measured, not asserted: timing belongs to benchmarks).
+    #[test]
+    fn decode_cost_is_printed() {
+        let mut enc = opus_rs::OpusEncoder::new(48_000, 1, opus_rs::Application::Audio).unwrap();
+        let mut out = vec![0u8; 1275];
+        let pcm: Vec<f32> = (0..960)
+            .map(|i| (i as f32 * 440.0 / 48_000.0 * std::f32::consts::TAU).sin() * 0.4)
+            .collect();
+        let t0 = Instant::now();
+        let mut c = TalkbackCore::new(TalkbackConfig::default());
+        let packets: Vec<TalkPacket> = (0..250u64)
+            .map(|i| {
+                let n = enc.encode(&pcm, 960, &mut out).unwrap();
+                TalkPacket {
+                    peer_id: "a".into(),
+                    codec: AudioCodec::Opus,
+                    seq: i,
+                    rtp_time: i * 960,
+                    audio_level: Some(-20),
+                    payload: Bytes::copy_from_slice(&out[..n]),
+                    arrival: t0,
+                }
+            })
+            .collect();
+        let started = Instant::now();
+        for (i, p) in packets.into_iter().enumerate() {
+            let at = t0 + Duration::from_millis(20 * i as u64);
+            c.push(at, TalkPacket { arrival: at, ..p });
+            c.tick(at);
+        }
+        let per = started.elapsed() / 250;
+        println!("talk-back: {per:?} per 20 ms Opus packet (push, decode, tick)");
+        // All but the last prefetch are played by the last tick.
+        assert!(c.stats().packets_played >= 247, "{:?}", c.stats());
+    }
 }
