@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The benchmarks of docs/BENCHMARKS.md, from a fresh Debian bookworm machine (as root):
-#   1. the peers' Debian packages (Chromium, GStreamer webrtcbin + libnice, PyGObject)
+#   1. the peers' Debian packages (Chromium, GStreamer webrtcbin + libnice, PyGObject; coturn
+#      for the relay scenario)
 #   2. the peers' npm packages (playwright-core, node-datachannel; bench/peers/package-lock.json)
 #   3. the peers' PyPI packages (aiortc; bench/peers/requirements.txt) in bench/peers/.venv,
 #      made from Debian's python3 so that GStreamer's Python bindings import too
@@ -8,7 +9,7 @@
 #      runs, the size-optimised profile of kvs-webrtc and kvs-signaling-only, if present)
 #   5. `kvs-bench run`: every scenario, table on stdout, target/bench/results.{json,md}
 #
-# Usage: bash scripts/bench.sh            the full run (about 25 minutes on 2 cores, builds included)
+# Usage: bash scripts/bench.sh            the full run (about 28 minutes on 2 cores, builds included)
 #        bash scripts/bench.sh --smoke    the short run CI does (figures printed, not asserted)
 #        any other arguments go to `kvs-bench run` (see `kvs-bench run --help`), e.g.
 #        --only ttff,memory   --no-peers   --out DIR
@@ -24,6 +25,7 @@ APT_PACKAGES=(
   python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 gir1.2-gst-plugins-bad-1.0
   gir1.2-nice-0.1 gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-nice
+  coturn
 )
 
 export DEBIAN_FRONTEND=noninteractive

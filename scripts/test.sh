@@ -24,9 +24,10 @@ cd "$ROOT"
 
 # Debian packages: the browser, what the H.264 (nasm), Opus (libopus-dev, pkg-config) and
 # crypto (clang, cmake) crates need to build, coturn (the TURN server the relay test uses), and
-# iproute2 + python3 for the fault tests between network namespaces (tests/faults), mosquitto
+# iproute2 + python3 for the fault tests between network namespaces (tests/faults), iptables +
+# conntrack + openssl for the NAT tests (tests/nat: NAT routers, a TLS certificate for coturn), mosquitto
 # (the MQTT broker the RainMaker tests start, tests/rainmaker).
-APT_PACKAGES=(chromium nasm libopus-dev pkg-config clang cmake ca-certificates coturn iproute2 procps python3 socat mosquitto)
+APT_PACKAGES=(chromium nasm libopus-dev pkg-config clang cmake ca-certificates coturn iproute2 iptables conntrack openssl procps python3 socat mosquitto)
 NODE_MIN_MAJOR=20 # playwright-core's minimum
 
 export DEBIAN_FRONTEND=noninteractive
@@ -143,6 +144,9 @@ browser_tests() {
   # a lossy network between namespaces (docs/TESTING.md).
   # Bounded as a whole, so a hung cleanup can never eat CI's budget (a run takes ~2.5 min).
   timeout 900 node --test --test-concurrency=1 tests/faults/
+  # NAT traversal between real NATs in network namespaces (iptables MASQUERADE, coturn, the
+  # local service in a "public" namespace, Chromium behind its own NAT; docs/TESTING.md).
+  timeout 900 node --test --test-concurrency=1 tests/nat/
 }
 
 conformance_tests() {
@@ -190,7 +194,7 @@ step "1/10 system packages" install_system_packages
 step "2/10 npm ci (tests/browser)" npm_install
 step "3/10 cargo build --release -p kvs-webrtc" build_release
 step "4/10 cargo test --workspace" rust_tests
-step "5/10 browser tests (node --test tests/browser/ tests/faults/)" browser_tests
+step "5/10 browser tests (node --test tests/browser/ tests/faults/ tests/nat/)" browser_tests
 step "6/10 conformance (official AWS clients vs the local service)" conformance_tests
 step "7/10 RainMaker node (mosquitto, paho-mqtt)" rainmaker_tests
 step "8/10 fuzz targets build (cargo check in fuzz/)" fuzz_build

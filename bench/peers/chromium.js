@@ -9,6 +9,15 @@
 //   node chromium.js dc --signaling ws://… --arn ARN --bytes B --message-size S --window W
 //                      --pings P --runs N
 //       data-channel echo against the device: prints {"type":"dc","throughput_mbps","rtt_ms"}.
+//   node chromium.js page --url URL --runs N [--sync 1] [--gap MS]
+//       the real viewer page a program serves (`kvs-webrtc`'s "Viewer page:" address), opened
+//       as a person would: one browser, and per run a NEW browser context and tab that goes to
+//       URL. The page measures itself (window.kvsViewer.timeToFirstFrameMs: offer sent → first
+//       frame presented, requestVideoFrameCallback; clientId); an observing init script adds
+//       the page's own clock for navigation → offer sent and the steps after it. Prints
+//       {"type":"page","run","client_id","ttff_ms",…} (times in ms, see coldPageReport), then
+//       closes the tab as a person does (beforeunload runs) and the context; with --sync it waits for a line on stdin ("next") before the next
+//       run (the caller waits until the device saw the viewer leave), else --gap ms (1000).
 // Ends with {"type":"done"}. Errors: {"type":"error","message"} and exit status 1.
 'use strict';
 
@@ -192,13 +201,195 @@ async function pageDc(cfg) {
   return { throughput_mbps: (echoed * 8) / secs / 1e6, rtt_ms: rtts[Math.floor(rtts.length / 2)] };
 }
 
+// Runs in each document of a cold-page context before the page's own scripts. It only
+// observes, on the page's clock (performance.now(), 0 = navigation start): when the signaling
+// WebSocket was created and opened, when the SDP offer went out and the answer came back, and
+// when the peer connection's ICE, then ICE+DTLS, reached "connected".
+function coldPageProbe() {
+  const probe = {
+    wsCreated: null,
+    wsOpen: null,
+    pcCreated: null,
+    offerSent: null,
+    answerReceived: null,
+    iceConnected: null,
+    connected: null,
+  };
+  Object.defineProperty(window, '__kvsBenchProbe', { value: probe });
+  const now = () => performance.now();
+  const WS = window.WebSocket;
+  const send = WS.prototype.send;
+  WS.prototype.send = function (data) {
+    if (probe.offerSent === null && typeof data === 'string' && data.includes('"SDP_OFFER"')) probe.offerSent = now();
+    return send.call(this, data);
+  };
+  window.WebSocket = new Proxy(WS, {
+    construct(target, args, newTarget) {
+      const ws = Reflect.construct(target, args, newTarget);
+      if (probe.wsCreated === null) probe.wsCreated = now();
+      ws.addEventListener('open', () => {
+        if (probe.wsOpen === null) probe.wsOpen = now();
+      });
+      ws.addEventListener('message', (e) => {
+        if (probe.answerReceived === null && typeof e.data === 'string' && e.data.includes('SDP_ANSWER')) probe.answerReceived = now();
+      });
+      return ws;
+    },
+  });
+  const PC = window.RTCPeerConnection;
+  window.RTCPeerConnection = new Proxy(PC, {
+    construct(target, args, newTarget) {
+      const pc = Reflect.construct(target, args, newTarget);
+      if (probe.pcCreated === null) probe.pcCreated = now();
+      pc.addEventListener('iceconnectionstatechange', () => {
+        const s = pc.iceConnectionState;
+        if (probe.iceConnected === null && (s === 'connected' || s === 'completed')) probe.iceConnected = now();
+      });
+      pc.addEventListener('connectionstatechange', () => {
+        if (probe.connected === null && pc.connectionState === 'connected') probe.connected = now();
+      });
+      return pc;
+    },
+  });
+}
+
+// Read in the page once it has measured its first frame. Page-clock times (ms since
+// navigation start) end in _at_ms; the rest are spans.
+function coldPageReport() {
+  const hook = window.kvsViewer;
+  const p = window.__kvsBenchProbe || {};
+  const nav = performance.getEntriesByType('navigation')[0] || {};
+  const resource = (part) => performance.getEntriesByType('resource').find((r) => r.name.includes(part));
+  const config = resource('/config.json');
+  const since = (a, b) => (a == null || b == null ? null : a - b);
+  // The first frame on the page's clock: the page's figure counts from its own offer time,
+  // taken just before the probe's (the offer is base64-encoded in between).
+  const firstFrameAt = p.offerSent == null || hook.timeToFirstFrameMs == null ? null : p.offerSent + hook.timeToFirstFrameMs;
+  return {
+    client_id: hook.clientId,
+    ttff_ms: hook.timeToFirstFrameMs,
+    via: hook.firstFrameVia,
+    state: hook.state,
+    html_at_ms: nav.responseEnd ?? null,
+    dom_ready_at_ms: nav.domContentLoadedEventEnd || null,
+    config_at_ms: config ? config.responseEnd : null,
+    ws_created_at_ms: p.wsCreated,
+    ws_open_at_ms: p.wsOpen,
+    pc_created_at_ms: p.pcCreated,
+    offer_sent_at_ms: p.offerSent,
+    first_frame_at_ms: firstFrameAt,
+    answer_ms: since(p.answerReceived, p.offerSent),
+    ice_connected_ms: since(p.iceConnected, p.offerSent),
+    connected_ms: since(p.connected, p.offerSent),
+  };
+}
+
+// A cold page per run: a new context (no cache, no cookies, nothing kept from the last run)
+// and tab, going to the page's address, as a person opening the printed link would.
+async function coldPages(browser, a) {
+  const runs = Number(a.runs || 1);
+  const gap = Number(a.gap || 1000);
+  const lines = a.sync ? stdinLines() : null;
+  for (let i = 0; i < runs; i++) {
+    const context = await browser.newContext({ viewport: { width: 1280, height: 860 } });
+    const log = [];
+    let page = null;
+    try {
+      await context.addInitScript(coldPageProbe);
+      page = await context.newPage();
+      page.on('console', (m) => log.push(`[${m.type()}] ${m.text()}`));
+      page.on('pageerror', (e) => log.push(`[pageerror] ${e.message}`));
+      const started = Date.now();
+      await page.goto(a.url, { waitUntil: 'load', timeout: 20000 });
+      const gotoMs = Date.now() - started;
+      // The page times itself; polling only says when to read it (rarely, to stay out of its way).
+      await page.waitForFunction(() => window.kvsViewer && window.kvsViewer.timeToFirstFrameMs != null, null, {
+        polling: 50,
+        timeout: 20000,
+      });
+      const r = await page.evaluate(coldPageReport);
+      emit({ type: 'page', run: i, goto_ms: gotoMs, ...r });
+    } catch (e) {
+      process.stderr.write(`run ${i}: ${e.message}\n${log.slice(-20).join('\n')}\n`);
+      emit({ type: 'page', run: i, error: e.message.split('\n')[0] });
+    }
+    // Closed as a person closes a tab: the page's beforeunload handler closes its session
+    // (its RTCPeerConnection says goodbye, so the device sees the viewer leave). Closing the
+    // context alone tears the page down without that, and the device keeps the session until
+    // ICE gives up.
+    if (page) {
+      const closed = new Promise((r) => page.once('close', r));
+      await page.close({ runBeforeUnload: true }).catch(() => {});
+      await Promise.race([closed, new Promise((r) => setTimeout(r, 5000))]);
+    }
+    await context.close().catch(() => {});
+    if (i + 1 < runs) {
+      if (lines) {
+        const line = await lines.next(30000);
+        if (line === null || line.trim() === 'quit') break;
+      } else {
+        await new Promise((r) => setTimeout(r, gap));
+      }
+    }
+  }
+}
+
+/** Lines from stdin, one `next(timeoutMs)` at a time (null at the end or on timeout). */
+function stdinLines() {
+  const rl = require('node:readline').createInterface({ input: process.stdin });
+  const queue = [];
+  const waiters = [];
+  let ended = false;
+  rl.on('line', (l) => (waiters.length ? waiters.shift()(l) : queue.push(l)));
+  rl.on('close', () => {
+    ended = true;
+    while (waiters.length) waiters.shift()(null);
+  });
+  return {
+    next(timeoutMs) {
+      if (queue.length) return Promise.resolve(queue.shift());
+      if (ended) return Promise.resolve(null);
+      return new Promise((res) => {
+        const timer = setTimeout(() => {
+          const k = waiters.indexOf(done);
+          if (k >= 0) waiters.splice(k, 1);
+          res(null);
+        }, timeoutMs);
+        const done = (l) => {
+          clearTimeout(timer);
+          res(l);
+        };
+        waiters.push(done);
+      });
+    },
+    close: () => rl.close(),
+  };
+}
+
 // The page-side functions, declared inside one expression the page evaluates.
 const inPage = (fn, cfg) =>
   `(async () => {\n${pageJoin.toString()}\n${fn.toString()}\nreturn await ${fn.name}(${JSON.stringify(cfg)});\n})()`;
 
 async function main() {
   const a = parseArgs(process.argv.slice(2));
-  if (!['ttff', 'dc'].includes(a.mode)) throw new Error('usage: chromium.js ttff|dc --signaling URL --arn ARN …');
+  if (a.mode === 'page') {
+    if (!a.url) throw new Error('usage: chromium.js page --url URL --runs N [--sync 1] [--gap MS]');
+    // The test suite's browser (tests/browser/lib/harness.js): the page is served from a
+    // loopback origin of its own, so no Local Network Access exception is needed.
+    const browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      args: ARGS.filter((x) => !x.startsWith('--disable-features=')),
+      headless: true,
+    });
+    try {
+      await coldPages(browser, a);
+      emit({ type: 'done' });
+    } finally {
+      await browser.close();
+    }
+    process.exit(0);
+  }
+  if (!['ttff', 'dc'].includes(a.mode)) throw new Error('usage: chromium.js ttff|dc --signaling URL --arn ARN … | page --url URL …');
   const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'kvs-bench-chromium-'));
   const context = await chromium.launchPersistentContext(userDataDir, {
     executablePath: CHROMIUM,

@@ -387,10 +387,15 @@ const RELAY_RE = (via) => new RegExp(`${EV('IceCandidateGathered')}relay \\S+ vi
 const TURN_REFUSED_RE = new RegExp(`${EV('TurnError')}turns?:\\S+: .*(401|refused the credentials)`, 'i');
 const PAIR_RE = /IcePairSelected \[([^\]]+)\](?: \(status \d+\))?: local=(host|srflx|prflx|relay)\/(udp|tcp|tls) remote=(host|srflx|prflx|relay) (\S+) -> (\S+)/;
 
+/** The device's stdout lines (its events; its logs on stderr repeat them) matching `re` since `since`. */
+function deviceOut(stack, re, since = 0) {
+  return harness.linesMatching(stack.device, re, since).filter((l) => l.stream === 'stdout');
+}
+
 /** Every IcePairSelected line the device printed for `peer` since `since`. */
 function devicePairs(stack, since = 0) {
   if (!stack.device) return [];
-  return harness.linesMatching(stack.device, PAIR_RE, since)
+  return deviceOut(stack, PAIR_RE, since)
     .map((l) => {
       const m = PAIR_RE.exec(l.text);
       return { t: l.t, peer: m[1], local: m[2], proto: m[3], remote: m[4], localAddr: m[5], remoteAddr: m[6], text: l.text };
@@ -490,7 +495,7 @@ function natCase(id, title, caseOpts, body) {
       throw e;
     } finally {
       if (stack.device) {
-        const ev = harness.linesMatching(stack.device, /^(Ice|Turn)\w+/).map((l) => `#   ${l.text}`);
+        const ev = deviceOut(stack, /^(Ice|Turn)\w+/).map((l) => `#   ${l.text}`);
         console.log(`# NAT ${id}: the device's NAT events (stdout):\n${ev.join('\n') || '#   (none)'}`);
       }
       if (row) finishRow(row, stack);
@@ -503,7 +508,7 @@ const isRelay = (c) => c && c.type === 'relay';
 const isReflexive = (c) => c && (c.type === 'srflx' || c.type === 'prflx');
 
 /** Every device line of a kind, for messages. */
-const deviceLines = (stack, re) => harness.linesMatching(stack.device, re).map((l) => l.text).join('\n') || '(none)';
+const deviceLines = (stack, re) => deviceOut(stack, re).map((l) => l.text).join('\n') || '(none)';
 
 /** Frames decoded over `ms`: {before, after, delta}. */
 async function framesOver(stack, ms) {
@@ -614,7 +619,7 @@ natCase('5', 'TURN refuses the credentials: a clear error, srflx still connects'
   assert.equal(s.video.frameWidth, 640);
   assert.ok(!isRelay(s.pair.local) && !isRelay(s.pair.remote), `no relay can be allocated, yet: ${JSON.stringify(s.pair)}`);
   deviceCheck(row, 'TurnError about refused credentials', () => {
-    const line = harness.linesMatching(stack.device, TURN_REFUSED_RE)[0];
+    const line = deviceOut(stack, TURN_REFUSED_RE)[0];
     assert.ok(line, `no TurnError line about refused credentials; device printed:\n${deviceLines(stack, /Ice|Turn|Error/)}`);
     row.notes.push(line.text.slice(0, 100));
   });
@@ -637,7 +642,8 @@ async function flushAndRecover(id, stack, rec, { udpOnly }) {
   // framesDecoded every 100 ms from the flush. Stalled: no new frame for 300 ms. Resumed: the
   // first sample after the stall with a new frame, confirmed by >= 10 frames in the 500 ms after.
   const samples = [];
-  let stall = null; // the sample at which frames stopped
+  let stall = null; // the sample at which frames stopped (again, after a trickle)
+  let firstStall = null;
   let resumed = null; // the first sample after the stall with a new frame
   let sustainedMs = null;
   while (Date.now() - flushAt < OBSERVE_MS) {
@@ -647,7 +653,10 @@ async function flushAndRecover(id, stack, rec, { udpOnly }) {
     samples.push(cur);
     if (!stall) {
       const ref = samples.filter((p) => p.t <= t - 300).pop();
-      if (ref && cur.frames === ref.frames) stall = ref;
+      if (ref && cur.frames === ref.frames) {
+        stall = ref;
+        firstStall = ref;
+      }
       else if (t > 2500) break; // never stalled
     } else {
       if (!resumed && cur.frames > stall.frames) resumed = cur;
@@ -664,10 +673,10 @@ async function flushAndRecover(id, stack, rec, { udpOnly }) {
   }
   const recoveredMs = !stall ? 0 : (resumed && sustainedMs !== null ? resumed.t : null);
   const after = await framesOver(stack, 1500);
-  const text = recoveredMs === null ? `never (within ${OBSERVE_MS / 1000} s)` : !stall ? 'no interruption' : `${recoveredMs} ms (video stopped at ${stall.t} ms)`;
+  const text = recoveredMs === null ? `never (within ${OBSERVE_MS / 1000} s)` : !stall ? 'no interruption' : `${recoveredMs} ms (video stopped at ${firstStall.t} ms${stall !== firstStall ? `, a trickle, stopped again at ${stall.t} ms` : ''})`;
   console.log(`# NAT ${id}: recovery after ${how} on the ${flushSide}'s router: ${text}; pair before ${fmtCand(pairBefore.local)}->${fmtCand(pairBefore.remote)}, after ${after.b.pair ? `${fmtCand(after.b.pair.local)}->${fmtCand(after.b.pair.remote)}` : '-'}`);
   row.notes.push(`recovery ${text}`);
-  const restarts = harness.linesMatching(stack.device, new RegExp(`IceRestart \\[${stack.clientId}\\]`), flushAt).map((l) => l.text);
+  const restarts = deviceOut(stack, new RegExp(`IceRestart \\[${stack.clientId}\\]`), flushAt).map((l) => l.text);
   if (restarts.length) row.notes.push(restarts[0].slice(0, 80));
   const dpAfter = devicePair(stack, flushAt);
   row.notes.push(dpAfter ? `device pair after the flush: ${dpAfter.local}/${dpAfter.proto} -> ${dpAfter.remote} (+${dpAfter.t - flushAt} ms)` : 'no IcePairSelected after the flush');
@@ -729,11 +738,11 @@ natCase('7', 'the viewer re-offers on a live session: it stays up', { device: 'e
     assert.ok(f.delta >= 30, `${what}: frames kept decoding (${f.delta} in 3 s; then ${JSON.stringify(f.timeline)})`);
     if (iceRestart) {
       deviceCheck(row, 'IceRestart accepted', () => {
-        const line = harness.linesMatching(stack.device, new RegExp(`IceRestart \\[${stack.clientId}\\]`), at)[0];
+        const line = deviceOut(stack, new RegExp(`IceRestart \\[${stack.clientId}\\]`), at)[0];
         assert.ok(line, `no IceRestart [${stack.clientId}] line after the viewer's restartIce; device printed:\n${deviceLines(stack, /Ice|Turn|Peer/)}`);
       });
     }
   }
-  assert.ok(!harness.linesMatching(stack.device, /PeerDisconnected|PeerFailed/).length,
+  assert.ok(!deviceOut(stack, /PeerDisconnected|PeerFailed/).length,
     `the device dropped the session:\n${deviceLines(stack, /Peer/)}`);
 });

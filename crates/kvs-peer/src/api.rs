@@ -189,6 +189,9 @@ pub enum PeerCommand {
     /// Replace the STUN/TURN servers (fresh TURN credentials from signaling): probes start
     /// again and new sessions allocate on the new servers; live sessions keep their relays.
     SetIceServers { servers: Vec<IceServer> },
+    /// Signaling is back after an interruption: ICE restart offers made while it was down may
+    /// have been lost, so sessions still without a path restart again at once.
+    SignalingRestored,
     /// Change the session limit. Lowering it closes no live session: it only refuses new
     /// offers until the count is below the new limit.
     SetMaxSessions { max: usize },

@@ -202,9 +202,10 @@ struct Session {
     remote_kinds: Vec<(SocketAddr, &'static str)>,
     /// The viewer's ICE username fragment (a new one in an offer is an ICE restart).
     remote_ufrag: Option<String>,
-    /// The device has offered an ICE restart for the current loss of connectivity.
-    restart_sent: bool,
-    /// When the last datagram from the viewer arrived (any: RTCP, STUN, media, data).
+    /// When the device last offered an ICE restart for the current loss of connectivity.
+    restart_at: Option<Instant>,
+    /// When the last datagram from the viewer arrived on the path media takes (RTCP, STUN,
+    /// media, data): checks arriving on other pairs do not count, they say nothing about it.
     last_received: Instant,
     /// Gathering was still running when the session started: GatheringComplete is owed.
     gathering_pending: bool,
@@ -242,7 +243,7 @@ impl Session {
             path: None,
             remote_kinds: Vec::new(),
             remote_ufrag: None,
-            restart_sent: false,
+            restart_at: None,
             last_received: now,
             gathering_pending: false,
         }
@@ -461,8 +462,8 @@ impl PeerCore {
             if let Some(since) = s.disconnected_since {
                 t = t.min(since + self.config.disconnected_timeout);
             }
-            if let (Some(after), false, true) = (restart_after, s.restart_sent, s.connected) {
-                t = t.min(lost_since(s) + after);
+            if let (Some(after), true) = (restart_after, s.connected) {
+                t = t.min(restart_due(s, after));
             }
             if s.keyframe_request_pending {
                 if let Some(last) = s.last_keyframe_request {
@@ -488,6 +489,17 @@ impl PeerCore {
                 binary,
             } => self.send_data(now, &peer_id, data, binary),
             PeerCommand::CloseSession { peer_id } => self.close_session(now, &peer_id),
+            PeerCommand::SignalingRestored => {
+                let restarting = self
+                    .sessions
+                    .values_mut()
+                    .filter(|s| s.restart_at.is_some() && s.connected && s.is_live());
+                for s in restarting {
+                    restart_ice(s, now, &mut self.out);
+                    service(s, now, &self.config, &mut self.out);
+                }
+                Ok(())
+            }
             PeerCommand::SetMaxSessions { max } => {
                 self.config.max_sessions = max;
                 Ok(())
@@ -624,7 +636,12 @@ impl PeerCore {
         if let Err(e) = s.rtc.handle_input(input) {
             s.fail(format!("input rejected: {e}"));
         }
-        s.last_received = now;
+        if s.path
+            .is_none_or(|(local, remote)| local == destination && remote == source)
+        {
+            s.last_received = now;
+            s.restart_at = None;
+        }
         service(s, now, &self.config, &mut self.out);
         self.reap(now);
         true
@@ -666,11 +683,7 @@ impl PeerCore {
                 }
             }
             if let Some(after) = restart_after {
-                if !s.restart_sent
-                    && s.connected
-                    && s.is_live()
-                    && now.saturating_duration_since(lost_since(s)) >= after
-                {
+                if s.connected && s.is_live() && now >= restart_due(s, after) {
                     restart_ice(s, now, &mut self.out);
                     restarted = true;
                 }
@@ -1309,7 +1322,6 @@ fn on_event(
                 IceConnectionState::Connected | IceConnectionState::Completed => {
                     s.timing.ice_connected.get_or_insert(since);
                     s.disconnected_since = None;
-                    s.restart_sent = false;
                 }
                 IceConnectionState::Disconnected => {
                     s.disconnected_since.get_or_insert(now);
@@ -1703,6 +1715,19 @@ fn lost_since(s: &Session) -> Instant {
     }
 }
 
+/// A restart offer that got no answer (signaling was down, the viewer ignored it) is made
+/// again after this long while the path stays lost.
+const RESTART_RETRY: Duration = Duration::from_secs(4);
+
+/// When the device should (again) restart ICE for a session whose path is lost.
+fn restart_due(s: &Session, after: Duration) -> Instant {
+    let first = lost_since(s) + after;
+    match s.restart_at {
+        Some(t) => first.max(t + RESTART_RETRY),
+        None => first,
+    }
+}
+
 /// The device restarts ICE itself: an offer with new credentials, keeping its candidates
 /// (gathering again adds any new public address); the viewer's answer completes it.
 fn restart_ice(s: &mut Session, now: Instant, out: &mut Outputs) {
@@ -1712,7 +1737,7 @@ fn restart_ice(s: &mut Session, now: Instant, out: &mut Outputs) {
         return;
     };
     s.pending_offer = Some(pending);
-    s.restart_sent = true;
+    s.restart_at = Some(now);
     let lost = now.saturating_duration_since(lost_since(s));
     info!(peer = %s.peer_id, ?lost, "restarting ICE");
     out.event(PeerEvent::IceRestart {

@@ -1,7 +1,9 @@
 //! # kvs-bench: benchmarks of the device against peers (not timed tests)
 //!
 //! - `kvs-bench run [--smoke]`: every scenario of `docs/BENCHMARKS.md` — time to first
-//!   frame, memory per viewer, churn, fan-out cost, data channel, split mode, size — with
+//!   frame, memory per viewer, churn, fan-out cost, data channel, split mode, NAT traversal
+//!   (direct vs relay-only through a coturn it starts), size, the first frame of the real
+//!   viewer page opened cold in Chromium — with
 //!   repeats, the peers measured in the same run; prints the table, writes `results.json` and
 //!   `results.md`.
 //!   `scripts/bench.sh` installs the peers, builds, and calls it.

@@ -4,7 +4,9 @@
 //! Processes: one local signaling service (`kvs-webrtc service --plain --no-auth`) with a
 //! channel per scenario; our device as `kvs-bench device` (its own process, so heap, RSS and
 //! CPU are its own); Rust viewers in this process; peers as scripts under `bench/peers/`
-//! that print one JSON object per line.
+//! that print one JSON object per line. The relay scenario adds its own coturn and a second
+//! service that hands out TURN credentials (see [`relay`]). The cold-page scenario runs the
+//! main program on its embedded default and opens its viewer page (see [`coldpage`]).
 
 use crate::child::LineChild;
 use crate::fleet::{self, Member};
@@ -16,6 +18,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+mod coldpage;
+mod relay;
 mod split;
 
 #[derive(Debug, clap::Args)]
@@ -26,7 +30,8 @@ pub struct RunArgs {
     /// Where results.json, results.md and the logs go.
     #[arg(long, default_value = "target/bench")]
     pub out: PathBuf,
-    /// Run only these scenarios (ttff, memory, churn, fanout, datachannel, split, size).
+    /// Run only these scenarios (ttff, memory, churn, fanout, datachannel, split, relay,
+    /// size, coldpage).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// The `kvs-webrtc` program (the local service); default: next to this program.
@@ -51,6 +56,12 @@ pub struct RunArgs {
     /// sleeping media side).
     #[arg(long)]
     pub split_viewers: Option<usize>,
+    /// Override the number of offer → first frame runs of the relay scenario (per mode).
+    #[arg(long)]
+    pub relay_runs: Option<usize>,
+    /// Override the number of cold-page runs (a fresh browser context each).
+    #[arg(long)]
+    pub coldpage_runs: Option<usize>,
 }
 
 /// How much of everything a run does.
@@ -69,6 +80,16 @@ struct Plan {
     split_viewers: usize,
     /// The longest the sequential viewers may take; fewer viewers when it runs out.
     split_viewers_budget: Duration,
+    /// Relay scenario, per mode (direct, relay-only): Rust and Chromium first-frame runs,
+    /// viewer levels for heap and CPU, the wait after joining them, CPU windows.
+    relay_ttff_runs: usize,
+    relay_chromium_runs: usize,
+    relay_viewers: Vec<usize>,
+    relay_settle: Duration,
+    relay_window: Duration,
+    relay_windows: usize,
+    /// Cold page: runs, each a fresh browser context opening the viewer page.
+    coldpage_runs: usize,
 }
 
 impl Plan {
@@ -88,6 +109,13 @@ impl Plan {
                 split_ttff_runs: 2,
                 split_viewers: 5,
                 split_viewers_budget: Duration::from_secs(60),
+                relay_ttff_runs: 3,
+                relay_chromium_runs: 2,
+                relay_viewers: vec![1, 5],
+                relay_settle: Duration::from_secs(2),
+                relay_window: Duration::from_secs(3),
+                relay_windows: 1,
+                coldpage_runs: 5,
             }
         } else {
             Plan {
@@ -104,6 +132,13 @@ impl Plan {
                 split_ttff_runs: 5,
                 split_viewers: 100,
                 split_viewers_budget: Duration::from_secs(270),
+                relay_ttff_runs: 15,
+                relay_chromium_runs: 10,
+                relay_viewers: vec![1, 5],
+                relay_settle: Duration::from_secs(3),
+                relay_window: Duration::from_secs(10),
+                relay_windows: 3,
+                coldpage_runs: 10,
             }
         };
         if let Some(c) = args.churn_cycles {
@@ -114,6 +149,12 @@ impl Plan {
         }
         if let Some(n) = args.split_viewers {
             p.split_viewers = n;
+        }
+        if let Some(n) = args.relay_runs {
+            p.relay_ttff_runs = n.max(1);
+        }
+        if let Some(n) = args.coldpage_runs {
+            p.coldpage_runs = n.max(1);
         }
         if let Some(w) = args.fanout_window {
             p.fanout_window = Duration::from_secs(w.max(1));
@@ -154,6 +195,8 @@ struct Ctx {
     child_seq: usize,
     /// Environment of the device processes started next.
     device_env: Vec<(String, String)>,
+    /// Environment of the peer scripts started next.
+    peer_env: Vec<(String, String)>,
 }
 
 /// For heap figures: glibc's per-thread caches keep freed blocks counted as in use by
@@ -215,7 +258,7 @@ impl Ctx {
         };
         all.extend(args);
         let name = self.name(base);
-        LineChild::spawn(&name, &program, &all, &self.logs)
+        LineChild::spawn_with_env(&name, &program, &all, &self.peer_env, &self.logs)
     }
 }
 
@@ -315,6 +358,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         report: Report::default(),
         child_seq: 0,
         device_env: Vec::new(),
+        peer_env: Vec::new(),
     };
     ctx.report.mode = if args.smoke { "smoke" } else { "full" }.into();
     ctx.report.machine = machine();
@@ -324,14 +368,16 @@ pub async fn run(args: RunArgs) -> Result<()> {
     ) -> std::pin::Pin<
         Box<dyn std::future::Future<Output = Result<()>> + 'a>,
     >;
-    let scenarios: [(&str, Scenario); 7] = [
+    let scenarios: [(&str, Scenario); 9] = [
         ("ttff", |c| Box::pin(ttff(c))),
         ("memory", |c| Box::pin(memory(c))),
         ("churn", |c| Box::pin(churn(c))),
         ("fanout", |c| Box::pin(fanout(c))),
         ("datachannel", |c| Box::pin(datachannel(c))),
         ("split", |c| Box::pin(split::split(c))),
+        ("relay", |c| Box::pin(relay::relay(c))),
         ("size", |c| Box::pin(size(c))),
+        ("coldpage", |c| Box::pin(coldpage::coldpage(c))),
     ];
     for (name, f) in scenarios {
         if !wants(&args, name) {

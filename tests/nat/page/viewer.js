@@ -152,6 +152,10 @@ window.startViewer = async function startViewer(config) {
     pc.oniceconnectionstatechange = () => note(`ice ${pc.iceConnectionState}`);
     pc.onsignalingstatechange = () => note(`signaling state ${pc.signalingState}`);
 
+    // Descriptions and candidates are applied one at a time, in the order they arrive (two
+    // offers in a row must not interleave their setRemoteDescription/createAnswer steps).
+    let chain = Promise.resolve();
+    const inOrder = (f) => { chain = chain.then(f, f); return chain; };
     const sendOffer = async (options = {}) => {
       const offer = await pc.createOffer(options);
       await pc.setLocalDescription(offer);
@@ -166,8 +170,10 @@ window.startViewer = async function startViewer(config) {
         const timer = setTimeout(() => reject(new Error('no answer to the re-offer within 10 s')), 10000);
         answerWaiters.push(() => { clearTimeout(timer); resolve(); });
       });
-      if (iceRestart) pc.restartIce();
-      await sendOffer({ iceRestart });
+      await inOrder(async () => {
+        if (iceRestart) pc.restartIce();
+        await sendOffer({ iceRestart });
+      });
       await answered;
       return v.counters.answersReceived;
     };
@@ -183,7 +189,7 @@ window.startViewer = async function startViewer(config) {
         note(v.error);
       }
     });
-    signalingClient.on('sdpAnswer', async (answer) => {
+    signalingClient.on('sdpAnswer', (answer) => inOrder(async () => {
       note(`answer received (signaling state ${pc.signalingState})`);
       if (pc.signalingState !== 'have-local-offer') {
         note('answer ignored: no offer outstanding');
@@ -200,14 +206,17 @@ window.startViewer = async function startViewer(config) {
         v.error = `applying the answer failed: ${e.message}`;
         note(v.error);
       }
-    });
+    }));
     // An offer from the device (master): an ICE restart or renegotiation it starts. This
     // viewer is the polite side: an offer of its own in flight is rolled back.
-    signalingClient.on('sdpOffer', async (offer) => {
+    signalingClient.on('sdpOffer', (offer) => inOrder(async () => {
       v.counters.offersReceived += 1;
       note(`offer received from the device (signaling state ${pc.signalingState}, ice-ufrag ${(/a=ice-ufrag:(\S+)/.exec(offer.sdp) || [])[1]})`);
       try {
-        if (pc.signalingState !== 'stable') await pc.setLocalDescription({ type: 'rollback' });
+        if (pc.signalingState === 'have-local-offer') {
+          note('rolling back our own offer');
+          await pc.setLocalDescription({ type: 'rollback' });
+        }
         await pc.setRemoteDescription(offer);
         await pc.setLocalDescription(await pc.createAnswer());
         signalingClient.sendSdpAnswer(pc.localDescription);
@@ -217,15 +226,16 @@ window.startViewer = async function startViewer(config) {
         v.error = `answering the device's offer failed: ${e.message}`;
         note(v.error);
       }
-    });
+    }));
     signalingClient.on('iceCandidate', (candidate) => {
       v.counters.candidatesReceived += 1;
       v.remoteCandidates.push(candidate.candidate);
       note(`remote candidate ${candidate.candidate}`);
-      pc.addIceCandidate(candidate).catch((e) => {
+      // After the description it belongs to (an ICE restart's candidates follow its offer).
+      inOrder(() => pc.addIceCandidate(candidate).catch((e) => {
         v.counters.candidatesRefused += 1;
         note(`candidate refused: ${e.message}`);
-      });
+      }));
     });
     signalingClient.on('statusResponse', (s) => note(`status response ${JSON.stringify(s)}`));
     signalingClient.on('error', (e) => {

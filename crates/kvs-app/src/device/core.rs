@@ -165,11 +165,17 @@ struct IceRefresh {
     fetched: bool,
 }
 
+/// A signaling link up at least this long counts as stable: when it is lost while viewers
+/// watch, the first reconnect goes at once instead of after the backoff.
+const STABLE_LINK: Duration = Duration::from_secs(30);
+
 /// The device runtime's state machine. See the module doc.
 #[derive(Debug)]
 pub struct DeviceCore {
     config: CoreConfig,
     backoff: Backoff,
+    /// When the signaling link last came up.
+    up_since: Option<Instant>,
     link: Link,
     next_attempt_id: u64,
     ice: IceRefresh,
@@ -187,6 +193,7 @@ impl DeviceCore {
     pub fn new(config: CoreConfig, now: Instant) -> Self {
         let mut core = DeviceCore {
             backoff: Backoff::new(config.reconnect.clone()),
+            up_since: None,
             config,
             link: Link::Waiting { next_attempt: now },
             next_attempt_id: 0,
@@ -281,7 +288,22 @@ impl DeviceCore {
             DeviceInput::Signaling(SignalingEvent::Disconnected { reason }) => {
                 if self.link == Link::Up {
                     self.event(AppEvent::new(EventKind::SignalingDisconnected, reason));
-                    self.schedule_retry(now);
+                    let stable = self
+                        .up_since
+                        .is_some_and(|t| now.saturating_duration_since(t) >= STABLE_LINK);
+                    if stable && self.viewer_count() > 0 {
+                        // A link that had been up a while, lost with viewers watching: most
+                        // likely the network moved (their ICE restarts need signaling), so
+                        // the first attempt goes at once; failures then back off as usual.
+                        self.link = Link::Waiting { next_attempt: now };
+                        self.set_state(DeviceState::SignalingBackoff);
+                        self.event(AppEvent::new(
+                            EventKind::SignalingReconnectScheduled,
+                            "retrying signaling now (viewers are watching)",
+                        ));
+                    } else {
+                        self.schedule_retry(now);
+                    }
                 }
             }
             DeviceInput::IceServers(result) => self.on_ice_servers(now, result),
@@ -373,10 +395,16 @@ impl DeviceCore {
         }
         self.backoff.reset();
         self.link = Link::Up;
+        self.up_since = Some(now);
         self.event(AppEvent::new(
             EventKind::SignalingConnected,
             "signaling connected",
         ));
+        if self.viewer_count() > 0 {
+            // An ICE restart offered while signaling was down was lost with it.
+            self.out
+                .push_back(DeviceOutput::Peer(PeerCommand::SignalingRestored));
+        }
         self.update_ready();
         if !self.ice.fetched && !self.ice.in_flight {
             self.ice.next = Some(now);

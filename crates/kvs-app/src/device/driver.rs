@@ -15,6 +15,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+/// Peer events taken in one turn (a session's start comes as a burst: answer, candidates,
+/// connected, keyframe request).
+const PEER_EVENT_BATCH: usize = 64;
+
 /// How long a send waits for room on a full signaling queue before the message is dropped:
 /// long enough not to lose an answer to a burst, never forever.
 const SEND_WAIT: Duration = Duration::from_secs(2);
@@ -86,7 +90,36 @@ impl Driver {
                     DeviceInput::Signaling(event)
                 }
                 event = peer_events.recv() => match event {
-                    Some(event) => DeviceInput::Peer(event),
+                    Some(event) => {
+                        // A keyframe request must not wait behind the events queued before
+                        // it (answers and candidates to send, each awaiting signaling): the
+                        // camera is told at once; the core still sees the event in order.
+                        if matches!(event, PeerEvent::KeyframeRequested { .. }) {
+                            if let Some(video) = &self.video_thread {
+                                video.control().request_keyframe();
+                            }
+                        }
+                        let mut batch = vec![event];
+                        while let Ok(e) = peer_events.try_recv() {
+                            if matches!(e, PeerEvent::KeyframeRequested { .. }) {
+                                if let Some(video) = &self.video_thread {
+                                    video.control().request_keyframe();
+                                }
+                            }
+                            batch.push(e);
+                            if batch.len() >= PEER_EVENT_BATCH {
+                                break;
+                            }
+                        }
+                        let last = batch.pop().expect("one event at least");
+                        for e in batch {
+                            core.handle_input(Instant::now(), DeviceInput::Peer(e));
+                            while let Some(output) = core.poll_output() {
+                                self.perform(&mut core, output).await;
+                            }
+                        }
+                        DeviceInput::Peer(last)
+                    }
                     None => {
                         self.events.publish(AppEvent::new(EventKind::Error, "peer engine stopped").with_status(1));
                         break;
@@ -316,7 +349,9 @@ fn command_peer(command: &PeerCommand) -> Option<String> {
         | PeerCommand::CreateOffer { peer_id }
         | PeerCommand::SendData { peer_id, .. }
         | PeerCommand::CloseSession { peer_id } => Some(peer_id.clone()),
-        PeerCommand::SetIceServers { .. } | PeerCommand::SetMaxSessions { .. } => None,
+        PeerCommand::SetIceServers { .. }
+        | PeerCommand::SetMaxSessions { .. }
+        | PeerCommand::SignalingRestored => None,
     }
 }
 

@@ -560,6 +560,8 @@ impl NatCore {
     }
 
     pub fn poll_event(&mut self) -> Option<NatEvent> {
+        // Relays allocated since the last poll are announced here, in transport order.
+        self.relays.announce(&mut self.out);
         self.out.events.pop_front()
     }
 

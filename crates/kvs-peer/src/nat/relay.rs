@@ -63,6 +63,8 @@ const MAX_CHANNELS: usize = 64;
 /// A failed allocation on a server is tried again after this long (a new server list is
 /// tried at once).
 const RETRY_AFTER: Duration = Duration::from_secs(60);
+/// Longest a relay waits to be announced behind a better transport still being allocated.
+const ANNOUNCE_WAIT: Duration = Duration::from_millis(500);
 /// How long a retired allocation is kept for the sessions that might still be moving off it.
 const RETIRED_GRACE: Duration = Duration::from_secs(10);
 /// Request retransmissions: 0.5 s, doubling to 2 s, 4 resends, 2 s for the last answer —
@@ -101,6 +103,12 @@ struct Relay {
     last_error: Option<String>,
     /// It worked, then failed (refresh refused, connection lost): try again at once.
     lost: bool,
+    /// Allocated, not yet announced as a candidate: relays are announced UDP first, then TCP,
+    /// then TLS, because str0m ranks candidates of one kind by the order they are added, and a
+    /// TLS relay must not outrank a TCP one only for being ready first.
+    unannounced: bool,
+    /// When it was allocated.
+    ready_at: Option<Instant>,
     /// Transactions the server answered 401 while allocating: the first is the challenge,
     /// a second one means our credentials were refused.
     unauthorized: Vec<u128>,
@@ -127,6 +135,8 @@ pub struct RelayPool {
     relays: Vec<Relay>,
     next_conn: u64,
     clock: Option<Clock>,
+    /// The latest time seen (announcements are made from the poll, which has none).
+    now: Option<Instant>,
 }
 
 impl RelayPool {
@@ -140,10 +150,12 @@ impl RelayPool {
             relays: Vec::new(),
             next_conn: 1,
             clock: None,
+            now: None,
         }
     }
 
     fn clock(&mut self, now: Instant) -> Clock {
+        self.now = Some(self.now.map_or(now, |n| n.max(now)));
         *self.clock.get_or_insert_with(|| Clock::new(now))
     }
 
@@ -206,6 +218,8 @@ impl RelayPool {
             local,
             last_error: None,
             lost: false,
+            unannounced: false,
+            ready_at: None,
             unauthorized: Vec::new(),
             pending: VecDeque::new(),
             permission_requested: Vec::new(),
@@ -282,14 +296,59 @@ impl RelayPool {
         self.relays.retain(|r| r.is_live() || r.client.is_some());
     }
 
-    pub(crate) fn candidates(&self) -> impl Iterator<Item = Candidate> + '_ {
-        self.relays
+    pub(crate) fn candidates(&self) -> Vec<Candidate> {
+        let mut ready: Vec<&Relay> = self
+            .relays
             .iter()
-            .filter(|r| r.retired.is_none())
+            .filter(|r| r.retired.is_none() && !r.unannounced)
+            .collect();
+        ready.sort_by_key(|r| rank(r.transport));
+        ready
+            .into_iter()
             .filter_map(|r| match r.state {
                 State::Ready(addr) => relay_candidate(r, addr),
                 _ => None,
             })
+            .collect()
+    }
+
+    /// Announce allocated relays in transport order: one waits while a relay of a better
+    /// transport is still being made.
+    pub(crate) fn announce(&mut self, out: &mut NatOut) {
+        let pending: Vec<RelayTransport> = self
+            .relays
+            .iter()
+            .filter(|r| {
+                r.retired.is_none() && matches!(r.state, State::Connecting | State::Allocating)
+            })
+            .map(|r| r.transport)
+            .collect();
+        let mut order: Vec<usize> = (0..self.relays.len()).collect();
+        order.sort_by_key(|&i| rank(self.relays[i].transport));
+        for i in order {
+            let r = &mut self.relays[i];
+            let State::Ready(addr) = r.state else {
+                r.unannounced = false;
+                continue;
+            };
+            // A better transport still on its way holds this one back, for at most
+            // ANNOUNCE_WAIT: a blocked UDP must not delay TCP by its whole timeout.
+            let waited = match (r.ready_at, self.now) {
+                (Some(ready), Some(now)) => now.saturating_duration_since(ready) >= ANNOUNCE_WAIT,
+                _ => true,
+            };
+            let held = !waited && pending.iter().any(|t| rank(*t) < rank(r.transport));
+            if !r.unannounced || held {
+                continue;
+            }
+            r.unannounced = false;
+            if let Some(candidate) = relay_candidate(r, addr) {
+                out.event(NatEvent::Candidate {
+                    candidate,
+                    from: r.uri.clone(),
+                });
+            }
+        }
     }
 
     pub(crate) fn done(&self) -> bool {
@@ -385,7 +444,7 @@ impl RelayPool {
                 };
                 // The crate builds the TLS connection with an `unwrap`; a configuration that
                 // rustls refuses must not take the engine down.
-                let built = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                let built = fenced(AssertUnwindSafe(|| {
                     TurnClientRustls::allocate(local, r.server, config, name, tls)
                 }));
                 match built {
@@ -427,7 +486,7 @@ impl RelayPool {
         let server = r.server;
         // The TLS wrapper asserts on input it does not expect (`unreachable!`); a server's
         // bytes must not be able to panic the engine, so the call is fenced.
-        let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        let result = fenced(AssertUnwindSafe(|| {
             let mut got = Vec::new();
             match client.recv(Transmit::new(data, transport, server, local), t) {
                 TurnRecvRet::PeerData(d) => got.push((d.peer, d.data().to_vec())),
@@ -527,7 +586,55 @@ impl RelayPool {
     }
 
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
-        self.relays.iter().filter_map(|r| r.wake).min()
+        // Only deadlines still ahead: a relay held back past its wait is announced by the next
+        // poll, and a past instant here would make drivers spin.
+        let announce = self
+            .relays
+            .iter()
+            .filter(|r| r.unannounced && matches!(r.state, State::Ready(_)))
+            .filter_map(|r| r.ready_at.map(|t| t + ANNOUNCE_WAIT))
+            .filter(|t| self.now.is_none_or(|now| *t > now));
+        self.relays
+            .iter()
+            .filter_map(|r| r.wake)
+            .chain(announce)
+            .min()
+    }
+}
+
+thread_local! {
+    /// Set while a call into the TURN client crates runs inside [`fenced`].
+    static FENCED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Run `f`, turning a panic inside it into an error. `turn-client-rustls` asserts
+/// (`unreachable!`) on some server answers it does not expect (a second 401 over TLS); a
+/// server's bytes must not take the engine down, nor print a panic report as if they had: the
+/// panic hook stays quiet for panics inside the fence (they are logged as a relay failure).
+fn fenced<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> Result<R, ()> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if FENCED.with(|f| f.get()) {
+                debug!("TURN client panicked (fenced): {info}");
+            } else {
+                previous(info);
+            }
+        }));
+    });
+    FENCED.with(|f| f.set(true));
+    let result = std::panic::catch_unwind(f).map_err(|_| ());
+    FENCED.with(|f| f.set(false));
+    result
+}
+
+/// Preference of a relay's transport: UDP, then TCP, then TLS.
+fn rank(t: RelayTransport) -> u8 {
+    match t {
+        RelayTransport::Udp => 0,
+        RelayTransport::Tcp => 1,
+        RelayTransport::Tls => 2,
     }
 }
 
@@ -744,12 +851,8 @@ fn on_event(r: &mut Relay, now: Instant, clock: Clock, e: TurnEvent, out: &mut N
             }
             info!(uri = %r.uri, relayed = %addr, "TURN relay allocated");
             r.state = State::Ready(addr);
-            if let Some(candidate) = relay_candidate(r, addr) {
-                out.event(NatEvent::Candidate {
-                    candidate,
-                    from: r.uri.clone(),
-                });
-            }
+            r.unannounced = true;
+            r.ready_at = Some(now);
         }
         TurnEvent::AllocationCreateFailed(_) => {
             if matches!(r.state, State::Allocating) {
