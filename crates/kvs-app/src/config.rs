@@ -1233,4 +1233,42 @@ mod tests {
         .unwrap();
         assert_eq!(c.rainmaker.unwrap().node_id, "envnode");
     }
+
+    #[test]
+    fn speaker_and_codecs_sections() {
+        let c = DeviceConfig::default();
+        assert!(!c.speaker.enabled());
+        assert_eq!(c.codecs.audio, AudioCodecChoice::Auto);
+        assert_eq!(c.speaker.floor_hold, Duration::from_secs(1));
+        assert_eq!(c.speaker.max_buffer, Duration::from_millis(200));
+        let c = DeviceConfig::from_toml_str(
+            "[speaker]\nwav = \"talk.wav\"\nfloor_hold = 1500\n[codecs]\naudio = \"pcmu\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.speaker.wav.as_deref(), Some(Path::new("talk.wav")));
+        assert_eq!(c.speaker.floor_hold, Duration::from_millis(1500));
+        assert_eq!(c.codecs.audio, AudioCodecChoice::Pcmu);
+        let c = DeviceConfig::load(None, env(&[("KVS_WEBRTC_CODECS__AUDIO", "pcma")])).unwrap();
+        assert_eq!(c.codecs.audio, AudioCodecChoice::Pcma);
+        for (bad, says) in [
+            (
+                "[speaker]\nwav = \"a.wav\"\ncommand = \"aplay\"\n",
+                "choose one",
+            ),
+            ("[speaker]\nmax_buffer = 10\n", "max_buffer"),
+            ("[codecs]\naudio = \"g729\"\n", "unknown variant"),
+            (
+                "[audio]\nsource = \"ogg-opus\"\npath = \"x.opus\"\n[codecs]\naudio = \"pcma\"\n",
+                "Opus only",
+            ),
+        ] {
+            let e = DeviceConfig::from_toml_str(bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        assert_eq!(
+            "PCMU".parse::<AudioCodecChoice>(),
+            Ok(AudioCodecChoice::Pcmu)
+        );
+        assert!("g729".parse::<AudioCodecChoice>().is_err());
+    }
 }
