@@ -175,7 +175,8 @@ pub enum PeerCommand {
         sdp_mid: Option<String>,
         sdp_m_line_index: Option<u16>,
     },
-    /// Create a device-initiated session: an offer with sendonly video/audio and a data
+    /// Create a device-initiated session: an offer with sendonly video, audio (sendrecv with
+    /// [`PeerConfig::talkback`], so the viewer may answer with its microphone) and a data
     /// channel. Answered by [`PeerEvent::LocalOffer`].
     CreateOffer { peer_id: String },
     /// Send a message on the peer's data channel (queued until the channel is open).

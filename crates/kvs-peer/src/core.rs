@@ -1008,9 +1008,14 @@ impl PeerCore {
             s.video_mid =
                 Some(api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None));
         }
-        if self.config.audio.is_some() {
-            s.audio_mid =
-                Some(api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None));
+        if self.config.audio.is_some() || self.config.talkback {
+            // With talk-back the viewer may answer with its microphone.
+            let dir = match (self.config.audio.is_some(), self.config.talkback) {
+                (true, true) => Direction::SendRecv,
+                (false, _) => Direction::RecvOnly,
+                (true, false) => Direction::SendOnly,
+            };
+            s.audio_mid = Some(api.add_media(MediaKind::Audio, dir, None, None, None));
         }
         if self.config.data_channel {
             api.add_channel(self.config.data_channel_label.clone());
