@@ -194,7 +194,7 @@ async function microphoneFrequency(v) {
 }
 
 /** Hold push-to-talk for TALK_MS, release, listen AFTER_MS; returns the WAV's analysis. */
-async function talkAndAnalyse(v, wavPath, what) {
+async function talkAndAnalyse(v, wavPath, what, read = readWav) {
   // The button, pressed and held with the mouse as a user does.
   const box = await v.page.locator('#talk-btn').boundingBox();
   assert.ok(box, 'the page has a push-to-talk button');
@@ -208,7 +208,7 @@ async function talkAndAnalyse(v, wavPath, what) {
   await waitInPage(v, 'the microphone to be off', () => window.kvsViewer.talking === false);
   await sleep(AFTER_MS);
 
-  const wav = readWav(wavPath);
+  const wav = read(wavPath);
   assert.equal(wav.sampleRate, 48000);
   assert.equal(wav.channels, 1);
   const sec = (s) => Math.round(s * wav.sampleRate);
@@ -269,6 +269,30 @@ test('push-to-talk (Opus): the device WAV holds the microphone beep while held, 
     await program.stop(5000);
     const final = readWav(wavPath);
     assert.equal(final.fileBytes, 44 + final.dataBytes, 'final header sizes');
+  });
+});
+
+/** Raw S16LE mono 48 kHz, as `--speaker-cmd` gets it on stdin. */
+function readRaw(file) {
+  const b = fs.readFileSync(file);
+  const samples = new Int16Array(Math.floor(b.length / 2));
+  for (let i = 0; i < samples.length; i++) samples[i] = b.readInt16LE(2 * i);
+  return { sampleRate: 48000, channels: 1, samples };
+}
+
+test('--speaker-cmd: a command gets the talk-back PCM on its stdin', TEST_TIMEOUT, async () => {
+  let program;
+  let v;
+  await withDiagnostics(() => ({ program, viewers: [v] }), async () => {
+    const rawPath = path.join(tmp, 'speaker.raw');
+    program = await start(['--speaker-cmd', `cat > '${rawPath}'`]);
+    v = await viewer(program.url, 'cmd');
+    await waitForDecodedVideo(v, 5);
+    const micHz = await microphoneFrequency(v);
+    const r = await talkAndAnalyse(v, rawPath, 'speaker-cmd', readRaw);
+    assert.ok(r.talkPeak > 1000 && r.talkRms > 100, `audible while held: ${JSON.stringify(r)}`);
+    assert.ok(Math.abs(r.frequencyHz - micHz) < Math.max(10, micHz * 0.03), `PCM at the microphone's ${micHz.toFixed(1)} Hz: ${JSON.stringify(r)}`);
+    assert.ok(r.releasedPeak < 50, `silence after the release: ${JSON.stringify(r)}`);
   });
 });
 
