@@ -686,14 +686,22 @@ async function flushAndRecover(id, stack, rec, { udpOnly }) {
   assert.ok(recoveredMs !== null && recoveredMs <= RECOVERY_BOUND_MS,
     `video resumed within ${RECOVERY_BOUND_MS} ms of the flush (got ${text}); every 5th sample: ${JSON.stringify(samples.filter((_, i) => i % 5 === 0))}`);
   assert.ok(after.delta >= 15, `decoding after recovery: ${after.delta} frames in 1.5 s`);
-  // Only a path the flush broke needs an ICE restart.
-  if (stall) deviceCheck(row, 'IceRestart and a new IcePairSelected after the flush', () => {
+  // Only a path the flush broke needs an ICE restart, and only one still broken when the
+  // device's silence threshold (2 s without a packet from the viewer on its path) runs out: a
+  // flush only moves the device's NAT mapping, and the viewer mends that by itself once the
+  // device's next check arrives from the new mapping (a peer-reflexive candidate to it), often
+  // before the device would restart; a restart then is not owed (it would only be slower).
+  const mendedFirst = recoveredMs !== null && recoveredMs < DEVICE_RESTART_AFTER_MS;
+  if (stall && mendedFirst && !restarts.length) row.notes.push('mended without an ICE restart');
+  if (stall && !mendedFirst) deviceCheck(row, 'IceRestart and a new IcePairSelected after the flush', () => {
     assert.ok(restarts.length, `no IceRestart [${stack.clientId}] line after the flush; device printed:\n${deviceLines(stack, /Ice|Turn|Peer/)}`);
     assert.ok(devicePair(stack, flushAt), `no IcePairSelected after the flush; device printed:\n${deviceLines(stack, /Ice|Turn|Peer/)}`);
   });
 }
 
 const OBSERVE_MS = 15_000;
+/** The device restarts ICE after this long without a packet from the viewer on its path. */
+const DEVICE_RESTART_AFTER_MS = 2000;
 natCase('6', "the device's symmetric NAT is flushed (conntrack -F) mid-session: video resumes within 3 s", { device: 'symmetric', viewer: 'eim' },
   (stack, rec) => flushAndRecover('6', stack, rec, { udpOnly: false }));
 // conntrack -F also breaks the device's signaling connection (its TCP mapping is gone); with only

@@ -834,6 +834,11 @@ impl PeerCore {
                         .unwrap_or(RelayTransport::Udp);
                     self.out.relay_addrs.retain(|(a, _)| *a != candidate.addr());
                     self.out.relay_addrs.push((candidate.addr(), transport));
+                    for s in self.sessions.values() {
+                        if s.is_live() {
+                            permit_remotes(&mut self.nat, now, s);
+                        }
+                    }
                 }
                 self.out.event(PeerEvent::CandidateGathered {
                     kind: kind_name(candidate.kind()).to_string(),
@@ -919,6 +924,7 @@ impl PeerCore {
                 let restart =
                     s.remote_ufrag.is_some() && ufrag.is_some() && s.remote_ufrag != ufrag;
                 remember_sdp_candidates(s, sdp);
+                permit_remotes(&mut self.nat, now, s);
                 let answer = s
                     .rtc
                     .sdp_api()
@@ -983,6 +989,7 @@ impl PeerCore {
         });
         self.emit_local_candidates(&mut s, &sdp, lines);
         self.apply_held_candidates(&mut s, held, now);
+        permit_remotes(&mut self.nat, now, &s);
         start_checks(&mut s, now);
         service(&mut s, now, &self.config, &mut self.out);
         self.sessions.insert(peer_id, s);
@@ -1076,6 +1083,7 @@ impl PeerCore {
         remember_sdp_candidates(&mut s, sdp);
         let held = self.pending_candidates.remove(&peer_id);
         self.apply_held_candidates(&mut s, held, now);
+        permit_remotes(&mut self.nat, now, &s);
         start_checks(&mut s, now);
         service(&mut s, now, &self.config, &mut self.out);
         self.sessions.insert(peer_id, s);
@@ -1110,6 +1118,7 @@ impl PeerCore {
         match parse_candidate(&candidate) {
             Ok(ParsedCandidate::Candidate(c)) => {
                 s.remember_remote(&c);
+                self.nat.permit(now, c.addr().ip());
                 s.rtc.add_remote_candidate(c);
                 service(s, now, &self.config, &mut self.out);
                 Ok(())
@@ -1675,6 +1684,14 @@ fn remember_sdp_candidates(s: &mut Session, sdp: &str) {
                 s.remember_remote(&c);
             }
         }
+    }
+}
+
+/// Let every remote address the session knows of reach our relayed addresses (TURN
+/// permissions ahead of data; see [`NatCore::permit`]).
+fn permit_remotes(nat: &mut NatCore, now: Instant, s: &Session) {
+    for (addr, _) in &s.remote_kinds {
+        nat.permit(now, addr.ip());
     }
 }
 

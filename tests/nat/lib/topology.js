@@ -148,6 +148,21 @@ function createTopology(tag, { device = 'eim', viewer = 'eim' } = {}) {
       if (s.nat === 'none') {
         ip('-n', pub.ns, 'route', 'add', s.net, 'via', s.wan, 'dev', pubDev);
       } else {
+        // The LAN behind the NAT is not routed from the public side, but what is sent to it
+        // must vanish as it does on the Internet, not fail: a relay whose send fails with
+        // ENETUNREACH (the viewer's TURN allocation checking the device's private host
+        // candidate) is torn down by coturn, and with it the viewer's working relayed path,
+        // half a second into every session. A route through a veth whose far end drops the
+        // frames (a next hop with a fixed MAC no interface has) is that sink.
+        const sinkDev = `${tag}x${s.p}`;
+        const sinkPeer = `${tag}y${s.p}`;
+        const n = s.p === 'd' ? 1 : 2;
+        ip('-n', pub.ns, 'link', 'add', sinkDev, 'type', 'veth', 'peer', 'name', sinkPeer);
+        ip('-n', pub.ns, 'addr', 'add', `10.99.${n}.1/30`, 'dev', sinkDev);
+        ip('-n', pub.ns, 'link', 'set', sinkDev, 'up');
+        ip('-n', pub.ns, 'link', 'set', sinkPeer, 'up');
+        ip('-n', pub.ns, 'neigh', 'add', `10.99.${n}.2`, 'lladdr', `02:00:00:00:99:0${n}`, 'dev', sinkDev, 'nud', 'permanent');
+        ip('-n', pub.ns, 'route', 'add', s.net, 'via', `10.99.${n}.2`, 'dev', sinkDev);
         const rule = ['-t', 'nat', '-A', 'POSTROUTING', '-s', s.net, '-o', wanDev, '-j', 'MASQUERADE'];
         if (s.nat === 'symmetric') rule.push('--random');
         inNs(s.router, 'iptables', ...rule);

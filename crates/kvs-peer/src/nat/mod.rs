@@ -497,6 +497,14 @@ impl NatCore {
             .handle_datagram(now, source, destination, data, &mut self.out)
     }
 
+    /// A remote peer's address became known (a viewer's candidate): let it reach our
+    /// relayed addresses at once (TURN permissions are per IP).
+    pub fn permit(&mut self, now: Instant, peer: std::net::IpAddr) {
+        if self.policy.use_turn {
+            self.relays.permit(now, peer, &mut self.out);
+        }
+    }
+
     /// Send `data` from relayed address `relayed` to `peer`.
     pub fn send_relayed(
         &mut self,

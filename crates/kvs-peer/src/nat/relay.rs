@@ -114,6 +114,8 @@ struct Relay {
     unauthorized: Vec<u128>,
     pending: VecDeque<(SocketAddr, Vec<u8>)>,
     permission_requested: Vec<IpAddr>,
+    /// Peers the server refused a permission for: not asked again ahead of a send.
+    permission_refused: Vec<IpAddr>,
     channels: Vec<SocketAddr>,
     wake: Option<Instant>,
 }
@@ -223,6 +225,7 @@ impl RelayPool {
             unauthorized: Vec::new(),
             pending: VecDeque::new(),
             permission_requested: Vec::new(),
+            permission_refused: Vec::new(),
             channels: Vec::new(),
             wake: None,
         };
@@ -530,6 +533,42 @@ impl RelayPool {
                 _ => format!("connection lost: {why}"),
             };
             fail(r, now, reason, out);
+        }
+    }
+
+    /// Install a permission for `peer` on every ready allocation, ahead of any data: the
+    /// server drops what a peer sends to the relayed address until a permission for its IP
+    /// exists, so a viewer's first checks (and its nomination) on a pair with our relayed
+    /// candidate would otherwise be lost until we happen to send to that IP ourselves.
+    pub(crate) fn permit(&mut self, now: Instant, peer: IpAddr, out: &mut NatOut) {
+        let clock = self.clock(now);
+        let t = clock.to_turn(now);
+        for r in &mut self.relays {
+            let State::Ready(relayed) = r.state else {
+                continue;
+            };
+            if relayed.is_ipv4() != peer.is_ipv4()
+                || r.retired.is_some()
+                || r.permission_requested.contains(&peer)
+                || r.permission_refused.contains(&peer)
+                || r.permission_requested.len() >= MAX_PENDING
+            {
+                continue;
+            }
+            let Some(client) = r.client.as_mut() else {
+                continue;
+            };
+            if client.have_permission(TransportType::Udp, peer) {
+                continue;
+            }
+            match client.create_permission(TransportType::Udp, peer, t) {
+                Ok(()) => {
+                    debug!(uri = %r.uri, %peer, "TURN permission ahead of data");
+                    r.permission_requested.push(peer);
+                    drive(r, now, clock, out);
+                }
+                Err(e) => debug!(%peer, "permission: {e}"),
+            }
         }
     }
 
@@ -873,6 +912,9 @@ fn on_event(r: &mut Relay, now: Instant, clock: Clock, e: TurnEvent, out: &mut N
         TurnEvent::PermissionCreateFailed(_, ip) => {
             debug!(uri = %r.uri, %ip, "TURN permission refused");
             r.permission_requested.retain(|p| *p != ip);
+            if !r.permission_refused.contains(&ip) && r.permission_refused.len() < MAX_PENDING {
+                r.permission_refused.push(ip);
+            }
             r.pending.retain(|(peer, _)| peer.ip() != ip);
         }
         TurnEvent::ChannelCreateFailed(_, peer) => {

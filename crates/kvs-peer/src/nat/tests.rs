@@ -247,6 +247,29 @@ fn relayed_data_flows_both_ways_once_the_permission_is_installed() {
 }
 
 #[test]
+fn a_known_peer_reaches_the_relayed_address_before_the_device_sends_to_it() {
+    let mut w = World::new("secret");
+    w.nat.set_sessions(w.now, 1);
+    w.advance(Duration::from_millis(100));
+    // Without a permission the server drops what the peer sends (its first checks).
+    assert!(w.peer_sends(b"early").is_empty());
+    // The peer's candidate is known: the permission goes in ahead of any data of ours.
+    w.nat.permit(w.now, addr(PEER).ip());
+    w.advance(Duration::from_millis(100));
+    let got = w.peer_sends(b"check-from-peer");
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].data, b"check-from-peer");
+    assert!(
+        w.to_peer.is_empty(),
+        "nothing sent to the peer: {:?}",
+        w.to_peer
+    );
+    // Asking again (every trickled candidate does) sends nothing new.
+    w.nat.permit(w.now, addr(PEER).ip());
+    assert!(w.nat.poll_datagram().is_none());
+}
+
+#[test]
 fn the_allocation_permission_and_channel_are_refreshed_for_an_hour() {
     let mut w = World::new("secret");
     w.nat.set_sessions(w.now, 1);
