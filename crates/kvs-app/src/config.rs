@@ -43,6 +43,10 @@ pub struct DeviceConfig {
     pub audio: AudioSourceConfig,
     pub session: SessionConfig,
     pub nat: NatConfig,
+    /// `[speaker]`: where viewers' talk-back audio is played.
+    pub speaker: SpeakerConfig,
+    /// `[codecs]`: which codecs the device sends.
+    pub codecs: CodecsConfig,
     pub reconnect: BackoffConfig,
     /// Remote control as a RainMaker-compatible node (`[rainmaker]`; run by
     /// `kvs_app::rainmaker` with the `rainmaker` feature).
@@ -597,6 +601,79 @@ impl Default for SessionConfig {
     }
 }
 
+/// `[speaker]`: talk-back. A viewer that sends audio (the viewer page's push-to-talk) is
+/// decoded (Opus, PCMU, PCMA) and played here as 48 kHz mono S16LE. One viewer is heard at a
+/// time: the first to talk holds the floor until silent for `floor_hold`. Neither set: viewers'
+/// audio is ignored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SpeakerConfig {
+    /// Write a WAV file (created at start; from the first talk-back packet on it is a
+    /// continuous wall-clock recording, silence when nobody talks).
+    pub wav: Option<PathBuf>,
+    /// Run this shell command and feed it PCM on stdin (`aplay -f S16_LE -r 48000`).
+    pub command: Option<String>,
+    /// The floor is released after its holder has been silent this long.
+    #[serde(with = "duration_millis")]
+    pub floor_hold: Duration,
+    /// Most talk-back audio buffered (jitter buffer), in time.
+    #[serde(with = "duration_millis")]
+    pub max_buffer: Duration,
+}
+
+impl Default for SpeakerConfig {
+    fn default() -> Self {
+        Self {
+            wav: None,
+            command: None,
+            floor_hold: Duration::from_secs(1),
+            max_buffer: Duration::from_millis(200),
+        }
+    }
+}
+
+impl SpeakerConfig {
+    /// A speaker is configured.
+    pub fn enabled(&self) -> bool {
+        self.wav.is_some() || self.command.is_some()
+    }
+}
+
+/// `[codecs]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CodecsConfig {
+    /// `auto` (the tone in Opus, PCMU and PCMA: each viewer gets the first of these it
+    /// offers), or one codec for sending and receiving (`opus`, `pcmu`, `pcma`).
+    pub audio: AudioCodecChoice,
+}
+
+/// See [`CodecsConfig::audio`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AudioCodecChoice {
+    #[default]
+    Auto,
+    Opus,
+    Pcmu,
+    Pcma,
+}
+
+impl std::str::FromStr for AudioCodecChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "opus" => Ok(Self::Opus),
+            "pcmu" => Ok(Self::Pcmu),
+            "pcma" => Ok(Self::Pcma),
+            _ => Err(format!(
+                "unknown audio codec {s:?} (auto, opus, pcmu, pcma)"
+            )),
+        }
+    }
+}
+
 /// `[nat]`: how the device gets through NATs (README, "Behind NAT").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -721,6 +798,24 @@ impl DeviceConfig {
                 "session.max_viewers must be 1..=100, got {}",
                 self.session.max_viewers
             ));
+        }
+        if self.speaker.wav.is_some() && self.speaker.command.is_some() {
+            return Err("speaker.wav and speaker.command: choose one speaker".into());
+        }
+        if self.speaker.floor_hold.is_zero() || self.speaker.floor_hold > Duration::from_secs(60) {
+            return Err("speaker.floor_hold must be 1..=60000 ms".into());
+        }
+        if !(Duration::from_millis(40)..=Duration::from_secs(2)).contains(&self.speaker.max_buffer)
+        {
+            return Err("speaker.max_buffer must be 40..=2000 ms".into());
+        }
+        if matches!(self.audio, AudioSourceConfig::OggOpus { .. })
+            && matches!(
+                self.codecs.audio,
+                AudioCodecChoice::Pcmu | AudioCodecChoice::Pcma
+            )
+        {
+            return Err("codecs.audio: an Ogg/Opus file source sends Opus only".into());
         }
         if self.nat.relay_only && !self.nat.use_turn {
             return Err(
@@ -1137,5 +1232,43 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.rainmaker.unwrap().node_id, "envnode");
+    }
+
+    #[test]
+    fn speaker_and_codecs_sections() {
+        let c = DeviceConfig::default();
+        assert!(!c.speaker.enabled());
+        assert_eq!(c.codecs.audio, AudioCodecChoice::Auto);
+        assert_eq!(c.speaker.floor_hold, Duration::from_secs(1));
+        assert_eq!(c.speaker.max_buffer, Duration::from_millis(200));
+        let c = DeviceConfig::from_toml_str(
+            "[speaker]\nwav = \"talk.wav\"\nfloor_hold = 1500\n[codecs]\naudio = \"pcmu\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.speaker.wav.as_deref(), Some(Path::new("talk.wav")));
+        assert_eq!(c.speaker.floor_hold, Duration::from_millis(1500));
+        assert_eq!(c.codecs.audio, AudioCodecChoice::Pcmu);
+        let c = DeviceConfig::load(None, env(&[("KVS_WEBRTC_CODECS__AUDIO", "pcma")])).unwrap();
+        assert_eq!(c.codecs.audio, AudioCodecChoice::Pcma);
+        for (bad, says) in [
+            (
+                "[speaker]\nwav = \"a.wav\"\ncommand = \"aplay\"\n",
+                "choose one",
+            ),
+            ("[speaker]\nmax_buffer = 10\n", "max_buffer"),
+            ("[codecs]\naudio = \"g729\"\n", "unknown variant"),
+            (
+                "[audio]\nsource = \"ogg-opus\"\npath = \"x.opus\"\n[codecs]\naudio = \"pcma\"\n",
+                "Opus only",
+            ),
+        ] {
+            let e = DeviceConfig::from_toml_str(bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        assert_eq!(
+            "PCMU".parse::<AudioCodecChoice>(),
+            Ok(AudioCodecChoice::Pcmu)
+        );
+        assert!("g729".parse::<AudioCodecChoice>().is_err());
     }
 }

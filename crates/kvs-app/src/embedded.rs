@@ -233,7 +233,7 @@ pub async fn start_with_events(
 ) -> Result<Embedded, EmbeddedError> {
     // Open sources first: a bad file is reported before anything listens.
     let camera = crate::sources::open_camera(&config.video)?;
-    let microphone = crate::sources::open_microphone(&config.audio)?;
+    let microphone = crate::sources::open_microphone_with(&config.audio, config.codecs.audio)?;
     let (local, client) = start_service(&config, extra_routes).await?;
     let parts = DeviceParts {
         config,

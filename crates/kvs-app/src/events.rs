@@ -58,6 +58,10 @@ pub enum EventKind {
     IceRestart,
     /// A TURN server failed (message: the URI and why, e.g. it refused the credentials).
     TurnError,
+    /// A viewer took the talk-back floor (its audio is played on the speaker).
+    TalkbackStarted,
+    /// The talk-back floor was released (its holder was silent for `speaker.floor_hold`).
+    TalkbackStopped,
     Error,
 }
 

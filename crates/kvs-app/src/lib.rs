@@ -34,11 +34,14 @@ pub mod signaling;
 #[cfg(feature = "media")]
 pub mod sources;
 pub mod split;
+#[cfg(feature = "media")]
+pub mod talkback;
 
 pub use backoff::{Backoff, BackoffConfig};
 pub use config::{
-    AudioSourceConfig, ConfigError, CredentialsConfig, DeviceConfig, RainmakerConfig,
-    SessionConfig, SignalingConfig, VideoSourceConfig,
+    AudioCodecChoice, AudioSourceConfig, CodecsConfig, ConfigError, CredentialsConfig,
+    DeviceConfig, RainmakerConfig, SessionConfig, SignalingConfig, SpeakerConfig,
+    VideoSourceConfig,
 };
 pub use control::{Control, ControlError, DeviceControl};
 #[cfg(feature = "media")]

@@ -1,11 +1,13 @@
 //! Opens the configured camera and microphone from the host sources in `kvs-media`.
 
-use crate::config::{AudioSourceConfig, VideoSourceConfig};
+use crate::config::{AudioCodecChoice, AudioSourceConfig, SpeakerConfig, VideoSourceConfig};
 use kvs_media::sources::{
     H264FileCamera, H264FileConfig, OggOpusFileConfig, OggOpusMicrophone, StdinH264Camera,
     StdinH264Config, TestPatternCamera, TestPatternConfig, ToneConfig, ToneMicrophone,
 };
-use kvs_platform::{AudioCapture, CaptureError, VideoCapture};
+use kvs_platform::{
+    AudioCapture, AudioCodec, AudioPlayer, CaptureError, CommandPlayer, VideoCapture, WavFilePlayer,
+};
 
 /// A source that could not be opened, and which one.
 #[derive(Debug, thiserror::Error)]
@@ -77,14 +79,35 @@ pub fn open_camera(
     })
 }
 
-/// Open the microphone the configuration names (`None` for no audio).
+/// Open the microphone the configuration names (`None` for no audio); the tone in Opus only.
 pub fn open_microphone(
     config: &AudioSourceConfig,
 ) -> Result<Option<Box<dyn AudioCapture>>, SourceError> {
+    open_microphone_with(config, AudioCodecChoice::Opus)
+}
+
+/// Open the microphone for `[codecs] audio`: the tone in that codec, or with `auto` in Opus,
+/// PCMU and PCMA (each viewer is sent the first of these it offers).
+pub fn open_microphone_with(
+    config: &AudioSourceConfig,
+    codec: AudioCodecChoice,
+) -> Result<Option<Box<dyn AudioCapture>>, SourceError> {
+    const OPUS: &[AudioCodec] = &[AudioCodec::Opus];
+    const PCMU: &[AudioCodec] = &[AudioCodec::Pcmu];
+    const PCMA: &[AudioCodec] = &[AudioCodec::Pcma];
+    let codecs = match codec {
+        AudioCodecChoice::Auto => kvs_media::sources::ALL_TONE_CODECS,
+        AudioCodecChoice::Opus => OPUS,
+        AudioCodecChoice::Pcmu => PCMU,
+        AudioCodecChoice::Pcma => PCMA,
+    };
     Ok(match config {
         AudioSourceConfig::Tone => Some(Box::new(opening(
             || "the tone microphone".into(),
-            ToneMicrophone::new(ToneConfig::default()),
+            ToneMicrophone::new(ToneConfig {
+                codecs,
+                ..ToneConfig::default()
+            }),
         )?)),
         AudioSourceConfig::OggOpus { path } => {
             let mic = OggOpusMicrophone::open(path, OggOpusFileConfig::default());
@@ -95,4 +118,17 @@ pub fn open_microphone(
         }
         AudioSourceConfig::None => None,
     })
+}
+
+/// Open the speaker `[speaker]` names (`None` when neither a WAV file nor a command is set).
+pub fn open_speaker(
+    config: &SpeakerConfig,
+) -> Result<Option<Box<dyn AudioPlayer>>, kvs_platform::PlaybackError> {
+    if let Some(path) = &config.wav {
+        return Ok(Some(Box::new(WavFilePlayer::create(path)?)));
+    }
+    if let Some(command) = &config.command {
+        return Ok(Some(Box::new(CommandPlayer::spawn(command)?)));
+    }
+    Ok(None)
 }

@@ -13,6 +13,9 @@
 //! - [`fanout`]: fan-out of encoded frames to sessions.
 //! - [`rtp`]: RTP payload formats (H.264 RFC 6184, Opus): a frame is cut into payloads once
 //!   and every session sends the same shared payloads.
+//! - [`g711`]: G.711 µ-law/A-law companding and the 48 ↔ 8 kHz rate changes.
+//! - [`talkback`]: the speaker side of talk-back, sans-IO: who holds the floor, a jitter
+//!   buffer bounded in time, decoding viewers' Opus and G.711 into 48 kHz PCM.
 //! - [`snapshot`]: an I420 picture (or the test pattern right now) as a baseline JPEG, for
 //!   split mode's snapshot requests.
 //!
@@ -22,9 +25,11 @@
 //! from files or pipes and must return typed errors — never panic — on malformed input.
 
 pub mod fanout;
+pub mod g711;
 pub mod h264;
 pub mod ogg;
 pub mod pacer;
 pub mod rtp;
 pub mod snapshot;
 pub mod sources;
+pub mod talkback;

@@ -33,8 +33,20 @@ pub struct PeerConfig {
     pub udp_port_range: Option<(u16, u16)>,
     /// Video sent to viewers (H.264, packetization-mode 1), or none.
     pub video: Option<VideoCodec>,
-    /// Audio sent to viewers (Opus), or none.
+    /// Audio sent to viewers, or none: the audio source's codec (its first, when it gives
+    /// several).
     pub audio: Option<AudioCodec>,
+    /// Every codec the audio source gives, in preference order (see
+    /// `kvs_platform::AudioCapture::codecs`); empty = just [`audio`](Self::audio). Each viewer
+    /// is sent the first of these it accepts.
+    pub audio_codecs: Vec<AudioCodec>,
+    /// Take viewers' audio (talk-back): their packets come out of
+    /// [`PeerCore::poll_talk_packet`](crate::PeerCore::poll_talk_packet) (and the engine's
+    /// [`PeerHandle::take_talkback`](crate::PeerHandle::take_talkback)). Off: ignored.
+    pub talkback: bool,
+    /// Codecs accepted from viewers when [`talkback`](Self::talkback) is on, beside the ones
+    /// sent (one list per m-line in SDP: a codec offered here can also be chosen to send).
+    pub talkback_codecs: Vec<AudioCodec>,
     /// Accept data channels opened by viewers, and open one in offers we create.
     pub data_channel: bool,
     /// How long sent packets stay available for NACK resends. The send buffers are sized
@@ -75,6 +87,9 @@ impl Default for PeerConfig {
             udp_port_range: None,
             video: Some(VideoCodec::H264),
             audio: Some(AudioCodec::Opus),
+            audio_codecs: Vec::new(),
+            talkback: false,
+            talkback_codecs: vec![AudioCodec::Opus, AudioCodec::Pcmu, AudioCodec::Pcma],
             data_channel: true,
             resend_window: Duration::from_millis(250),
             video_bitrate_bps: 2_000_000,
@@ -101,6 +116,28 @@ const AUDIO_PACKETS_PER_SECOND: u64 = 50;
 const MIN_AUDIO_PACKETS: usize = 16;
 
 impl PeerConfig {
+    /// The codecs sent, in preference order.
+    pub fn send_audio_codecs(&self) -> Vec<AudioCodec> {
+        match (self.audio, self.audio_codecs.is_empty()) {
+            (None, _) => Vec::new(),
+            (Some(c), true) => vec![c],
+            (Some(_), false) => self.audio_codecs.clone(),
+        }
+    }
+
+    /// The codecs enabled in SDP: those sent, then those only received.
+    pub fn negotiable_audio_codecs(&self) -> Vec<AudioCodec> {
+        let mut all = self.send_audio_codecs();
+        if self.talkback {
+            for c in &self.talkback_codecs {
+                if !all.contains(c) {
+                    all.push(*c);
+                }
+            }
+        }
+        all
+    }
+
     /// Most packets the video resend buffer keeps:
     /// `max(32, ceil(resend_window_s × video_bitrate_bps / 8 / 1100))`, instead of str0m's
     /// 1000, where 1100 is the payload size frames are cut to
@@ -138,7 +175,8 @@ pub enum PeerCommand {
         sdp_mid: Option<String>,
         sdp_m_line_index: Option<u16>,
     },
-    /// Create a device-initiated session: an offer with sendonly video/audio and a data
+    /// Create a device-initiated session: an offer with sendonly video, audio (sendrecv with
+    /// [`PeerConfig::talkback`], so the viewer may answer with its microphone) and a data
     /// channel. Answered by [`PeerEvent::LocalOffer`].
     CreateOffer { peer_id: String },
     /// Send a message on the peer's data channel (queued until the channel is open).

@@ -29,7 +29,8 @@ use crate::nat::{NatCore, NatEvent, NatServer, RelayTransport, RelayedData, Stre
 use bytes::Bytes;
 use kvs_media::fanout::{FanoutKind, PushOutcome, Subscriber};
 use kvs_media::rtp::{PacketizedFrame, DEFAULT_MAX_PAYLOAD};
-use kvs_platform::EncodedFrame;
+use kvs_media::talkback::TalkPacket;
+use kvs_platform::{AudioCodec, EncodedFrame};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -67,6 +68,9 @@ pub const DATA_SOFT_BUFFERED: usize = 32 * 1024;
 const MAX_ADDR_CACHE: usize = 4096;
 /// Events held in the core before the driver takes them (bounded by sessions × a few).
 const MAX_CORE_EVENTS: usize = 4096;
+/// Viewers' audio packets held before the driver takes them (~1 s of ten talkers at 20 ms);
+/// the oldest are dropped beyond.
+const MAX_TALK_PACKETS: usize = 512;
 /// Wake at least this often (timeouts for connect, candidates).
 const MAX_IDLE: Duration = Duration::from_secs(1);
 /// DTLS datagrams no session accepts yet, held for a retry (see [`PeerCore::handle_datagram`]).
@@ -113,10 +117,32 @@ pub fn rtc_config(config: &PeerConfig, cert: Option<DtlsCert>) -> RtcConfig {
         codecs.add_h264(108.into(), Some(109.into()), true, H264_PROFILES[0]);
         codecs.add_h264(127.into(), Some(121.into()), true, H264_PROFILES[1]);
     }
-    if config.audio.is_some() {
-        rc = rc.enable_opus(true, false);
+    // One codec list per m-line: the codecs sent, then those only taken from viewers.
+    for codec in config.negotiable_audio_codecs() {
+        rc = match codec {
+            AudioCodec::Opus => rc.enable_opus(true, false),
+            AudioCodec::Pcmu => rc.enable_pcmu(true, false),
+            AudioCodec::Pcma => rc.enable_pcma(true, false),
+        };
     }
     rc
+}
+
+fn str0m_codec(codec: AudioCodec) -> Codec {
+    match codec {
+        AudioCodec::Opus => Codec::Opus,
+        AudioCodec::Pcmu => Codec::PCMU,
+        AudioCodec::Pcma => Codec::PCMA,
+    }
+}
+
+fn audio_codec_of(codec: Codec) -> Option<AudioCodec> {
+    match codec {
+        Codec::Opus => Some(AudioCodec::Opus),
+        Codec::PCMU => Some(AudioCodec::Pcmu),
+        Codec::PCMA => Some(AudioCodec::Pcma),
+        _ => None,
+    }
 }
 
 /// A datagram that arrived before any session would take it.
@@ -148,6 +174,8 @@ struct Session {
     audio_mid: Option<Mid>,
     video_pt: Option<Pt>,
     audio_pt: Option<Pt>,
+    /// The codec of `audio_pt`.
+    audio_codec: Option<AudioCodec>,
     video: Subscriber<SharedFrame>,
     audio: Subscriber<SharedFrame>,
     /// Next RTP sequence numbers (extended; started below 2^15 so the rollover counter is 0).
@@ -194,6 +222,7 @@ impl Session {
             audio_mid: None,
             video_pt: None,
             audio_pt: None,
+            audio_codec: None,
             video: Subscriber::with_capacity(FanoutKind::Video, config.video_queue_frames),
             audio: Subscriber::with_capacity(FanoutKind::Audio, config.audio_queue_frames),
             video_seq: u64::from(rand::random::<u16>() >> 1),
@@ -264,6 +293,9 @@ struct Outputs {
     relayed: VecDeque<Datagram>,
     /// Our relayed addresses and how each reaches its server.
     relay_addrs: Vec<(SocketAddr, RelayTransport)>,
+    /// Viewers' audio packets (talk-back), bounded by [`MAX_TALK_PACKETS`].
+    talk: VecDeque<TalkPacket>,
+    talk_dropped: u64,
 }
 
 impl Outputs {
@@ -333,6 +365,18 @@ impl PeerCore {
 
     pub fn poll_transmit(&mut self) -> Option<Datagram> {
         self.out.transmits.pop_front()
+    }
+
+    /// The next audio packet a viewer sent (when [`PeerConfig::talkback`] is on), in arrival
+    /// order. Decoding and playing it is the application's (`kvs_media::talkback`), off the
+    /// engine's task.
+    pub fn poll_talk_packet(&mut self) -> Option<TalkPacket> {
+        self.out.talk.pop_front()
+    }
+
+    /// Talk-back packets dropped because the driver did not take them in time.
+    pub fn talk_packets_dropped(&self) -> u64 {
+        self.out.talk_dropped
     }
 
     pub fn poll_event(&mut self) -> Option<PeerEvent> {
@@ -672,9 +716,20 @@ impl PeerCore {
         if self.sessions.is_empty() {
             return;
         }
+        let primary = self.config.audio.unwrap_or(AudioCodec::Opus);
+        let codec = frame.audio_codec.unwrap_or(primary);
+        let preference = self.config.send_audio_codecs();
+        // An audio frame goes to the sessions that negotiated its codec (those that have not
+        // negotiated yet, or found no common codec, count the primary codec's frames as drops).
+        let takes = |s: &mut Session| {
+            kind == FanoutKind::Video
+                || audio_pt(s, &preference)
+                    .map_or(codec == primary, |_| s.audio_codec == Some(codec))
+        };
         // Cut the frame once, and only when some session is past its transport gate.
-        let wanted = self.sessions.values().any(|s| {
+        let wanted = self.sessions.values_mut().any(|s| {
             s.is_live()
+                && takes(s)
                 && match kind {
                     FanoutKind::Video => s.video.gate(),
                     FanoutKind::Audio => s.audio.gate(),
@@ -691,7 +746,7 @@ impl PeerCore {
             FanoutKind::Audio => PacketizedFrame::opus(frame),
         });
         for s in self.sessions.values_mut() {
-            if !s.is_live() {
+            if !s.is_live() || !takes(s) {
                 continue;
             }
             let sub = match kind {
@@ -881,6 +936,7 @@ impl PeerCore {
                 s.pending_offer = None;
                 s.video_pt = None;
                 s.audio_pt = None;
+                s.audio_codec = None;
                 s.video_rtx_sized = false;
                 if restart {
                     s.remote_ufrag = ufrag;
@@ -959,9 +1015,14 @@ impl PeerCore {
             s.video_mid =
                 Some(api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None));
         }
-        if self.config.audio.is_some() {
-            s.audio_mid =
-                Some(api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None));
+        if self.config.audio.is_some() || self.config.talkback {
+            // With talk-back the viewer may answer with its microphone.
+            let dir = match (self.config.audio.is_some(), self.config.talkback) {
+                (true, true) => Direction::SendRecv,
+                (false, _) => Direction::RecvOnly,
+                (true, false) => Direction::SendOnly,
+            };
+            s.audio_mid = Some(api.add_media(MediaKind::Audio, dir, None, None, None));
         }
         if self.config.data_channel {
             api.add_channel(self.config.data_channel_label.clone());
@@ -1352,6 +1413,31 @@ fn on_event(
             info!(peer = %peer_id, "remote closed the session");
             false
         }
+        Event::RtpPacket(p) if config.talkback => {
+            let codec = s
+                .rtc
+                .codec_config()
+                .params()
+                .iter()
+                .find(|c| c.pt() == p.header.payload_type)
+                .and_then(|c| audio_codec_of(c.spec().codec));
+            if let Some(codec) = codec {
+                if out.talk.len() >= MAX_TALK_PACKETS {
+                    out.talk.pop_front();
+                    out.talk_dropped += 1;
+                }
+                out.talk.push_back(TalkPacket {
+                    peer_id,
+                    codec,
+                    seq: *p.seq_no,
+                    rtp_time: p.time.numer(),
+                    audio_level: p.header.ext_vals.audio_level,
+                    payload: Bytes::copy_from_slice(&p.payload),
+                    arrival: now,
+                });
+            }
+            false
+        }
         _ => false,
     }
 }
@@ -1389,7 +1475,7 @@ fn send_queued_media(s: &mut Session, now: Instant, config: &PeerConfig, out: &m
         if !s.video_rtx_sized {
             size_resend_buffer(s, mid, config);
         }
-        if !write_frame(s, now, mid, pt, &frame, true) {
+        if !write_frame(s, now, mid, pt, &frame, Clock::Video) {
             s.video.record_dropped();
             break;
         }
@@ -1406,12 +1492,14 @@ fn send_queued_media(s: &mut Session, now: Instant, config: &PeerConfig, out: &m
             });
         }
     }
+    let preference = config.send_audio_codecs();
     while let Some(frame) = s.audio.pop() {
-        let (Some(mid), Some(pt)) = (s.audio_mid, audio_pt(s)) else {
+        let (Some(mid), Some(pt)) = (s.audio_mid, audio_pt(s, &preference)) else {
             s.audio.record_dropped();
             break;
         };
-        if !write_frame(s, now, mid, pt, &frame, false) {
+        let clock = s.audio_codec.map_or(48_000, AudioCodec::clock_rate);
+        if !write_frame(s, now, mid, pt, &frame, Clock::Audio(clock)) {
             s.audio.record_dropped();
             break;
         }
@@ -1456,15 +1544,32 @@ fn video_pt(s: &mut Session) -> Option<Pt> {
     s.video_pt
 }
 
-fn audio_pt(s: &mut Session) -> Option<Pt> {
+/// The audio payload type to send: the first codec of `preference` the viewer accepted.
+fn audio_pt(s: &mut Session, preference: &[AudioCodec]) -> Option<Pt> {
     if s.audio_pt.is_none() {
         let params = accepted_params(&s.rtc, s.audio_mid?);
-        s.audio_pt = params
-            .iter()
-            .find(|p| p.spec().codec == Codec::Opus)
-            .map(|p| p.pt());
+        let pick = preference.iter().find_map(|c| {
+            params
+                .iter()
+                .find(|p| p.spec().codec == str0m_codec(*c))
+                .map(|p| (*c, p.pt()))
+        });
+        if let Some((codec, pt)) = pick {
+            debug!(peer = %s.peer_id, %codec, "audio codec chosen");
+            s.audio_codec = Some(codec);
+            s.audio_pt = Some(pt);
+        }
     }
     s.audio_pt
+}
+
+/// The RTP clock of a stream.
+#[derive(Clone, Copy)]
+enum Clock {
+    /// 90 kHz.
+    Video,
+    /// The codec's rate (48 kHz Opus, 8 kHz G.711).
+    Audio(u32),
 }
 
 /// Replace str0m's resend buffer (3 s, sized by packet count) with one that keeps
@@ -1485,14 +1590,17 @@ fn write_frame(
     mid: Mid,
     pt: Pt,
     frame: &PacketizedFrame,
-    video: bool,
+    clock: Clock,
 ) -> bool {
-    // RTP timestamps on the codec clock: 90 kHz video, 48 kHz Opus.
-    let rtp_time = if video {
-        frame.timestamp_us.wrapping_mul(9) / 100
-    } else {
-        frame.timestamp_us.wrapping_mul(48) / 1000
-    } as u32;
+    // RTP timestamps on the codec clock: 90 kHz video, 48 kHz Opus, 8 kHz G.711.
+    let (rtp_time, video) = match clock {
+        Clock::Video => (frame.timestamp_us.wrapping_mul(9) / 100, true),
+        Clock::Audio(hz) => (
+            frame.timestamp_us.wrapping_mul(u64::from(hz / 1000)) / 1000,
+            false,
+        ),
+    };
+    let rtp_time = rtp_time as u32;
     let seq = if video {
         &mut s.video_seq
     } else {

@@ -20,11 +20,12 @@ use crate::core::PeerCore;
 use crate::nat::{NatServer, StreamIo};
 use crate::udp::{RecvBatch, SendBatcher, UdpIo};
 use kvs_media::fanout::FanoutKind;
+use kvs_media::talkback::TalkPacket;
 use kvs_platform::EncodedFrame;
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
@@ -38,6 +39,9 @@ const NET_QUEUE: usize = 1024;
 const COMMAND_QUEUE: usize = 64;
 /// Results of name lookups and TURN connections waiting for the engine task.
 const NAT_QUEUE: usize = 256;
+/// Viewers' audio packets waiting for the application's talk-back thread (~1.3 s of three
+/// talkers at 20 ms); a full queue drops the newest packet (counted), never waits.
+pub const TALK_QUEUE: usize = 192;
 /// Writes queued per TURN connection; a connection that falls this far behind is closed
 /// (its relay fails over to the others) rather than buffering without bound.
 const STREAM_WRITE_QUEUE: usize = 512;
@@ -110,6 +114,8 @@ pub struct PeerHandle {
     audio: FrameSink,
     sessions: Arc<AtomicUsize>,
     local_addrs: Arc<Vec<SocketAddr>>,
+    talkback: Arc<Mutex<Option<std::sync::mpsc::Receiver<TalkPacket>>>>,
+    talk_dropped: Arc<AtomicU64>,
 }
 
 impl PeerHandle {
@@ -129,6 +135,18 @@ impl PeerHandle {
 
     pub fn audio_sink(&self) -> FrameSink {
         self.audio.clone()
+    }
+
+    /// Viewers' audio packets (with [`PeerConfig::talkback`]), for a thread that decodes and
+    /// plays them (`kvs_media::talkback`). A std channel, so that thread can wait with a
+    /// timeout; the first call takes it, later ones get `None`.
+    pub fn take_talkback(&self) -> Option<std::sync::mpsc::Receiver<TalkPacket>> {
+        self.talkback.lock().ok()?.take()
+    }
+
+    /// Talk-back packets dropped because the talk-back thread was behind.
+    pub fn talk_packets_dropped(&self) -> u64 {
+        self.talk_dropped.load(Ordering::Relaxed)
     }
 
     /// Sessions currently open (negotiating or connected).
@@ -189,6 +207,8 @@ impl PeerEngine {
         let (audio_tx, audio_rx) = mpsc::channel(config.audio_sink_frames.max(1));
         let (event_tx, event_rx) = mpsc::channel(config.event_capacity.max(1));
         let (net_tx, net_rx) = mpsc::channel(NET_QUEUE);
+        let (talk_tx, talk_rx) = std::sync::mpsc::sync_channel(TALK_QUEUE);
+        let talk_dropped = Arc::new(AtomicU64::new(0));
 
         let mut recv_tasks = Vec::new();
         for (addr, sock) in &sockets {
@@ -213,6 +233,8 @@ impl PeerEngine {
             nat_tx,
             streams: HashMap::new(),
             lookup_generation: 0,
+            talk: talk_tx,
+            talk_dropped: talk_dropped.clone(),
         };
         // The configured servers, as if signaling had just handed them out.
         let all = driver.core.with_own_servers(&initial_servers);
@@ -242,6 +264,8 @@ impl PeerEngine {
             },
             sessions,
             local_addrs: Arc::new(local_addrs),
+            talkback: Arc::new(Mutex::new(Some(talk_rx))),
+            talk_dropped,
         };
         Ok((handle, event_rx))
     }
@@ -357,6 +381,9 @@ struct Driver {
     streams: HashMap<u64, mpsc::Sender<Vec<u8>>>,
     /// Lookups of an older server list are ignored when they finish.
     lookup_generation: u64,
+    /// Viewers' audio to the talk-back thread.
+    talk: std::sync::mpsc::SyncSender<TalkPacket>,
+    talk_dropped: Arc<AtomicU64>,
 }
 
 impl Driver {
@@ -413,6 +440,7 @@ impl Driver {
             }
             self.flush_transmits();
             self.flush_streams();
+            self.flush_talk();
             // Count first: an application that sees `Closed` must see the new count.
             self.sessions
                 .store(self.core.session_count(), Ordering::Relaxed);
@@ -571,6 +599,15 @@ impl Driver {
         };
         if let Err(e) = io.send(group.destination, &group.contents, group.segment_size) {
             debug!(destination = %group.destination, "UDP send dropped: {e}");
+        }
+    }
+
+    /// Hand viewers' audio to the talk-back thread without waiting: decoding is its work.
+    fn flush_talk(&mut self) {
+        while let Some(p) = self.core.poll_talk_packet() {
+            if self.talk.try_send(p).is_err() {
+                self.talk_dropped.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 

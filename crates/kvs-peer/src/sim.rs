@@ -284,12 +284,22 @@ impl Sim {
 
     /// A viewer at 10.0.0.(2 + index):6000; returns its index.
     pub fn add_viewer(&mut self, peer_id: &str) -> usize {
+        self.add_audio_viewer(peer_id, crate::api::AudioCodec::Opus, false)
+    }
+
+    /// A viewer offering only `codec` for audio, sendrecv when `talk`; returns its index.
+    pub fn add_audio_viewer(
+        &mut self,
+        peer_id: &str,
+        codec: crate::api::AudioCodec,
+        talk: bool,
+    ) -> usize {
         let i = self.viewers.len();
         let addr = SocketAddr::V4(SocketAddrV4::new(
             Ipv4Addr::new(10, 0, 0, 2 + i as u8),
             6000,
         ));
-        let core = ViewerCore::new(self.now, addr, Some(certs().1.clone()));
+        let core = ViewerCore::with_audio(self.now, addr, Some(certs().1.clone()), codec, talk);
         self.viewers.push(SimViewer {
             peer_id: peer_id.to_string(),
             addr,

@@ -71,15 +71,31 @@ pub struct ViewerCore {
     events: VecDeque<ViewerEvent>,
     next_timeout: Instant,
     closed_reported: bool,
+    /// Offer audio sendrecv (talk-back) instead of recvonly.
+    talk: bool,
 }
 
 impl ViewerCore {
     /// A viewer whose one host candidate is `local`.
     pub fn new(now: Instant, local: SocketAddr, cert: Option<str0m::config::DtlsCert>) -> Self {
-        let mut config = RtcConfig::new()
-            .clear_codecs()
-            .enable_h264(true)
-            .enable_opus(true, false);
+        Self::with_audio(now, local, cert, crate::api::AudioCodec::Opus, false)
+    }
+
+    /// A viewer offering only `codec` for audio, sendrecv when `talk` (then
+    /// [`send_audio`](Self::send_audio) talks back to the device).
+    pub fn with_audio(
+        now: Instant,
+        local: SocketAddr,
+        cert: Option<str0m::config::DtlsCert>,
+        codec: crate::api::AudioCodec,
+        talk: bool,
+    ) -> Self {
+        let config = RtcConfig::new().clear_codecs().enable_h264(true);
+        let mut config = match codec {
+            crate::api::AudioCodec::Opus => config.enable_opus(true, false),
+            crate::api::AudioCodec::Pcmu => config.enable_pcmu(true, false),
+            crate::api::AudioCodec::Pcma => config.enable_pcma(true, false),
+        };
         if let Some(cert) = cert {
             config = config.set_dtls_cert(cert);
         }
@@ -99,7 +115,34 @@ impl ViewerCore {
             events: VecDeque::new(),
             next_timeout: now,
             closed_reported: false,
+            talk,
         }
+    }
+
+    /// Send one audio frame (one packet) to the device, at `rtp_time` on the codec's clock.
+    pub fn send_audio(
+        &mut self,
+        now: Instant,
+        rtp_time: u64,
+        data: &[u8],
+    ) -> Result<(), PeerError> {
+        let mid = self
+            .audio_mid
+            .ok_or_else(|| rtc_err("no audio negotiated"))?;
+        let writer = self
+            .rtc
+            .writer(mid)
+            .ok_or_else(|| rtc_err("no audio stream (not sendrecv?)"))?;
+        let params = *writer
+            .payload_params()
+            .next()
+            .ok_or_else(|| rtc_err("no audio codec"))?;
+        let time = str0m::media::MediaTime::new(rtp_time, params.spec().clock_rate);
+        writer
+            .write(params.pt(), now, time, data.to_vec())
+            .map_err(|e| rtc_err(&e.to_string()))?;
+        self.service(now);
+        Ok(())
     }
 
     /// Our host candidate line (`candidate:...`).
@@ -114,8 +157,12 @@ impl ViewerCore {
         let mut api = self.rtc.sdp_api();
         self.video_mid =
             Some(api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None));
-        self.audio_mid =
-            Some(api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None));
+        let audio = if self.talk {
+            Direction::SendRecv
+        } else {
+            Direction::RecvOnly
+        };
+        self.audio_mid = Some(api.add_media(MediaKind::Audio, audio, None, None, None));
         api.add_channel("kvsDataChannel".to_string());
         let (offer, pending) = api.apply().ok_or_else(|| rtc_err("nothing to offer"))?;
         self.pending = Some(pending);

@@ -1,6 +1,6 @@
 //! Media device contracts: camera (video capture) and microphone (audio capture), mirroring the
 //! seed SDK's media interfaces (init/start/stop/get frame/release frame; bitrate; JPEG
-//! snapshot). The receive side (display, speaker) comes with two-way media.
+//! snapshot). The speaker (talk-back audio) is [`crate::speaker`].
 //!
 //! Captures hand out *encoded* frames: on the seed's devices the camera or a hardware encoder
 //! produces H.264, and the microphone path produces Opus. Releasing a frame is dropping it;
@@ -25,7 +25,8 @@ pub enum FrameKind {
     Delta,
 }
 
-/// One encoded media frame: a complete H.264 access unit in Annex-B form, or one Opus packet.
+/// One encoded media frame: a complete H.264 access unit in Annex-B form, or one audio packet
+/// (Opus, or 20 ms of G.711).
 #[derive(Clone, PartialEq, Eq)]
 pub struct EncodedFrame {
     /// The encoded bytes, shared without copying.
@@ -34,6 +35,9 @@ pub struct EncodedFrame {
     pub timestamp_us: u64,
     /// Key (independently decodable) or delta.
     pub kind: FrameKind,
+    /// For audio: the codec of this packet, when the capture produces several
+    /// ([`AudioCapture::codecs`]); `None` means the capture's [`AudioFormat::codec`].
+    pub audio_codec: Option<AudioCodec>,
 }
 
 impl EncodedFrame {
@@ -43,7 +47,14 @@ impl EncodedFrame {
             data: data.into(),
             timestamp_us,
             kind,
+            audio_codec: None,
         }
+    }
+
+    /// The same frame, tagged as an audio packet of `codec`.
+    pub fn with_audio_codec(mut self, codec: AudioCodec) -> Self {
+        self.audio_codec = Some(codec);
+        self
     }
 
     /// True for frames a decoder can start from.
@@ -59,6 +70,7 @@ impl fmt::Debug for EncodedFrame {
             .field("len", &self.data.len())
             .field("timestamp_us", &self.timestamp_us)
             .field("kind", &self.kind)
+            .field("audio_codec", &self.audio_codec)
             .finish()
     }
 }
@@ -75,6 +87,35 @@ pub enum VideoCodec {
 pub enum AudioCodec {
     /// Opus, 48 kHz RTP clock.
     Opus,
+    /// G.711 µ-law (RTP payload type 0), 8 kHz, one byte per sample.
+    Pcmu,
+    /// G.711 A-law (RTP payload type 8), 8 kHz, one byte per sample.
+    Pcma,
+}
+
+impl AudioCodec {
+    /// The RTP clock rate (and, for these codecs, the sample rate) in Hz.
+    pub fn clock_rate(self) -> u32 {
+        match self {
+            Self::Opus => 48_000,
+            Self::Pcmu | Self::Pcma => 8_000,
+        }
+    }
+
+    /// The name in SDP and in the browser's `mimeType` (`audio/<name>`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Opus => "opus",
+            Self::Pcmu => "PCMU",
+            Self::Pcma => "PCMA",
+        }
+    }
+}
+
+impl fmt::Display for AudioCodec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// What a video capture produces.
@@ -164,5 +205,13 @@ pub trait AudioCapture: Send {
     fn start(&mut self) -> Result<(), CaptureError>;
     fn stop(&mut self);
     /// Block until the next frame is due and return it; `Ok(None)` at the end of the stream.
+    /// A capture with several [`codecs`](Self::codecs) returns each period's packets one
+    /// after the other, each tagged with [`EncodedFrame::audio_codec`].
     fn next_frame(&mut self) -> Result<Option<EncodedFrame>, CaptureError>;
+    /// The codecs this capture produces, in preference order (the first is its
+    /// [`AudioFormat::codec`]). A source of raw PCM (the tone) may encode the same period
+    /// in several codecs so that each viewer gets the one it negotiated.
+    fn codecs(&self) -> Vec<AudioCodec> {
+        vec![self.format().codec]
+    }
 }

@@ -124,6 +124,20 @@ pub(crate) struct DeviceArgs {
     #[arg(long, conflicts_with_all = ["h264_file", "h264_stdin"])]
     no_video: bool,
 
+    /// Audio codec: `auto` (Opus, PCMU or PCMA, whichever the viewer offers first), or one
+    /// of `opus`, `pcmu`, `pcma` for both directions.
+    #[arg(long, value_name = "CODEC")]
+    audio_codec: Option<kvs_app::AudioCodecChoice>,
+
+    /// Talk-back: write viewers' audio to this WAV file (48 kHz mono S16LE).
+    #[arg(long, value_name = "FILE", conflicts_with = "speaker_cmd")]
+    speaker_wav: Option<PathBuf>,
+
+    /// Talk-back: feed viewers' audio (48 kHz mono S16LE) to this shell command's stdin,
+    /// e.g. "aplay -f S16_LE -r 48000".
+    #[arg(long, value_name = "COMMAND")]
+    speaker_cmd: Option<String>,
+
     /// Remote control as a RainMaker-compatible node: a TOML file with a [rainmaker] section
     /// (docs/RAINMAKER.md); the same section in --config works too.
     #[arg(long, value_name = "FILE")]
@@ -195,6 +209,15 @@ impl DeviceArgs {
         }
         if self.no_video {
             push("--no-video", None);
+        }
+        if let Some(c) = self.audio_codec {
+            push("--audio-codec", Some(format!("{c:?}").to_lowercase()));
+        }
+        if let Some(f) = &self.speaker_wav {
+            push("--speaker-wav", Some(f.to_string_lossy().into_owned()));
+        }
+        if let Some(c) = &self.speaker_cmd {
+            push("--speaker-cmd", Some(c.clone()));
         }
         args
     }
@@ -296,6 +319,17 @@ impl DeviceArgs {
         } else if self.no_audio {
             config.audio = AudioSourceConfig::None;
         }
+        if let Some(c) = self.audio_codec {
+            config.codecs.audio = c;
+        }
+        if let Some(path) = self.speaker_wav {
+            config.speaker.wav = Some(path);
+            config.speaker.command = None;
+        }
+        if let Some(cmd) = self.speaker_cmd {
+            config.speaker.command = Some(cmd);
+            config.speaker.wav = None;
+        }
         config
             .validate()
             .map_err(anyhow::Error::msg)
@@ -367,8 +401,8 @@ async fn run_embedded(config: DeviceConfig) -> Result<()> {
 async fn run_external(config: DeviceConfig) -> Result<()> {
     let camera =
         kvs_app::sources::open_camera(&config.video).context("opening the video source")?;
-    let microphone =
-        kvs_app::sources::open_microphone(&config.audio).context("opening the audio source")?;
+    let microphone = kvs_app::sources::open_microphone_with(&config.audio, config.codecs.audio)
+        .context("opening the audio source")?;
     let client = kvs_app::signaling::build_client(&config.signaling, Role::Master, None)
         .context("setting up signaling")?;
     let what = match &config.signaling {

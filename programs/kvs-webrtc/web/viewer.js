@@ -1,8 +1,15 @@
 // kvs-webrtc viewer page.
 //
 // Joins the device's signaling channel as a KVS *viewer* over the KVS WebSocket data plane,
-// offers recvonly video (H.264 preferred) + audio and a data channel, trickles ICE both ways,
-// plays what arrives, and shows live statistics from RTCPeerConnection.getStats() every second.
+// offers recvonly video (H.264 preferred), sendrecv audio and a data channel, trickles ICE both
+// ways, plays what arrives, and shows live statistics from RTCPeerConnection.getStats() every
+// second.
+//
+// Push-to-talk: the audio m-line is sendrecv from the start, with no track on the sender, so
+// nothing is sent and no microphone is asked for until the button is first pressed. Then the
+// microphone (getUserMedia) goes onto the sender with replaceTrack (no renegotiation) and its
+// track is enabled only while the button is held (or toggled on with the keyboard); released,
+// the browser sends silence, and the device plays nothing (its floor is free again after 1 s).
 //
 // Plain modern JavaScript, no framework, no build step: the program embeds this file as is.
 // `window.kvsViewer` is a small read-mostly hook for tests and for poking at the page from the
@@ -26,6 +33,8 @@
     overlay: $('video-overlay'),
     overlayText: $('overlay-text'),
     unmute: $('unmute-btn'),
+    talk: $('talk-btn'),
+    talkLabel: $('talk-label'),
     reconnect: $('reconnect-btn'),
     clientId: $('client-id'),
     channelName: $('channel-name'),
@@ -266,7 +275,9 @@
 
       const video = pc.addTransceiver('video', { direction: 'recvonly' });
       preferH264(video);
-      pc.addTransceiver('audio', { direction: 'recvonly' });
+      // sendrecv with no track: nothing goes out until push-to-talk (see the top of the file).
+      this.audioTransceiver = pc.addTransceiver('audio', { direction: 'sendrecv' });
+      ui.talk.disabled = false;
 
       // Created before the offer so the offer carries the SCTP m-line.
       this.attachDataChannel(pc.createDataChannel(DATA_CHANNEL_LABEL));
@@ -449,6 +460,28 @@
       }
     }
 
+    /** Push-to-talk: enable (true) or mute (false) our microphone on the audio sender. */
+    async talk(on) {
+      if (!this.audioTransceiver || this.closed) return false;
+      if (on && !this.micTrack) {
+        if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+          throw new Error('this browser gives no microphone to this page (it needs HTTPS or localhost)');
+        }
+        const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: false });
+        const track = stream.getAudioTracks()[0];
+        if (this.closed) {
+          track.stop();
+          return false;
+        }
+        this.micTrack = track;
+        this.micTrack.enabled = false;
+        await this.audioTransceiver.sender.replaceTrack(track);
+      }
+      if (this.micTrack) this.micTrack.enabled = on;
+      hook.talking = Boolean(on && this.micTrack);
+      return hook.talking;
+    }
+
     onFatal(title, err) {
       console.error(title, err);
       fail('failed', title, String(err && err.message ? err.message : err));
@@ -590,6 +623,10 @@
         }
       }
       if (this.pc) this.pc.close();
+      if (this.micTrack) this.micTrack.stop();
+      this.micTrack = null;
+      setTalking(false);
+      ui.talk.disabled = true;
       ui.dcInput.disabled = true;
       ui.dcSend.disabled = true;
       ui.dcState.textContent = 'closed';
@@ -721,6 +758,42 @@
     ui.video.play().catch(() => {});
   });
   ui.reconnect.addEventListener('click', () => connect());
+
+  // Push-to-talk: held with the mouse, finger or pen; Space/Enter toggles it (keyboard users
+  // cannot hold a button comfortably).
+  function setTalking(on) {
+    ui.talk.classList.toggle('talking', on);
+    ui.talk.setAttribute('aria-pressed', on ? 'true' : 'false');
+    ui.talkLabel.textContent = on ? 'Talking…' : 'Hold to talk';
+  }
+  let talkWanted = false;
+  async function talk(on) {
+    talkWanted = on;
+    setTalking(on);
+    if (!session) return false;
+    try {
+      const talking = await session.talk(on);
+      // A release that came while the microphone was being opened wins.
+      if (talkWanted !== on) await session.talk(talkWanted);
+      return talking;
+    } catch (e) {
+      setTalking(false);
+      talkWanted = false;
+      showBanner('warn', 'Microphone', `No microphone for push-to-talk: ${e.message || e}`);
+      return false;
+    }
+  }
+  ui.talk.addEventListener('pointerdown', (ev) => {
+    ev.preventDefault();
+    if (ui.talk.setPointerCapture) ui.talk.setPointerCapture(ev.pointerId);
+    talk(true);
+  });
+  for (const type of ['pointerup', 'pointercancel']) ui.talk.addEventListener(type, () => talkWanted && talk(false));
+  ui.talk.addEventListener('keydown', (ev) => {
+    if (ev.key !== ' ' && ev.key !== 'Enter') return;
+    ev.preventDefault();
+    if (!ev.repeat) talk(!talkWanted);
+  });
   ui.dcForm.addEventListener('submit', (ev) => {
     ev.preventDefault();
     const text = ui.dcInput.value;
@@ -749,6 +822,9 @@
       }
     },
     reconnect: () => connect(),
+    /** Push-to-talk on (true) or off (false), as the button does; resolves with whether the
+     * microphone is now on. */
+    talk: (on) => talk(Boolean(on)),
   });
   window.kvsViewer = hook;
 

@@ -207,10 +207,15 @@ async function launchBrowser(extraArgs = [], { executablePath = CHROMIUM } = {})
   return chromium.launch({ executablePath, args: [...CHROMIUM_ARGS, ...extraArgs], headless: true });
 }
 
-/** Open the viewer page in a new browser; collects the page's console for diagnostics. */
-async function openViewer(url, name, { browserArgs = [], executablePath } = {}) {
+/**
+ * Open the viewer page in a new browser; collects the page's console for diagnostics.
+ * `initScript` ({content} or a function, as playwright's addInitScript takes) runs before the page's scripts.
+ */
+async function openViewer(url, name, { browserArgs = [], executablePath, initScript } = {}) {
   const browser = await launchBrowser(browserArgs, { executablePath });
   const context = await browser.newContext({ viewport: { width: 1280, height: 860 } });
+  // Runs in the page before its own scripts (e.g. to edit the offers it makes).
+  if (initScript) await context.addInitScript(initScript);
   const page = await context.newPage();
   const consoleLog = new TailBuffer(64 * 1024);
   page.on('console', (m) => consoleLog.push(`[${m.type()}] ${m.text()}\n`));

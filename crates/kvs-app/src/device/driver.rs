@@ -44,6 +44,7 @@ pub(super) struct Driver {
     pub ice_fetch: Option<IceTask>,
     pub video_thread: Option<CaptureThread>,
     pub audio_thread: Option<CaptureThread>,
+    pub talkback_thread: Option<crate::talkback::TalkbackThread>,
     /// Live sessions, for [`crate::DeviceControl::viewers`].
     pub viewers: watch::Sender<usize>,
 }
@@ -307,6 +308,9 @@ impl Driver {
             tokio::task::spawn_blocking(move || t.stop()).await.ok();
         }
         if let Some(t) = self.audio_thread.take() {
+            tokio::task::spawn_blocking(move || t.stop()).await.ok();
+        }
+        if let Some(t) = self.talkback_thread.take() {
             tokio::task::spawn_blocking(move || t.stop()).await.ok();
         }
         self.link = None;

@@ -15,7 +15,7 @@ use crate::capture::{self, FrameDelivery};
 use crate::config::{DeviceConfig, SessionConfig};
 use crate::events::{AppEvent, EventBus, EventKind};
 use kvs_peer::{FrameSink, PeerConfig, PeerEngine, PeerHandle};
-use kvs_platform::{AudioCapture, AudioCodec, EncodedFrame, VideoCapture, VideoCodec};
+use kvs_platform::{AudioCapture, AudioCodec, AudioPlayer, EncodedFrame, VideoCapture, VideoCodec};
 use kvs_signaling::SignalingClient;
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
@@ -32,6 +32,8 @@ pub enum DeviceError {
     Thread(#[from] std::io::Error),
     #[error("invalid configuration: {0}")]
     Config(String),
+    #[error("cannot open the speaker: {0}")]
+    Speaker(#[from] kvs_platform::PlaybackError),
 }
 
 /// What the device is made of: a configuration and the pluggable parts.
@@ -145,6 +147,18 @@ impl Device {
         parts: DeviceParts,
         events: EventBus,
     ) -> Result<DeviceHandle, DeviceError> {
+        parts.config.validate().map_err(DeviceError::Config)?;
+        let speaker = crate::sources::open_speaker(&parts.config.speaker)?;
+        Self::start_with_speaker(parts, events, speaker).await
+    }
+
+    /// Like [`Device::start_with_events`], playing viewers' talk-back audio on `speaker`
+    /// (instead of the one `[speaker]` names; `None`: viewers' audio is ignored).
+    pub async fn start_with_speaker(
+        parts: DeviceParts,
+        events: EventBus,
+        speaker: Option<Box<dyn AudioPlayer>>,
+    ) -> Result<DeviceHandle, DeviceError> {
         let DeviceParts {
             config,
             signaling,
@@ -157,9 +171,23 @@ impl Device {
             &config.session,
             &config,
             camera.is_some(),
-            microphone.is_some(),
+            microphone.as_ref().map(|m| m.codecs()).unwrap_or_default(),
+            speaker.is_some(),
         );
         let (peer, peer_events) = PeerEngine::start(peer_config).await?;
+        let talkback_thread = match (speaker, peer.take_talkback()) {
+            (Some(player), Some(packets)) => Some(crate::talkback::TalkbackThread::spawn(
+                packets,
+                player,
+                kvs_media::talkback::TalkbackConfig {
+                    floor_hold: config.speaker.floor_hold,
+                    max_buffer: config.speaker.max_buffer,
+                    ..Default::default()
+                },
+                events.clone(),
+            )?),
+            _ => None,
+        };
 
         let video_thread = match camera {
             Some(camera) => Some(capture::spawn_video(
@@ -198,6 +226,7 @@ impl Device {
             ice_fetch: None,
             video_thread,
             audio_thread,
+            talkback_thread,
             viewers: viewers_tx,
         };
         let task = tokio::spawn(driver.run(core_config, peer_events, control_rx, shutdown_rx));
@@ -217,14 +246,28 @@ fn peer_config(
     session: &SessionConfig,
     config: &DeviceConfig,
     video: bool,
-    audio: bool,
+    audio_codecs: Vec<AudioCodec>,
+    talkback: bool,
 ) -> PeerConfig {
+    let forced = match config.codecs.audio {
+        crate::config::AudioCodecChoice::Auto => None,
+        crate::config::AudioCodecChoice::Opus => Some(AudioCodec::Opus),
+        crate::config::AudioCodecChoice::Pcmu => Some(AudioCodec::Pcmu),
+        crate::config::AudioCodecChoice::Pcma => Some(AudioCodec::Pcma),
+    };
     PeerConfig {
         max_sessions: session.max_viewers,
         bind_addrs: session.media_bind.clone(),
         udp_port_range: session.udp_port_range,
         video: video.then_some(VideoCodec::H264),
-        audio: audio.then_some(AudioCodec::Opus),
+        audio: audio_codecs.first().copied(),
+        audio_codecs,
+        talkback,
+        // A forced codec is the only one, both ways.
+        talkback_codecs: match forced {
+            Some(c) => vec![c],
+            None => vec![AudioCodec::Opus, AudioCodec::Pcmu, AudioCodec::Pcma],
+        },
         data_channel: true,
         resend_window: session.resend_window,
         video_bitrate_bps: config.video.nominal_bitrate_bps(),

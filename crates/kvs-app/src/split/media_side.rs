@@ -290,7 +290,8 @@ async fn start_device(
     events: &EventBus,
 ) -> Result<DeviceHandle, MediaSideError> {
     let camera = crate::sources::open_camera(&config.device.video)?;
-    let microphone = crate::sources::open_microphone(&config.device.audio)?;
+    let microphone =
+        crate::sources::open_microphone_with(&config.device.audio, config.device.codecs.audio)?;
     let parts = DeviceParts {
         config: config.device.clone(),
         signaling: client,

@@ -23,7 +23,7 @@ pub use ogg_file::{OggOpusFileConfig, OggOpusMicrophone};
 pub use pipe::{StdinH264Camera, StdinH264Config};
 pub(crate) use test_pattern::{check_size, Overlay, Picture};
 pub use test_pattern::{TestPatternCamera, TestPatternConfig};
-pub use tone::{ToneConfig, ToneMicrophone};
+pub use tone::{ToneConfig, ToneMicrophone, ALL_TONE_CODECS};
 
 use kvs_platform::CaptureError;
 use std::time::Instant;

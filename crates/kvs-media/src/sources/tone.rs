@@ -1,11 +1,14 @@
 //! The tone microphone: a 48 kHz mono sine (440 Hz by default) with a short higher beep at the
-//! start of every second so a listener can tell it is live, encoded to Opus with the pure-Rust
-//! `opus-rs` encoder in 20 ms frames.
+//! start of every second so a listener can tell it is live, encoded in 20 ms frames to Opus
+//! with the pure-Rust `opus-rs` encoder and/or to G.711 (PCMU, PCMA: the same samples brought
+//! down to 8 kHz, see [`crate::g711`]). With several codecs each period gives one packet per
+//! codec, tagged, and every viewer is sent the one it negotiated.
 
 use crate::pacer::{LatePolicy, Pacer, PacerConfig};
 use bytes::Bytes;
 use kvs_platform::{AudioCapture, AudioCodec, AudioFormat, CaptureError, EncodedFrame, FrameKind};
 use opus_rs::{Application, OpusEncoder};
+use std::collections::VecDeque;
 use std::time::Instant;
 
 const SAMPLE_RATE: u32 = 48_000;
@@ -27,7 +30,12 @@ pub struct ToneConfig {
     /// Block in `next_frame` until each frame is due (false: as fast as asked, same
     /// timestamps).
     pub paced: bool,
+    /// Codecs to encode each period to, in preference order (not empty).
+    pub codecs: &'static [AudioCodec],
 }
+
+/// Every codec the tone can produce, Opus first.
+pub const ALL_TONE_CODECS: &[AudioCodec] = &[AudioCodec::Opus, AudioCodec::Pcmu, AudioCodec::Pcma];
 
 impl Default for ToneConfig {
     fn default() -> Self {
@@ -37,6 +45,7 @@ impl Default for ToneConfig {
             beep_each_second: true,
             bitrate_bps: 64_000,
             paced: true,
+            codecs: &[AudioCodec::Opus],
         }
     }
 }
@@ -52,6 +61,9 @@ pub struct ToneMicrophone {
     out: Vec<u8>,
     pacer: Pacer,
     frame_index: u64,
+    /// This period's packets in the other codecs, returned before the next period.
+    pending: VecDeque<EncodedFrame>,
+    low: Vec<i16>,
 }
 
 impl std::fmt::Debug for ToneMicrophone {
@@ -77,6 +89,11 @@ impl ToneMicrophone {
                 config.amplitude
             )));
         }
+        if config.codecs.is_empty() {
+            return Err(CaptureError::InvalidInput(
+                "the tone needs at least one codec".into(),
+            ));
+        }
         if !(6_000..=510_000).contains(&config.bitrate_bps) {
             return Err(CaptureError::InvalidInput(format!(
                 "Opus bitrate {} out of range 6000..=510000",
@@ -100,6 +117,8 @@ impl ToneMicrophone {
                 ..PacerConfig::default()
             }),
             frame_index: 0,
+            pending: VecDeque::new(),
+            low: Vec::with_capacity(FRAME_SAMPLES / 6),
         })
     }
 
@@ -116,25 +135,60 @@ impl ToneMicrophone {
         }
     }
 
+    /// One period in every configured codec: the first is returned, the others queued.
     fn encode(&mut self, ts_us: u64) -> Result<EncodedFrame, CaptureError> {
         self.generate();
-        let n = self
-            .encoder
-            .encode(&self.pcm, FRAME_SAMPLES, &mut self.out)
-            .map_err(|e| CaptureError::Codec(format!("Opus encode: {e}")))?;
-        Ok(EncodedFrame::new(
-            Bytes::copy_from_slice(&self.out[..n]),
-            ts_us,
-            FrameKind::Key,
-        ))
+        let tag = self.config.codecs.len() > 1;
+        let mut first = None;
+        for &codec in self.config.codecs {
+            let data = match codec {
+                AudioCodec::Opus => {
+                    let n = self
+                        .encoder
+                        .encode(&self.pcm, FRAME_SAMPLES, &mut self.out)
+                        .map_err(|e| CaptureError::Codec(format!("Opus encode: {e}")))?;
+                    Bytes::copy_from_slice(&self.out[..n])
+                }
+                AudioCodec::Pcmu | AudioCodec::Pcma => {
+                    self.low.clear();
+                    crate::g711::downsample_48k_to_8k(&self.pcm, &mut self.low);
+                    let encode = if codec == AudioCodec::Pcmu {
+                        crate::g711::ulaw_encode
+                    } else {
+                        crate::g711::alaw_encode
+                    };
+                    self.low.iter().map(|s| encode(*s)).collect()
+                }
+            };
+            let mut frame = EncodedFrame::new(data, ts_us, FrameKind::Key);
+            if tag {
+                frame = frame.with_audio_codec(codec);
+            }
+            if first.is_none() {
+                first = Some(frame);
+            } else {
+                self.pending.push_back(frame);
+            }
+        }
+        first.ok_or_else(|| CaptureError::Codec("no codec".into()))
     }
 }
 
 impl AudioCapture for ToneMicrophone {
+    fn codecs(&self) -> Vec<AudioCodec> {
+        self.config.codecs.to_vec()
+    }
+
     fn format(&self) -> AudioFormat {
+        let codec = self
+            .config
+            .codecs
+            .first()
+            .copied()
+            .unwrap_or(AudioCodec::Opus);
         AudioFormat {
-            codec: AudioCodec::Opus,
-            sample_rate: SAMPLE_RATE,
+            codec,
+            sample_rate: codec.clock_rate(),
             channels: 1,
             frame_duration_us: FRAME_US as u32,
         }
@@ -147,9 +201,13 @@ impl AudioCapture for ToneMicrophone {
 
     fn stop(&mut self) {
         self.pacer.reset();
+        self.pending.clear();
     }
 
     fn next_frame(&mut self) -> Result<Option<EncodedFrame>, CaptureError> {
+        if let Some(f) = self.pending.pop_front() {
+            return Ok(Some(f));
+        }
         loop {
             let nominal = self.frame_index * FRAME_US;
             self.frame_index += 1;
@@ -218,6 +276,47 @@ mod tests {
         // The beep (first 100 ms, delayed by the codec's lookahead of a few ms).
         let f = decoded_frequency(&frames, 960, 4_320);
         assert!((f - 880.0).abs() < 40.0, "decoded beep {f} Hz");
+    }
+
+    #[test]
+    fn g711_periods_follow_opus_and_decode_to_the_tone() {
+        let mut mic = ToneMicrophone::new(ToneConfig {
+            paced: false,
+            beep_each_second: false,
+            codecs: ALL_TONE_CODECS,
+            ..ToneConfig::default()
+        })
+        .unwrap();
+        assert_eq!(mic.codecs(), ALL_TONE_CODECS.to_vec());
+        let mut pcmu = Vec::new();
+        let mut pcma = Vec::new();
+        for period in 0..25u64 {
+            for codec in ALL_TONE_CODECS {
+                let f = mic.next_frame().unwrap().unwrap();
+                assert_eq!(f.audio_codec, Some(*codec));
+                assert_eq!(f.timestamp_us, period * 20_000);
+                match codec {
+                    AudioCodec::Pcmu => {
+                        pcmu.extend(f.data.iter().map(|b| crate::g711::ulaw_decode(*b)))
+                    }
+                    AudioCodec::Pcma => {
+                        pcma.extend(f.data.iter().map(|b| crate::g711::alaw_decode(*b)))
+                    }
+                    AudioCodec::Opus => {}
+                }
+            }
+        }
+        for pcm in [pcmu, pcma] {
+            assert_eq!(pcm.len(), 25 * 160, "160 samples per 20 ms at 8 kHz");
+            let crossings = pcm.windows(2).filter(|w| w[0] < 0 && w[1] >= 0).count();
+            let hz = crossings as f64 * 8_000.0 / pcm.len() as f64;
+            assert!((hz - 440.0).abs() < 5.0, "G.711 tone {hz} Hz");
+            let peak = pcm.iter().map(|s| s.unsigned_abs()).max().unwrap();
+            assert!(
+                (9_000..=10_500).contains(&peak),
+                "peak {peak} (0.3 of full scale)"
+            );
+        }
     }
 
     #[test]

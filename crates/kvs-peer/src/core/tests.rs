@@ -577,3 +577,84 @@ fn a_viewer_silent_for_two_seconds_gets_an_ice_restart_and_video_resumes_on_the_
         .device_event(|e| matches!(e, PeerEvent::Closed { .. } | PeerEvent::Failed { .. }))
         .is_none());
 }
+
+/// Talk-back: a viewer offering audio sendrecv gets it answered sendrecv, and what it sends
+/// comes out of the device's core as talk packets, in order, payloads intact, with their
+/// codec; a viewer offering only PCMU is sent the PCMU packets of a source that gives several
+/// codecs, and none of the others.
+#[test]
+fn talkback_packets_come_out_in_order_and_g711_is_chosen_by_negotiation() {
+    let mut sim = Sim::new(PeerConfig {
+        talkback: true,
+        audio_codecs: vec![AudioCodec::Opus, AudioCodec::Pcmu, AudioCodec::Pcma],
+        ..PeerConfig::default()
+    });
+    let v = sim.add_audio_viewer("talker", AudioCodec::Pcmu, true);
+    sim.signal(v);
+    wait_device(&mut sim, Duration::from_secs(5), connected("talker"));
+    // The answer's audio m-line is sendrecv with PCMU only.
+    let answer = sim
+        .device_events
+        .iter()
+        .find_map(|(_, e)| match e {
+            PeerEvent::LocalAnswer { sdp, .. } => Some(sdp.clone()),
+            _ => None,
+        })
+        .unwrap();
+    let audio = answer.split("m=audio").nth(1).unwrap();
+    assert!(audio.contains("a=sendrecv"), "{audio}");
+    assert!(
+        audio.contains("PCMU/8000") && !audio.to_lowercase().contains("opus"),
+        "{audio}"
+    );
+
+    // The viewer talks: 50 packets of 20 ms (160 PCMU bytes each).
+    sim.run_for(100 * MS);
+    for i in 0..50u64 {
+        let payload: Vec<u8> = (0..160).map(|k| (i as u8).wrapping_add(k as u8)).collect();
+        sim.with_viewer(v, |core, now| core.send_audio(now, i * 160, &payload))
+            .expect("audio sent");
+        // The device sends each 20 ms in all three codecs.
+        let t = sim.elapsed().as_micros() as u64;
+        for codec in [AudioCodec::Opus, AudioCodec::Pcmu, AudioCodec::Pcma] {
+            let byte = match codec {
+                AudioCodec::Opus => 0x01,
+                AudioCodec::Pcmu => 0xff,
+                AudioCodec::Pcma => 0xd5,
+            };
+            let frame = EncodedFrame::new(vec![byte; 160], t, kvs_platform::FrameKind::Key)
+                .with_audio_codec(codec);
+            sim.push(FanoutKind::Audio, frame);
+        }
+        sim.run_for(AUDIO_FRAME);
+    }
+    sim.run_for(100 * MS);
+    let mut got = Vec::new();
+    sim.with_device(|d, _| {
+        while let Some(p) = d.poll_talk_packet() {
+            got.push(p);
+        }
+    });
+    assert_eq!(got.len(), 50, "every packet arrived once");
+    for (i, p) in got.iter().enumerate() {
+        assert_eq!(p.peer_id, "talker");
+        assert_eq!(p.codec, AudioCodec::Pcmu);
+        assert_eq!(p.seq, got[0].seq + i as u64, "in order");
+        assert_eq!(p.rtp_time - got[0].rtp_time, i as u64 * 160);
+        let expected: Vec<u8> = (0..160).map(|k| (i as u8).wrapping_add(k as u8)).collect();
+        assert_eq!(&p.payload[..], &expected[..], "payload {i} intact");
+    }
+    // What the viewer received: PCMU packets only (the 0xff "silence" we pushed).
+    let audio: Vec<&crate::viewer::ReceivedFrame> = sim.viewers[v]
+        .events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            ViewerEvent::Audio(f) => Some(f),
+            _ => None,
+        })
+        .collect();
+    assert!(audio.len() >= 45, "PCMU frames received: {}", audio.len());
+    assert!(audio
+        .iter()
+        .all(|f| f.data.len() == 160 && f.data.iter().all(|b| *b == 0xff)));
+}
