@@ -200,7 +200,11 @@ impl PeerEngine {
         if sockets.is_empty() {
             return Err(PeerError::NoAddress);
         }
-        let local_addrs: Vec<SocketAddr> = sockets.keys().copied().collect();
+        let mut local_addrs: Vec<SocketAddr> = sockets.keys().copied().collect();
+        // Host candidates in a fixed order (str0m ranks candidates of one kind by the order
+        // they are added, and a viewer checks the best first): IPv4 before IPv6 (more often
+        // reachable), loopback last (useless to a viewer on another machine).
+        local_addrs.sort_by_key(|a| (a.ip().is_loopback(), a.is_ipv6(), *a));
 
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
         let (video_tx, video_rx) = mpsc::channel(config.video_sink_frames.max(1));
