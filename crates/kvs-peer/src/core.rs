@@ -332,6 +332,8 @@ pub struct PeerCore {
     held_datagrams: VecDeque<HeldDatagram>,
     out: Outputs,
     nat: NatCore,
+    /// Some session still waits for GatheringComplete (checked after inputs only then).
+    gathering_owed: bool,
 }
 
 impl PeerCore {
@@ -344,6 +346,7 @@ impl PeerCore {
             config,
             rtc_config,
             nat,
+            gathering_owed: false,
             local_addrs,
             sessions: HashMap::new(),
             addr_cache: HashMap::new(),
@@ -505,11 +508,15 @@ impl PeerCore {
                 Ok(())
             }
             PeerCommand::SetIceServers { servers } => {
-                // Only the literal addresses here; the driver resolves names and calls
-                // `set_nat_servers` with all of them.
+                // A list of addresses only is taken here; one with names waits for the
+                // driver, which looks them up and calls `set_nat_servers` with the whole list
+                // (a partial list first would restart the probes and retire the relays of the
+                // named servers, only to list them again).
                 let (parsed, _) = crate::nat::parse_ice_servers(&self.with_own_servers(&servers));
                 let literal: Vec<NatServer> = parsed.iter().filter_map(|s| s.literal()).collect();
-                self.nat.set_servers(now, literal);
+                if literal.len() == parsed.len() {
+                    self.nat.set_servers(now, literal);
+                }
                 self.config.ice_servers = servers;
                 Ok(())
             }
@@ -650,12 +657,12 @@ impl PeerCore {
     /// Time passed: drive every session's timers, expire held candidates, enforce timeouts.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.nat.handle_timeout(now);
-        let in_use: Vec<SocketAddr> = self
-            .sessions
-            .values()
-            .filter_map(|s| s.path.map(|(local, _)| local))
-            .collect();
-        self.nat.release_unused(now, &in_use);
+        let sessions = &self.sessions;
+        self.nat.release_unused(now, |addr| {
+            sessions
+                .values()
+                .any(|s| s.path.is_some_and(|(local, _)| local == addr))
+        });
         let restart_after = self.config.nat.ice_restart_after;
         let mut restarted = false;
         self.held_datagrams
@@ -810,7 +817,8 @@ impl PeerCore {
                 break;
             }
         }
-        if self.nat.gathering_done() {
+        if self.gathering_owed && self.nat.gathering_done() {
+            self.gathering_owed = false;
             for s in self.sessions.values_mut() {
                 if s.gathering_pending {
                     s.gathering_pending = false;
@@ -1177,6 +1185,8 @@ impl PeerCore {
             self.out.event(PeerEvent::GatheringComplete {
                 peer_id: s.peer_id.clone(),
             });
+        } else {
+            self.gathering_owed = true;
         }
     }
 

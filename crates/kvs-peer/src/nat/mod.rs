@@ -310,8 +310,9 @@ impl NatOut {
         Self::bounded(&mut self.datagrams, d);
     }
     pub(crate) fn stream(&mut self, s: StreamIo) {
-        // Stream writes are never dropped silently: the relay closes a connection whose queue
-        // is full instead (see relay.rs), so this bound is not reached in practice.
+        // Not bounded here: stream I/O is drained by the driver after every input, and it is
+        // the driver's per-connection write queue that is bounded (a connection that falls
+        // behind is closed, its relay failed) — dropping a write here would corrupt the stream.
         self.streams.push_back(s);
     }
     pub(crate) fn event(&mut self, e: NatEvent) {
@@ -364,8 +365,9 @@ impl NatCore {
         }
         info!(count = servers.len(), "ICE servers for gathering");
         self.servers = servers;
-        if self.policy.use_stun && !self.policy.relay_only {
-            let stun: Vec<SocketAddr> = self
+        if self.probes_srflx() {
+            // UDP TURN servers answer Binding requests too.
+            let stun = self
                 .servers
                 .iter()
                 .filter(|s| {
@@ -374,21 +376,9 @@ impl NatCore {
                         ServerKind::Stun | ServerKind::Turn(RelayTransport::Udp)
                     )
                 })
-                .map(|s| s.addr)
+                .map(|s| (s.addr, s.uri.clone()))
                 .collect();
-            let uris = self
-                .servers
-                .iter()
-                .filter(|s| {
-                    matches!(
-                        s.kind,
-                        ServerKind::Stun | ServerKind::Turn(RelayTransport::Udp)
-                    )
-                })
-                .map(|s| s.uri.clone())
-                .collect();
-            self.srflx
-                .start(now, &self.host_addrs, stun, uris, &mut self.out);
+            self.srflx.start(now, &self.host_addrs, stun, &mut self.out);
         }
         self.relays.retire_missing(now, &self.servers);
         if self.sessions > 0 {
@@ -396,9 +386,14 @@ impl NatCore {
         }
     }
 
+    /// Server-reflexive candidates are gathered (relay-only offers none).
+    fn probes_srflx(&self) -> bool {
+        self.policy.use_stun && !self.policy.relay_only
+    }
+
     /// Learn the public addresses again (a session's path broke: the NAT may have changed).
     pub fn regather(&mut self, now: Instant) {
-        if self.policy.use_stun && !self.policy.relay_only {
+        if self.probes_srflx() {
             self.srflx.restart(now, &mut self.out);
         }
     }
@@ -446,9 +441,9 @@ impl NatCore {
         }
     }
 
-    /// Release the allocations of older server lists (credentials) that no session's media
-    /// path uses any more (`in_use`: the local addresses of the sessions' paths).
-    pub fn release_unused(&mut self, now: Instant, in_use: &[SocketAddr]) {
+    /// Release the allocations of servers no longer listed that no session's media path uses
+    /// any more (`in_use`: is this local address one of the sessions' paths?).
+    pub fn release_unused(&mut self, now: Instant, in_use: impl Fn(SocketAddr) -> bool) {
         self.relays
             .release_unused_retired(now, in_use, &mut self.out);
     }

@@ -56,10 +56,6 @@ const MAX_PENDING: usize = 64;
 /// Peers an allocation binds channels for (4-byte ChannelData instead of 36-byte Send
 /// indications); further peers use Send indications.
 const MAX_CHANNELS: usize = 64;
-/// Bytes written to a TCP/TLS connection and not yet confirmed gone by the driver are not
-/// tracked here; the driver's per-connection queue is bounded and closes the connection when
-/// it overflows (see the engine).
-///
 /// A failed allocation on a server is tried again after this long (a new server list is
 /// tried at once).
 const RETRY_AFTER: Duration = Duration::from_secs(60);
@@ -264,8 +260,12 @@ impl RelayPool {
             // with the credentials it was made with. Should the server refuse those one day,
             // the relay is lost and made again at once with the newest ones (`ensure`).
             let listed = servers.iter().any(|s| s.uri == r.uri && s.addr == r.server);
-            if !listed && r.retired.is_none() {
-                r.retired = Some(now);
+            match (listed, r.retired) {
+                (false, None) => r.retired = Some(now),
+                // Listed again: serves new sessions again (a second allocation on the same
+                // server and socket would be refused).
+                (true, Some(_)) => r.retired = None,
+                _ => {}
             }
         }
         // Failed or released ones are of no use to anybody.
@@ -277,13 +277,16 @@ impl RelayPool {
     pub(crate) fn release_unused_retired(
         &mut self,
         now: Instant,
-        in_use: &[SocketAddr],
+        in_use: impl Fn(SocketAddr) -> bool,
         out: &mut NatOut,
     ) {
+        if self.relays.iter().all(|r| r.retired.is_none()) {
+            return;
+        }
         let clock = self.clock(now);
         for r in &mut self.relays {
             let Some(since) = r.retired else { continue };
-            let used = matches!(r.state, State::Ready(a) if in_use.contains(&a));
+            let used = matches!(r.state, State::Ready(a) if in_use(a));
             if !used && now.saturating_duration_since(since) >= RETIRED_GRACE {
                 release(r, now, clock, out);
             }
@@ -596,7 +599,9 @@ impl RelayPool {
             return;
         };
         if !client.have_permission(TransportType::Udp, peer.ip()) {
-            if !r.permission_requested.contains(&peer.ip()) {
+            if !r.permission_requested.contains(&peer.ip())
+                && r.permission_requested.len() < MAX_PENDING
+            {
                 match client.create_permission(TransportType::Udp, peer.ip(), t) {
                     Ok(()) => r.permission_requested.push(peer.ip()),
                     Err(e) => debug!(%peer, "permission: {e}"),

@@ -66,12 +66,11 @@ impl SrflxGatherer {
         &mut self,
         now: Instant,
         hosts: &[SocketAddr],
-        servers: Vec<SocketAddr>,
-        uris: Vec<String>,
+        servers: Vec<(SocketAddr, String)>,
         out: &mut NatOut,
     ) {
         self.hosts = hosts.to_vec();
-        self.servers = servers.into_iter().zip(uris).collect();
+        self.servers = servers;
         self.servers.dedup_by_key(|(a, _)| *a);
         self.restart(now, out);
     }
