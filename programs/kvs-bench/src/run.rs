@@ -1056,6 +1056,31 @@ async fn churn(ctx: &mut Ctx) -> Result<()> {
 // ---------------------------------------------------------------------------------------
 // 4. Fan-out
 
+/// One measurement window over a fleet of viewers: the device's stats before and after it,
+/// and what the members received in between, summed.
+pub(crate) async fn fleet_window(
+    dev: &mut LineChild,
+    members: &[fleet::Member],
+    window: Duration,
+) -> Result<(Value, Value, Reception)> {
+    for m in members {
+        m.start_window().await;
+    }
+    let a = dev.ask("stats", "stats").await?;
+    tokio::time::sleep(window).await;
+    let b = dev.ask("stats", "stats").await?;
+    let mut total = Reception::default();
+    for m in members {
+        if let Some(r) = m.end_window().await {
+            total.video_frames += r.video_frames;
+            total.video_bytes += r.video_bytes;
+            total.packets_lost += r.packets_lost;
+            total.frames_late += r.frames_late;
+        }
+    }
+    Ok((a, b, total))
+}
+
 fn cpu_excl_capture(a: &Value, b: &Value) -> f64 {
     let total = f64_of(b, "cpu_total_ns") - f64_of(a, "cpu_total_ns");
     let capture = f64_of(b, "cpu_capture_ns") - f64_of(a, "cpu_capture_ns");
@@ -1104,21 +1129,7 @@ async fn fanout(ctx: &mut Ctx) -> Result<()> {
         let (mut cpu, mut marginal, mut lost, mut late, mut fps, mut mbps) =
             (vec![], vec![], vec![], vec![], vec![], vec![]);
         for _ in 0..ctx.plan.fanout_windows {
-            for m in &members {
-                m.start_window().await;
-            }
-            let a = dev.ask("stats", "stats").await?;
-            tokio::time::sleep(window).await;
-            let b = dev.ask("stats", "stats").await?;
-            let mut total = Reception::default();
-            for m in &members {
-                if let Some(r) = m.end_window().await {
-                    total.video_frames += r.video_frames;
-                    total.video_bytes += r.video_bytes;
-                    total.packets_lost += r.packets_lost;
-                    total.frames_late += r.frames_late;
-                }
-            }
+            let (a, b, total) = fleet_window(&mut dev, &members, window).await?;
             let secs = window.as_secs_f64();
             let ms = cpu_excl_capture(&a, &b);
             cpu.push(ms / (n as f64 * secs));

@@ -276,16 +276,10 @@ fn report(ctx: &mut Ctx, runs: &[Run], planned: usize, failed: &[String], not_le
         num_or_dash(fig.as_ref().map(|f| f.max)),
         fig.as_ref().map_or(0, |f| f.n),
     );
-    let vias: BTreeMap<String, usize> = runs.iter().fold(BTreeMap::new(), |mut m, r| {
-        *m.entry(r.page["via"].as_str().unwrap_or("?").to_string())
-            .or_default() += 1;
-        m
-    });
-    let vias = vias
-        .iter()
-        .map(|(k, n)| format!("{k} {n}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let vias = tally(
+        runs.iter()
+            .map(|r| r.page["via"].as_str().unwrap_or("?").to_string()),
+    );
     let row = ctx.report.row(
         SCENARIO,
         "Chromium, the real viewer page in a fresh context per run: offer sent → first frame presented (the page's own figure; cold)",
@@ -414,17 +408,11 @@ fn report(ctx: &mut Ctx, runs: &[Run], planned: usize, failed: &[String], not_le
         ttff.iter().zip(device(3)).map(|(a, b)| a - b).collect(),
         None,
     );
-    let mut pairs: BTreeMap<&str, usize> = BTreeMap::new();
-    for r in runs {
-        if let Some(p) = &r.device.pair {
-            *pairs.entry(pair_kind(p)).or_default() += 1;
-        }
-    }
-    let pairs = pairs
-        .iter()
-        .map(|(k, n)| format!("{k} {n}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let pairs = tally(
+        runs.iter()
+            .filter_map(|r| r.device.pair.as_ref())
+            .map(|p| pair_kind(p).to_string()),
+    );
     let row = ctx.report.row(
         SCENARIO,
         "runs whose close the device saw (PeerDisconnected) before the next page",
@@ -437,6 +425,19 @@ fn report(ctx: &mut Ctx, runs: &[Run], planned: usize, failed: &[String], not_le
         "of {} runs with a first frame ({planned} planned); selected pairs (remote side): {pairs}",
         runs.len()
     ));
+}
+
+/// "a 3, b 1": how often each value occurs, in order.
+fn tally(values: impl Iterator<Item = String>) -> String {
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for v in values {
+        *counts.entry(v).or_default() += 1;
+    }
+    counts
+        .iter()
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]

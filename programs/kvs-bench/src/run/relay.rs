@@ -509,21 +509,7 @@ async fn load(
             m.heap.push(sample(dev).await?);
             let (mut cpu, mut got) = (vec![], vec![]);
             for _ in 0..ctx.plan.relay_windows {
-                for mb in &members {
-                    mb.start_window().await;
-                }
-                let a = dev.ask("stats", "stats").await?;
-                tokio::time::sleep(window).await;
-                let b = dev.ask("stats", "stats").await?;
-                let mut total = Reception::default();
-                for mb in &members {
-                    if let Some(r) = mb.end_window().await {
-                        total.video_frames += r.video_frames;
-                        total.video_bytes += r.video_bytes;
-                        total.packets_lost += r.packets_lost;
-                        total.frames_late += r.frames_late;
-                    }
-                }
+                let (a, b, total) = super::fleet_window(dev, &members, window).await?;
                 cpu.push(cpu_excl_capture(&a, &b) / (n as f64 * window.as_secs_f64()));
                 got.push(total);
             }
