@@ -26,6 +26,8 @@ const SCHEDULE: [Duration; 5] = [
     Duration::from_millis(3750),
 ];
 const GIVE_UP: Duration = Duration::from_millis(5750);
+/// Mappings remembered (the newest kept).
+const MAX_FOUND: usize = 16;
 /// Probes held at once (sockets × servers).
 const MAX_PROBES: usize = 64;
 
@@ -155,6 +157,11 @@ impl SrflxGatherer {
         match Candidate::server_reflexive(mapped, base, "udp") {
             Ok(candidate) => {
                 info!(%base, %mapped, %uri, "server-reflexive address");
+                if self.found.len() >= MAX_FOUND {
+                    // A NAT that keeps remapping (a symmetric one, re-probed at every ICE
+                    // restart) must not grow the list every new session is given.
+                    self.found.remove(0);
+                }
                 self.found.push((base, mapped));
                 out.event(NatEvent::Candidate {
                     candidate,
