@@ -26,8 +26,9 @@ cd "$ROOT"
 # crypto (clang, cmake) crates need to build, coturn (the TURN server the relay test uses), and
 # iproute2 + python3 for the fault tests between network namespaces (tests/faults), iptables +
 # conntrack + openssl for the NAT tests (tests/nat: NAT routers, a TLS certificate for coturn), mosquitto
-# (the MQTT broker the RainMaker tests start, tests/rainmaker).
-APT_PACKAGES=(chromium nasm libopus-dev pkg-config clang cmake ca-certificates coturn iproute2 iptables conntrack openssl procps python3 socat mosquitto)
+# (the MQTT broker the RainMaker tests start, tests/rainmaker), ffmpeg (test sources: VP8/H.265/raw
+# frames, and ffprobe to open recordings).
+APT_PACKAGES=(chromium ffmpeg nasm libopus-dev pkg-config clang cmake ca-certificates coturn iproute2 iptables conntrack openssl procps python3 socat mosquitto)
 NODE_MIN_MAJOR=20 # playwright-core's minimum
 
 export DEBIAN_FRONTEND=noninteractive
