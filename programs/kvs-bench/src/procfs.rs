@@ -74,3 +74,14 @@ pub fn thread_cpu_by_name() -> BTreeMap<String, u64> {
     }
     out
 }
+
+/// CPU time (user + system) of the calling thread.
+pub fn thread_cpu() -> Duration {
+    // SAFETY: clock_gettime fills the struct we pass; CLOCK_THREAD_CPUTIME_ID always exists on
+    // Linux.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts);
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 mod coldpage;
 mod relay;
 mod split;
+mod talkback;
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
@@ -31,7 +32,7 @@ pub struct RunArgs {
     #[arg(long, default_value = "target/bench")]
     pub out: PathBuf,
     /// Run only these scenarios (ttff, memory, churn, fanout, datachannel, split, relay,
-    /// size, coldpage).
+    /// size, coldpage, talkback).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// The `kvs-webrtc` program (the local service); default: next to this program.
@@ -368,7 +369,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     ) -> std::pin::Pin<
         Box<dyn std::future::Future<Output = Result<()>> + 'a>,
     >;
-    let scenarios: [(&str, Scenario); 9] = [
+    let scenarios: [(&str, Scenario); 10] = [
         ("ttff", |c| Box::pin(ttff(c))),
         ("memory", |c| Box::pin(memory(c))),
         ("churn", |c| Box::pin(churn(c))),
@@ -378,6 +379,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         ("relay", |c| Box::pin(relay::relay(c))),
         ("size", |c| Box::pin(size(c))),
         ("coldpage", |c| Box::pin(coldpage::coldpage(c))),
+        ("talkback", |c| Box::pin(talkback::talkback(c))),
     ];
     for (name, f) in scenarios {
         if !wants(&args, name) {
