@@ -816,6 +816,14 @@ async fn memory(ctx: &mut Ctx) -> Result<()> {
             members.extend(fleet::join_many(&ctx.url, &arn, &prefix, members.len(), more).await?);
             tokio::time::sleep(Duration::from_secs(3)).await;
             runs[li + 1].push(sample(&mut dev).await?);
+            // Profiling aid (docs/BENCHMARKS.md, "Profiling a figure"): with
+            // KVS_BENCH_EXIT_WITHOUT_CLEANUP too, the device leaves here with `n` viewers
+            // connected, so a heap profiler lists what `n` sessions hold.
+            if std::env::var("KVS_BENCH_MEMORY_QUIT_AT").ok() == Some(n.to_string()) {
+                dev.stop().await;
+                fleet::stop_all(members).await;
+                bail!("KVS_BENCH_MEMORY_QUIT_AT={n}: the device was stopped with {n} viewers");
+            }
         }
         fleet::stop_all(members).await;
         wait_no_viewers(&mut dev).await?;
