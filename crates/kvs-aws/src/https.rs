@@ -18,6 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
+use rustls::client::Resumption;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
@@ -289,6 +290,9 @@ where
     result
 }
 
+/// TLS sessions remembered for resumption, per client configuration.
+const RESUMABLE_SESSIONS: usize = 8;
+
 /// A TLS client configuration trusting the public web roots, or only the CA certificates in
 /// `extra_ca_pem` when `only_extra` is true (a local service with its own CA), or both.
 pub fn client_tls_config(
@@ -316,11 +320,14 @@ pub fn client_tls_config(
         return Err(HttpError::Trust("no certificate authority to trust".into()));
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = ClientConfig::builder_with_provider(provider)
+    let mut config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| HttpError::Trust(e.to_string()))?
         .with_root_certificates(roots)
         .with_no_client_auth();
+    // rustls keeps 256 resumable sessions by default (~14 KB of map even when empty); a device
+    // talks to a handful of hosts (KVS control and data plane, STS, IoT credentials, TURN).
+    config.resumption = Resumption::in_memory_sessions(RESUMABLE_SESSIONS);
     Ok(Arc::new(config))
 }
 

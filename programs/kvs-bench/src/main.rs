@@ -65,8 +65,10 @@ fn main() -> anyhow::Result<()> {
         Command::SignalingSide(_) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?,
+        // As the kvs-webrtc program builds its runtime.
         _ => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
+            .max_io_events_per_tick(128)
             .build()?,
     };
     runtime.block_on(async {

@@ -338,8 +338,20 @@ impl DeviceArgs {
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+/// I/O events the runtime takes per poll (tokio's default 1024 costs 12 KB of event array; a
+/// device has a few sockets, and the peer engine batches its datagrams itself).
+const IO_EVENTS_PER_TICK: usize = 128;
+
+fn main() -> Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_io_events_per_tick(IO_EVENTS_PER_TICK)
+        .build()
+        .context("starting the async runtime")?
+        .block_on(run())
+}
+
+async fn run() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
