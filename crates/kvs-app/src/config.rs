@@ -598,6 +598,22 @@ impl DeviceConfig {
     }
 }
 
+/// The checks on a live encoder's rate, bitrate and GOP (`[video]`).
+fn validate_encoding(fps: u32, bitrate_bps: u32, gop: u32) -> Result<(), String> {
+    if !(1..=120).contains(&fps) {
+        return Err(format!("video.fps must be 1..=120, got {fps}"));
+    }
+    if !(50_000..=50_000_000).contains(&bitrate_bps) {
+        return Err(format!(
+            "video.bitrate_bps must be 50000..=50000000, got {bitrate_bps}"
+        ));
+    }
+    if gop == 0 {
+        return Err("video.gop must be at least 1".into());
+    }
+    Ok(())
+}
+
 /// The checks on a raw-capture command's stall timeout and restart delays.
 fn validate_raw_run(
     section: &str,
@@ -1005,17 +1021,7 @@ impl DeviceConfig {
                     "video width/height must be even and 2..=4096, got {width}x{height}"
                 ));
             }
-            if !(1..=120).contains(fps) {
-                return Err(format!("video.fps must be 1..=120, got {fps}"));
-            }
-            if !(50_000..=50_000_000).contains(bitrate_bps) {
-                return Err(format!(
-                    "video.bitrate_bps must be 50000..=50000000, got {bitrate_bps}"
-                ));
-            }
-            if *gop == 0 {
-                return Err("video.gop must be at least 1".into());
-            }
+            validate_encoding(*fps, *bitrate_bps, *gop)?;
         }
         if let VideoSourceConfig::RawCommand {
             command,
@@ -1042,17 +1048,7 @@ impl DeviceConfig {
                     "video width/height of a raw command must be even and 16x16..=3840x2160, got {width}x{height}"
                 ));
             }
-            if !(1..=120).contains(fps) {
-                return Err(format!("video.fps must be 1..=120, got {fps}"));
-            }
-            if !(50_000..=50_000_000).contains(bitrate_bps) {
-                return Err(format!(
-                    "video.bitrate_bps must be 50000..=50000000, got {bitrate_bps}"
-                ));
-            }
-            if *gop == 0 {
-                return Err("video.gop must be at least 1".into());
-            }
+            validate_encoding(*fps, *bitrate_bps, *gop)?;
             validate_raw_run("video", *stall_timeout, *restart_delay, *restart_max_delay)?;
         }
         if let AudioSourceConfig::RawCommand {

@@ -8,7 +8,7 @@
 //! samples come from or pace anything.
 
 use bytes::Bytes;
-use kvs_platform::{AudioCodec, CaptureError, EncodedFrame, FrameKind};
+use kvs_platform::{AudioCodec, AudioFormat, CaptureError, EncodedFrame, FrameKind};
 use opus_rs::{Application, OpusEncoder};
 use std::collections::VecDeque;
 
@@ -58,6 +58,17 @@ impl AudioEncoder {
 
     pub(crate) fn codecs(&self) -> &'static [AudioCodec] {
         self.codecs
+    }
+
+    /// The format of the first codec's packets: mono, 20 ms.
+    pub(crate) fn format(&self) -> AudioFormat {
+        let codec = self.codecs.first().copied().unwrap_or(AudioCodec::Opus);
+        AudioFormat {
+            codec,
+            sample_rate: codec.clock_rate(),
+            channels: 1,
+            frame_duration_us: FRAME_US as u32,
+        }
     }
 
     /// One period in every codec: the first is returned, the others queued.

@@ -2,10 +2,13 @@
 //! Constrained Baseline (profile 66 with constraint_set0/1, what `42e01f` viewers decode), one
 //! thread, one slice, keyframes on the GOP or on request, bitrate changed in place.
 //!
-//! It owns the encoder, its parameter sets and the forced-keyframe decision; it must not know
-//! where pictures come from (the camera hands it any [`YUVSource`]) or pace anything.
+//! [`LiveH264`] adds what a live camera does around it: pacing at the frame rate and the
+//! keyframe decision (requests and the cross-thread trigger). They own the encoder, its
+//! parameter sets and that schedule; they must not know where pictures come from (the camera
+//! hands over any [`YUVSource`]).
 
 use crate::h264::{nal_type, nal_units, NalHeader};
+use crate::pacer::{LatePolicy, Pacer, PacerConfig};
 use bytes::Bytes;
 use kvs_platform::{CaptureError, EncodedFrame, FrameKind};
 use openh264::encoder::{
@@ -14,6 +17,9 @@ use openh264::encoder::{
 };
 use openh264::formats::YUVSource;
 use openh264::{OpenH264API, Timestamp};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
 
 /// What the encoder is set up for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -235,5 +241,123 @@ impl H264Encoder {
         }
         tracing::debug!(bits_per_second, "H.264 encoder bitrate changed");
         Ok(())
+    }
+}
+
+/// What a live camera does around its encoder, shared by the drawing and raw-capture cameras:
+/// pictures paced at `fps` (or as fast as asked), the keyframe decision — a request through
+/// [`request_keyframe`](Self::request_keyframe) or the cross-thread trigger applies to the very
+/// next picture encoded, and the trigger also ends the wait for the slot — and the checks on
+/// size and rate. The camera supplies the pictures.
+pub(crate) struct LiveH264 {
+    encoder: H264Encoder,
+    paced: bool,
+    pacer: Pacer,
+    force_keyframe: bool,
+    /// Set from other threads (see [`kvs_platform::VideoCapture::keyframe_trigger`]).
+    trigger: Arc<AtomicBool>,
+}
+
+impl LiveH264 {
+    /// `what` names the camera in errors ("test pattern", "raw video").
+    pub(crate) fn new(
+        config: H264EncoderConfig,
+        paced: bool,
+        what: &str,
+    ) -> Result<Self, CaptureError> {
+        if let Err(reason) = super::check_size(config.width, config.height) {
+            return Err(CaptureError::InvalidInput(format!(
+                "{what} size {}x{} {reason}",
+                config.width, config.height
+            )));
+        }
+        if !(1..=120).contains(&config.fps) {
+            return Err(CaptureError::InvalidInput(format!(
+                "{what} fps {} out of range 1..=120",
+                config.fps
+            )));
+        }
+        Ok(Self {
+            pacer: Pacer::new(PacerConfig {
+                late_policy: LatePolicy::Reanchor,
+                default_frame_interval_us: 1_000_000 / u64::from(config.fps),
+                ..PacerConfig::default()
+            }),
+            encoder: H264Encoder::new(config)?,
+            paced,
+            force_keyframe: false,
+            trigger: Arc::default(),
+        })
+    }
+
+    pub(crate) fn config(&self) -> &H264EncoderConfig {
+        &self.encoder.config
+    }
+
+    /// Block until picture `index`'s slot (or a keyframe trigger); its timestamp (µs). A
+    /// keyframe request ends the wait: a new viewer's first frame is encoded now rather than
+    /// at the next slot (it keeps the slot's timestamp, so a viewer already watching just
+    /// buffers it a little longer).
+    pub(crate) fn wait_for_slot(&mut self, index: u64) -> u64 {
+        let nominal = index * 1_000_000 / u64::from(self.encoder.config.fps);
+        if !self.paced {
+            return nominal;
+        }
+        let paced = self.pacer.pace(nominal, Instant::now());
+        super::sleep_until_or(paced.due, &self.trigger);
+        paced.output_ts_us
+    }
+
+    /// Encode the next picture; a keyframe if one was asked for since the last.
+    pub(crate) fn encode(
+        &mut self,
+        picture: &impl YUVSource,
+        ts_us: u64,
+    ) -> Result<Option<EncodedFrame>, CaptureError> {
+        if self.trigger.swap(false, Ordering::Relaxed) {
+            self.force_keyframe = true;
+        }
+        let force = std::mem::take(&mut self.force_keyframe);
+        self.encoder.encode(picture, ts_us, force)
+    }
+
+    /// (Re)started: the schedule begins again and a viewer joining now needs a keyframe first.
+    pub(crate) fn start(&mut self) {
+        self.pacer.reset();
+        self.force_keyframe = true;
+    }
+
+    pub(crate) fn stop(&mut self) {
+        self.pacer.reset();
+    }
+
+    pub(crate) fn request_keyframe(&mut self) {
+        self.force_keyframe = true;
+    }
+
+    pub(crate) fn trigger(&self) -> Arc<AtomicBool> {
+        self.trigger.clone()
+    }
+
+    /// A new picture size: the next frame is an IDR with the new SPS/PPS.
+    pub(crate) fn resize(&mut self, width: u32, height: u32) -> Result<(), CaptureError> {
+        self.encoder.resize(width, height)?;
+        self.force_keyframe = true;
+        Ok(())
+    }
+
+    pub(crate) fn set_bitrate(&mut self, bits_per_second: u32) -> Result<(), CaptureError> {
+        self.encoder.set_bitrate(bits_per_second)
+    }
+
+    /// The format frames have.
+    pub(crate) fn format(&self) -> kvs_platform::VideoFormat {
+        let c = &self.encoder.config;
+        kvs_platform::VideoFormat {
+            codec: kvs_platform::VideoCodec::H264,
+            width: c.width,
+            height: c.height,
+            fps: c.fps,
+        }
     }
 }

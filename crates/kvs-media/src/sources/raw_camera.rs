@@ -12,13 +12,11 @@
 //! itself — spawning, stall and exit detection, restarts — is [`super::command`]'s.
 
 use super::command::{CommandOptions, CommandSource};
-use super::h264_encoder::{H264Encoder, H264EncoderConfig};
-use crate::pacer::{LatePolicy, Pacer, PacerConfig};
-use kvs_platform::{CaptureError, EncodedFrame, VideoCapture, VideoCodec, VideoFormat};
+use super::h264_encoder::{H264EncoderConfig, LiveH264};
+use kvs_platform::{CaptureError, EncodedFrame, VideoCapture, VideoFormat};
 use openh264::formats::YUVSource;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Instant;
 
 /// Settings of a [`RawCommandCamera`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,15 +87,11 @@ impl YUVSource for RawPicture {
 pub struct RawCommandCamera {
     config: RawVideoConfig,
     source: CommandSource,
-    encoder: H264Encoder,
+    live: LiveH264,
     /// The last picture read (`None` before the first).
     picture: Option<RawPicture>,
     /// Pictures taken so far (the next one's index).
     index: u64,
-    force_keyframe: bool,
-    /// Set from other threads (see [`VideoCapture::keyframe_trigger`]).
-    trigger: Arc<AtomicBool>,
-    pacer: Pacer,
 }
 
 impl std::fmt::Debug for RawCommandCamera {
@@ -114,36 +108,18 @@ impl RawCommandCamera {
     /// A camera with `config`; fails on an invalid size, rate, bitrate or command. The command
     /// starts with [`VideoCapture::start`].
     pub fn new(config: RawVideoConfig) -> Result<Self, CaptureError> {
-        let bad = |m: String| Err(CaptureError::InvalidInput(m));
-        if let Err(reason) = super::check_size(config.width, config.height) {
-            return bad(format!(
-                "raw video size {}x{} {reason}",
-                config.width, config.height
-            ));
-        }
-        if !(1..=120).contains(&config.fps) {
-            return bad(format!("raw video fps {} out of range 1..=120", config.fps));
-        }
-        let encoder = H264Encoder::new(H264EncoderConfig {
+        let encoder = H264EncoderConfig {
             width: config.width,
             height: config.height,
             fps: config.fps,
             bitrate_bps: config.bitrate_bps,
             keyframe_interval: config.keyframe_interval,
-        })?;
-        let source = CommandSource::new(config.command.clone(), config.picture_bytes(), "picture")?;
+        };
         Ok(Self {
-            source,
-            encoder,
+            live: LiveH264::new(encoder, config.paced, "raw video")?,
+            source: CommandSource::new(config.command.clone(), config.picture_bytes(), "picture")?,
             picture: None,
             index: 0,
-            force_keyframe: false,
-            trigger: Arc::default(),
-            pacer: Pacer::new(PacerConfig {
-                late_policy: LatePolicy::Reanchor,
-                default_frame_interval_us: 1_000_000 / u64::from(config.fps),
-                ..PacerConfig::default()
-            }),
             config,
         })
     }
@@ -161,36 +137,22 @@ impl RawCommandCamera {
 
 impl VideoCapture for RawCommandCamera {
     fn format(&self) -> VideoFormat {
-        VideoFormat {
-            codec: VideoCodec::H264,
-            width: self.config.width,
-            height: self.config.height,
-            fps: self.config.fps,
-        }
+        self.live.format()
     }
 
     fn start(&mut self) -> Result<(), CaptureError> {
-        self.pacer.reset();
-        // A viewer joining after a restart needs a keyframe first.
-        self.force_keyframe = true;
+        self.live.start();
         self.source.start()
     }
 
     fn stop(&mut self) {
-        self.pacer.reset();
+        self.live.stop();
         self.source.stop();
     }
 
     fn next_frame(&mut self) -> Result<Option<EncodedFrame>, CaptureError> {
         loop {
-            let nominal = self.index * 1_000_000 / u64::from(self.config.fps);
-            let ts = if self.config.paced {
-                let paced = self.pacer.pace(nominal, Instant::now());
-                super::sleep_until_or(paced.due, &self.trigger);
-                paced.output_ts_us
-            } else {
-                nominal
-            };
+            let ts = self.live.wait_for_slot(self.index);
             let data = self.source.next_chunk()?;
             let picture = self.picture.insert(RawPicture {
                 width: self.config.width as usize,
@@ -198,35 +160,31 @@ impl VideoCapture for RawCommandCamera {
                 data,
             });
             self.index += 1;
-            // Checked after the read: a request made while the camera waited for the picture
-            // applies to this one.
-            if self.trigger.swap(false, Ordering::Relaxed) {
-                self.force_keyframe = true;
-            }
-            let force = std::mem::take(&mut self.force_keyframe);
-            if let Some(frame) = self.encoder.encode(&*picture, ts, force)? {
+            // The keyframe decision is made now, after the read: a request made while the
+            // camera waited for the picture applies to this one.
+            if let Some(frame) = self.live.encode(&*picture, ts)? {
                 return Ok(Some(frame));
             }
         }
     }
 
     fn request_keyframe(&mut self) -> bool {
-        self.force_keyframe = true;
+        self.live.request_keyframe();
         true
     }
 
     fn keyframe_trigger(&self) -> Option<Arc<AtomicBool>> {
-        Some(self.trigger.clone())
+        Some(self.live.trigger())
     }
 
     fn set_bitrate(&mut self, bits_per_second: u32) -> Result<(), CaptureError> {
-        self.encoder.set_bitrate(bits_per_second)?;
+        self.live.set_bitrate(bits_per_second)?;
         self.config.bitrate_bps = bits_per_second;
         Ok(())
     }
 
     fn bitrate(&self) -> Option<u32> {
-        Some(self.config.bitrate_bps)
+        Some(self.live.config().bitrate_bps)
     }
 
     /// The last picture read, as a JPEG.
@@ -253,7 +211,8 @@ mod tests {
     use super::*;
     use crate::sources::{RawCommandError, RestartPolicy};
     use kvs_platform::FrameKind;
-    use std::time::Duration;
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
 
     /// `ffmpeg` drawing its test source as raw I420 at `w`x`h`, `extra` before the output.
     fn testsrc(w: u32, h: u32, fps: u32, extra: &str) -> String {

@@ -194,18 +194,7 @@ impl AudioCapture for RawCommandMicrophone {
     }
 
     fn format(&self) -> AudioFormat {
-        let codec = self
-            .config
-            .codecs
-            .first()
-            .copied()
-            .unwrap_or(AudioCodec::Opus);
-        AudioFormat {
-            codec,
-            sample_rate: codec.clock_rate(),
-            channels: 1,
-            frame_duration_us: FRAME_US as u32,
-        }
+        self.encoder.format()
     }
 
     fn start(&mut self) -> Result<(), CaptureError> {

@@ -4,15 +4,12 @@
 //! decode).
 
 use super::font;
-use super::h264_encoder::{H264Encoder, H264EncoderConfig};
-use crate::pacer::{LatePolicy, Pacer, PacerConfig};
-use kvs_platform::{
-    CaptureError, Clock, EncodedFrame, SystemClock, VideoCapture, VideoCodec, VideoFormat,
-};
+use super::h264_encoder::{H264EncoderConfig, LiveH264};
+use kvs_platform::{CaptureError, Clock, EncodedFrame, SystemClock, VideoCapture, VideoFormat};
 use openh264::formats::YUVSource;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Settings of a [`TestPatternCamera`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,14 +215,10 @@ impl Picture {
 /// A live test-pattern camera encoding H.264 with OpenH264. See the [module docs](self).
 pub struct TestPatternCamera {
     config: TestPatternConfig,
-    encoder: H264Encoder,
+    live: LiveH264,
     picture: Picture,
     /// Frames drawn so far (the next frame's index).
     index: u64,
-    force_keyframe: bool,
-    /// Set from other threads (see [`VideoCapture::keyframe_trigger`]).
-    trigger: Arc<AtomicBool>,
-    pacer: Pacer,
     clock: SystemClock,
     /// Reused text buffers for the counter and clock.
     overlay: Overlay,
@@ -243,45 +236,21 @@ impl std::fmt::Debug for TestPatternCamera {
 impl TestPatternCamera {
     /// A camera with `config`; fails on an invalid size, rate or bitrate.
     pub fn new(config: TestPatternConfig) -> Result<Self, CaptureError> {
-        let bad = |m: String| Err(CaptureError::InvalidInput(m));
-        if let Err(reason) = check_size(config.width, config.height) {
-            return bad(format!(
-                "test pattern size {}x{} {reason}",
-                config.width, config.height
-            ));
-        }
-        if !(1..=120).contains(&config.fps) {
-            return bad(format!(
-                "test pattern fps {} out of range 1..=120",
-                config.fps
-            ));
-        }
-        let encoder = H264Encoder::new(Self::encoder_config(&config))?;
-        Ok(Self {
-            picture: Picture::new(config.width as usize, config.height as usize),
-            encoder,
-            index: 0,
-            force_keyframe: false,
-            trigger: Arc::default(),
-            pacer: Pacer::new(PacerConfig {
-                late_policy: LatePolicy::Reanchor,
-                default_frame_interval_us: 1_000_000 / u64::from(config.fps),
-                ..PacerConfig::default()
-            }),
-            clock: SystemClock,
-            overlay: Overlay::default(),
-            config,
-        })
-    }
-
-    fn encoder_config(config: &TestPatternConfig) -> H264EncoderConfig {
-        H264EncoderConfig {
+        let encoder = H264EncoderConfig {
             width: config.width,
             height: config.height,
             fps: config.fps,
             bitrate_bps: config.bitrate_bps,
             keyframe_interval: config.keyframe_interval,
-        }
+        };
+        Ok(Self {
+            live: LiveH264::new(encoder, config.paced, "test pattern")?,
+            picture: Picture::new(config.width as usize, config.height as usize),
+            index: 0,
+            clock: SystemClock,
+            overlay: Overlay::default(),
+            config,
+        })
     }
 
     /// The configuration in use (with the current bitrate).
@@ -294,58 +263,33 @@ impl TestPatternCamera {
         self.index
     }
 
-    fn nominal_ts(&self, index: u64) -> u64 {
-        index * 1_000_000 / u64::from(self.config.fps)
-    }
-
     /// Draw and encode the next picture. Returns `None` if the encoder produced no output.
     fn encode_next(&mut self, ts_us: u64) -> Result<Option<EncodedFrame>, CaptureError> {
         self.overlay.render(self.index, self.clock.unix_time());
         self.picture
             .draw(self.index, &self.overlay.counter, &self.overlay.clock);
         self.index += 1;
-        if self.trigger.swap(false, Ordering::Relaxed) {
-            self.force_keyframe = true;
-        }
-        let force = std::mem::take(&mut self.force_keyframe);
-        self.encoder.encode(&self.picture, ts_us, force)
+        self.live.encode(&self.picture, ts_us)
     }
 }
 
 impl VideoCapture for TestPatternCamera {
     fn format(&self) -> VideoFormat {
-        VideoFormat {
-            codec: VideoCodec::H264,
-            width: self.config.width,
-            height: self.config.height,
-            fps: self.config.fps,
-        }
+        self.live.format()
     }
 
     fn start(&mut self) -> Result<(), CaptureError> {
-        self.pacer.reset();
-        // A viewer joining after a restart needs a keyframe first.
-        self.force_keyframe = true;
+        self.live.start();
         Ok(())
     }
 
     fn stop(&mut self) {
-        self.pacer.reset();
+        self.live.stop();
     }
 
     fn next_frame(&mut self) -> Result<Option<EncodedFrame>, CaptureError> {
         loop {
-            let nominal = self.nominal_ts(self.index);
-            let ts = if self.config.paced {
-                let paced = self.pacer.pace(nominal, Instant::now());
-                // A keyframe request ends the wait: a new viewer's first frame is encoded now
-                // rather than at the next slot (it keeps the slot's timestamp, so a viewer
-                // already watching just buffers it a little longer).
-                super::sleep_until_or(paced.due, &self.trigger);
-                paced.output_ts_us
-            } else {
-                nominal
-            };
+            let ts = self.live.wait_for_slot(self.index);
             if let Some(frame) = self.encode_next(ts)? {
                 return Ok(Some(frame));
             }
@@ -353,12 +297,12 @@ impl VideoCapture for TestPatternCamera {
     }
 
     fn request_keyframe(&mut self) -> bool {
-        self.force_keyframe = true;
+        self.live.request_keyframe();
         true
     }
 
     fn keyframe_trigger(&self) -> Option<Arc<AtomicBool>> {
-        Some(self.trigger.clone())
+        Some(self.live.trigger())
     }
 
     fn set_resolution(&mut self, width: u32, height: u32) -> Result<(), CaptureError> {
@@ -370,27 +314,21 @@ impl VideoCapture for TestPatternCamera {
         if (width, height) == (self.config.width, self.config.height) {
             return Ok(());
         }
-        let config = TestPatternConfig {
-            width,
-            height,
-            ..self.config
-        };
-        // A new encoder: its first frame is an IDR with the new SPS/PPS.
-        self.encoder.resize(width, height)?;
+        self.live.resize(width, height)?;
         self.picture = Picture::new(width as usize, height as usize);
-        self.force_keyframe = true;
-        self.config = config;
+        self.config.width = width;
+        self.config.height = height;
         Ok(())
     }
 
     fn set_bitrate(&mut self, bits_per_second: u32) -> Result<(), CaptureError> {
-        self.encoder.set_bitrate(bits_per_second)?;
+        self.live.set_bitrate(bits_per_second)?;
         self.config.bitrate_bps = bits_per_second;
         Ok(())
     }
 
     fn bitrate(&self) -> Option<u32> {
-        Some(self.config.bitrate_bps)
+        Some(self.live.config().bitrate_bps)
     }
 }
 
@@ -400,6 +338,8 @@ pub(crate) mod tests {
     use crate::h264::{find_sps, AccessUnitInfo};
     use kvs_platform::FrameKind;
     use openh264::decoder::Decoder;
+    use std::sync::atomic::Ordering;
+    use std::time::Instant;
 
     pub(crate) fn unpaced(width: u32, height: u32) -> TestPatternCamera {
         TestPatternCamera::new(TestPatternConfig {
