@@ -513,8 +513,144 @@ pub enum VideoSourceConfig {
         #[serde(default)]
         fps: Option<u32>,
     },
+    /// Raw I420 pictures of `width` x `height` from a shell command's stdout (any camera:
+    /// `ffmpeg -f v4l2 -i /dev/video0 -f rawvideo -pix_fmt yuv420p -`), taken at `fps` and
+    /// encoded live like the test pattern (keyframes on request, bitrate changes).
+    RawCommand {
+        command: String,
+        #[serde(default = "default_width")]
+        width: u32,
+        #[serde(default = "default_height")]
+        height: u32,
+        #[serde(default = "default_fps")]
+        fps: u32,
+        #[serde(default = "default_video_bitrate")]
+        bitrate_bps: u32,
+        #[serde(default = "default_gop")]
+        gop: u32,
+        /// No complete picture/period for this long (ms) is an error (a stalled command).
+        #[serde(default = "default_stall_timeout", with = "duration_millis")]
+        stall_timeout: Duration,
+        /// Start the command again when it exits or stalls (after `restart_delay` ms, doubled
+        /// after each failure in a row up to `restart_max_delay` ms) instead of failing.
+        #[serde(default)]
+        restart: bool,
+        #[serde(default = "default_restart_delay", with = "duration_millis")]
+        restart_delay: Duration,
+        #[serde(default = "default_restart_max_delay", with = "duration_millis")]
+        restart_max_delay: Duration,
+    },
     /// No video.
     None,
+}
+
+/// A raw-capture camera running `command`, everything else at its default.
+pub fn raw_video_command(command: String) -> VideoSourceConfig {
+    VideoSourceConfig::RawCommand {
+        command,
+        width: default_width(),
+        height: default_height(),
+        fps: default_fps(),
+        bitrate_bps: default_video_bitrate(),
+        gop: default_gop(),
+        stall_timeout: default_stall_timeout(),
+        restart: false,
+        restart_delay: default_restart_delay(),
+        restart_max_delay: default_restart_max_delay(),
+    }
+}
+
+/// A raw-capture microphone running `command` (48 kHz mono), everything else at its default.
+pub fn raw_audio_command(command: String) -> AudioSourceConfig {
+    AudioSourceConfig::RawCommand {
+        command,
+        sample_rate: default_raw_audio_rate(),
+        channels: default_raw_audio_channels(),
+        stall_timeout: default_stall_timeout(),
+        restart: false,
+        restart_delay: default_restart_delay(),
+        restart_max_delay: default_restart_max_delay(),
+    }
+}
+
+impl DeviceConfig {
+    /// The `restart` and `stall_timeout` fields of the raw-capture sources configured (for
+    /// options that apply to both).
+    pub fn raw_command_runs(&mut self) -> Vec<(&mut bool, &mut Duration)> {
+        let mut runs = Vec::new();
+        if let VideoSourceConfig::RawCommand {
+            restart,
+            stall_timeout,
+            ..
+        } = &mut self.video
+        {
+            runs.push((restart, stall_timeout));
+        }
+        if let AudioSourceConfig::RawCommand {
+            restart,
+            stall_timeout,
+            ..
+        } = &mut self.audio
+        {
+            runs.push((restart, stall_timeout));
+        }
+        runs
+    }
+}
+
+/// The checks on a live encoder's rate, bitrate and GOP (`[video]`).
+fn validate_encoding(fps: u32, bitrate_bps: u32, gop: u32) -> Result<(), String> {
+    if !(1..=120).contains(&fps) {
+        return Err(format!("video.fps must be 1..=120, got {fps}"));
+    }
+    if !(50_000..=50_000_000).contains(&bitrate_bps) {
+        return Err(format!(
+            "video.bitrate_bps must be 50000..=50000000, got {bitrate_bps}"
+        ));
+    }
+    if gop == 0 {
+        return Err("video.gop must be at least 1".into());
+    }
+    Ok(())
+}
+
+/// The checks on a raw-capture command's stall timeout and restart delays.
+fn validate_raw_run(
+    section: &str,
+    stall_timeout: Duration,
+    restart_delay: Duration,
+    restart_max_delay: Duration,
+) -> Result<(), String> {
+    if !(Duration::from_millis(100)..=Duration::from_secs(600)).contains(&stall_timeout) {
+        return Err(format!("{section}.stall_timeout must be 100..=600000 ms"));
+    }
+    if restart_delay.is_zero() || restart_max_delay < restart_delay {
+        return Err(format!(
+            "{section}.restart_delay must be above 0 and at most {section}.restart_max_delay"
+        ));
+    }
+    if restart_max_delay > Duration::from_secs(3600) {
+        return Err(format!(
+            "{section}.restart_max_delay must be at most 3600000 ms"
+        ));
+    }
+    Ok(())
+}
+
+fn default_stall_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_restart_delay() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_restart_max_delay() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_raw_audio_rate() -> u32 {
+    48_000
+}
+fn default_raw_audio_channels() -> u16 {
+    1
 }
 
 fn default_width() -> u32 {
@@ -549,7 +685,9 @@ impl VideoSourceConfig {
     /// The bitrate to size resend buffers for.
     pub fn nominal_bitrate_bps(&self) -> u32 {
         match self {
-            Self::TestPattern { bitrate_bps, .. } => *bitrate_bps,
+            Self::TestPattern { bitrate_bps, .. } | Self::RawCommand { bitrate_bps, .. } => {
+                *bitrate_bps
+            }
             // Unknown for files and pipes: assume the seed encoder's upper default.
             _ => 2_000_000,
         }
@@ -565,6 +703,27 @@ pub enum AudioSourceConfig {
     Tone,
     /// An Ogg/Opus file, looped, paced by its timestamps.
     OggOpus { path: PathBuf },
+    /// Interleaved S16LE PCM at `sample_rate` with `channels` from a shell command's stdout
+    /// (`arecord -f S16_LE -r 48000 -c 1 -t raw`), mixed down to mono, brought to 48 kHz and
+    /// encoded like the tone (`[codecs] audio`).
+    RawCommand {
+        command: String,
+        #[serde(default = "default_raw_audio_rate")]
+        sample_rate: u32,
+        #[serde(default = "default_raw_audio_channels")]
+        channels: u16,
+        /// No complete picture/period for this long (ms) is an error (a stalled command).
+        #[serde(default = "default_stall_timeout", with = "duration_millis")]
+        stall_timeout: Duration,
+        /// Start the command again when it exits or stalls (after `restart_delay` ms, doubled
+        /// after each failure in a row up to `restart_max_delay` ms) instead of failing.
+        #[serde(default)]
+        restart: bool,
+        #[serde(default = "default_restart_delay", with = "duration_millis")]
+        restart_delay: Duration,
+        #[serde(default = "default_restart_max_delay", with = "duration_millis")]
+        restart_max_delay: Duration,
+    },
     /// No audio.
     None,
 }
@@ -862,17 +1021,58 @@ impl DeviceConfig {
                     "video width/height must be even and 2..=4096, got {width}x{height}"
                 ));
             }
-            if !(1..=120).contains(fps) {
-                return Err(format!("video.fps must be 1..=120, got {fps}"));
+            validate_encoding(*fps, *bitrate_bps, *gop)?;
+        }
+        if let VideoSourceConfig::RawCommand {
+            command,
+            width,
+            height,
+            fps,
+            bitrate_bps,
+            gop,
+            stall_timeout,
+            restart_delay,
+            restart_max_delay,
+            ..
+        } = &self.video
+        {
+            if command.trim().is_empty() {
+                return Err("video.command must not be empty".into());
             }
-            if !(50_000..=50_000_000).contains(bitrate_bps) {
+            if width % 2 != 0
+                || height % 2 != 0
+                || !(16..=3840).contains(width)
+                || !(16..=2160).contains(height)
+            {
                 return Err(format!(
-                    "video.bitrate_bps must be 50000..=50000000, got {bitrate_bps}"
+                    "video width/height of a raw command must be even and 16x16..=3840x2160, got {width}x{height}"
                 ));
             }
-            if *gop == 0 {
-                return Err("video.gop must be at least 1".into());
+            validate_encoding(*fps, *bitrate_bps, *gop)?;
+            validate_raw_run("video", *stall_timeout, *restart_delay, *restart_max_delay)?;
+        }
+        if let AudioSourceConfig::RawCommand {
+            command,
+            sample_rate,
+            channels,
+            stall_timeout,
+            restart_delay,
+            restart_max_delay,
+            ..
+        } = &self.audio
+        {
+            if command.trim().is_empty() {
+                return Err("audio.command must not be empty".into());
             }
+            if !(8_000..=192_000).contains(sample_rate) || sample_rate % 50 != 0 {
+                return Err(format!(
+                    "audio.sample_rate must be 8000..=192000 and a multiple of 50, got {sample_rate}"
+                ));
+            }
+            if !(1..=8).contains(channels) {
+                return Err(format!("audio.channels must be 1..=8, got {channels}"));
+            }
+            validate_raw_run("audio", *stall_timeout, *restart_delay, *restart_max_delay)?;
         }
         let stream_fps = match &self.video {
             VideoSourceConfig::H264File { fps, .. } => Some(*fps),
@@ -1270,5 +1470,99 @@ mod tests {
             Ok(AudioCodecChoice::Pcmu)
         );
         assert!("g729".parse::<AudioCodecChoice>().is_err());
+    }
+
+    #[test]
+    fn raw_command_sources_take_defaults_env_overrides_and_are_checked() {
+        let toml = r#"
+            [video]
+            source = "raw-command"
+            command = "ffmpeg -f v4l2 -i /dev/video0 -f rawvideo -pix_fmt yuv420p -"
+            width = 320
+            height = 240
+            fps = 15
+            [audio]
+            source = "raw-command"
+            command = "arecord -f S16_LE -r 44100 -c 2 -t raw"
+            sample_rate = 44100
+            channels = 2
+            restart = true
+        "#;
+        let path = std::env::temp_dir().join(format!("raw-config-{}.toml", std::process::id()));
+        std::fs::write(&path, toml).unwrap();
+        let c = DeviceConfig::load(
+            Some(&path),
+            env(&[
+                ("KVS_WEBRTC_VIDEO__RESTART", "true"),
+                ("KVS_WEBRTC_VIDEO__STALL_TIMEOUT", "2000"),
+            ]),
+        )
+        .unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(
+            c.video,
+            VideoSourceConfig::RawCommand {
+                command: "ffmpeg -f v4l2 -i /dev/video0 -f rawvideo -pix_fmt yuv420p -".into(),
+                width: 320,
+                height: 240,
+                fps: 15,
+                bitrate_bps: 1_000_000,
+                gop: 30,
+                stall_timeout: Duration::from_secs(2),
+                restart: true,
+                restart_delay: Duration::from_millis(500),
+                restart_max_delay: Duration::from_secs(10),
+            }
+        );
+        assert_eq!(c.video.nominal_bitrate_bps(), 1_000_000);
+        assert_eq!(
+            c.audio,
+            AudioSourceConfig::RawCommand {
+                command: "arecord -f S16_LE -r 44100 -c 2 -t raw".into(),
+                sample_rate: 44_100,
+                channels: 2,
+                stall_timeout: Duration::from_secs(5),
+                restart: true,
+                restart_delay: Duration::from_millis(500),
+                restart_max_delay: Duration::from_secs(10),
+            }
+        );
+        for (bad, field) in [
+            (
+                "[video]\nsource = \"raw-command\"\ncommand = \"x\"\nwidth = 321",
+                "width",
+            ),
+            (
+                "[video]\nsource = \"raw-command\"\ncommand = \" \"",
+                "video.command",
+            ),
+            (
+                "[video]\nsource = \"raw-command\"\ncommand = \"x\"\nstall_timeout = 0",
+                "video.stall_timeout",
+            ),
+            (
+                "[audio]\nsource = \"raw-command\"\ncommand = \"x\"\nsample_rate = 44110",
+                "audio.sample_rate",
+            ),
+            (
+                "[audio]\nsource = \"raw-command\"\ncommand = \"x\"\nchannels = 0",
+                "audio.channels",
+            ),
+            (
+                "[audio]\nsource = \"raw-command\"\ncommand = \"x\"\nrestart_delay = 20000",
+                "audio.restart_delay",
+            ),
+            (
+                "[video]\nsource = \"raw-command\"\ncommand = \"x\"\nrestrat = true",
+                "unknown field",
+            ),
+        ] {
+            let e = DeviceConfig::from_toml_str(bad).unwrap_err().to_string();
+            assert!(e.contains(field), "{bad}: {e}");
+        }
+        assert!(
+            DeviceConfig::from_toml_str("[video]\nsource = \"raw-command\"").is_err(),
+            "the command is required"
+        );
     }
 }

@@ -2,12 +2,15 @@
 
 use crate::config::{AudioCodecChoice, AudioSourceConfig, SpeakerConfig, VideoSourceConfig};
 use kvs_media::sources::{
-    H264FileCamera, H264FileConfig, OggOpusFileConfig, OggOpusMicrophone, StdinH264Camera,
-    StdinH264Config, TestPatternCamera, TestPatternConfig, ToneConfig, ToneMicrophone,
+    CommandOptions, H264FileCamera, H264FileConfig, OggOpusFileConfig, OggOpusMicrophone,
+    RawAudioConfig, RawCommandCamera, RawCommandMicrophone, RawVideoConfig, RestartPolicy,
+    StdinH264Camera, StdinH264Config, TestPatternCamera, TestPatternConfig, ToneConfig,
+    ToneMicrophone,
 };
 use kvs_platform::{
     AudioCapture, AudioCodec, AudioPlayer, CaptureError, CommandPlayer, VideoCapture, WavFilePlayer,
 };
+use std::time::Duration;
 
 /// A source that could not be opened, and which one.
 #[derive(Debug, thiserror::Error)]
@@ -75,8 +78,55 @@ pub fn open_camera(
                 ..StdinH264Config::default()
             })))
         }
+        VideoSourceConfig::RawCommand {
+            command,
+            width,
+            height,
+            fps,
+            bitrate_bps,
+            gop,
+            stall_timeout,
+            restart,
+            restart_delay,
+            restart_max_delay,
+        } => {
+            let options = command_options(
+                command,
+                *stall_timeout,
+                *restart,
+                *restart_delay,
+                *restart_max_delay,
+            );
+            let camera = RawCommandCamera::new(RawVideoConfig {
+                bitrate_bps: *bitrate_bps,
+                keyframe_interval: *gop,
+                ..RawVideoConfig::new(options, *width, *height, *fps)
+            });
+            Some(Box::new(opening(
+                || format!("raw video command `{command}`"),
+                camera,
+            )?))
+        }
         VideoSourceConfig::None => None,
     })
+}
+
+/// A raw-capture command's options from the configuration's fields.
+fn command_options(
+    command: &str,
+    stall_timeout: Duration,
+    restart: bool,
+    restart_delay: Duration,
+    restart_max_delay: Duration,
+) -> CommandOptions {
+    CommandOptions {
+        stall_timeout,
+        restart: restart.then_some(RestartPolicy {
+            first_delay: restart_delay,
+            max_delay: restart_max_delay,
+        }),
+        ..CommandOptions::new(command)
+    }
 }
 
 /// Open the microphone the configuration names (`None` for no audio); the tone in Opus only.
@@ -86,8 +136,8 @@ pub fn open_microphone(
     open_microphone_with(config, AudioCodecChoice::Opus)
 }
 
-/// Open the microphone for `[codecs] audio`: the tone in that codec, or with `auto` in Opus,
-/// PCMU and PCMA (each viewer is sent the first of these it offers).
+/// Open the microphone for `[codecs] audio`: the tone (or a raw command's PCM) in that codec,
+/// or with `auto` in Opus, PCMU and PCMA (each viewer is sent the first of these it offers).
 pub fn open_microphone_with(
     config: &AudioSourceConfig,
     codec: AudioCodecChoice,
@@ -113,6 +163,33 @@ pub fn open_microphone_with(
             let mic = OggOpusMicrophone::open(path, OggOpusFileConfig::default());
             Some(Box::new(opening(
                 || format!("audio file {}", path.display()),
+                mic,
+            )?))
+        }
+        AudioSourceConfig::RawCommand {
+            command,
+            sample_rate,
+            channels,
+            stall_timeout,
+            restart,
+            restart_delay,
+            restart_max_delay,
+        } => {
+            let options = command_options(
+                command,
+                *stall_timeout,
+                *restart,
+                *restart_delay,
+                *restart_max_delay,
+            );
+            let mic = RawCommandMicrophone::new(RawAudioConfig {
+                sample_rate: *sample_rate,
+                channels: *channels,
+                codecs,
+                ..RawAudioConfig::new(options)
+            });
+            Some(Box::new(opening(
+                || format!("raw audio command `{command}`"),
                 mic,
             )?))
         }

@@ -108,9 +108,43 @@ pub(crate) struct DeviceArgs {
     #[arg(long)]
     h264_stdin: bool,
 
-    /// Frame rate for --h264-file / --h264-stdin, or of the test pattern.
+    /// Frame rate for --h264-file / --h264-stdin / --raw-video-cmd, or of the test pattern.
     #[arg(long)]
     fps: Option<u32>,
+
+    /// Live capture from any camera: raw I420 pictures (--size) read from this shell
+    /// command's stdout and encoded here, e.g.
+    /// "ffmpeg -f v4l2 -i /dev/video0 -f rawvideo -pix_fmt yuv420p -".
+    #[arg(long, value_name = "COMMAND", conflicts_with_all = ["h264_file", "h264_stdin", "no_video"])]
+    raw_video_cmd: Option<String>,
+
+    /// Picture size WxH of --raw-video-cmd's output (or of the test pattern).
+    #[arg(long, value_name = "WxH", value_parser = parse_size)]
+    size: Option<(u32, u32)>,
+
+    /// Live capture from any microphone: S16LE PCM read from this shell command's stdout
+    /// (--raw-audio-rate, --raw-audio-channels), encoded to the negotiated codec, e.g.
+    /// "arecord -f S16_LE -r 48000 -c 1 -t raw".
+    #[arg(long, value_name = "COMMAND", conflicts_with_all = ["ogg_file", "no_audio"])]
+    raw_audio_cmd: Option<String>,
+
+    /// Sample rate of --raw-audio-cmd's PCM (default 48000).
+    #[arg(long, value_name = "HZ")]
+    raw_audio_rate: Option<u32>,
+
+    /// Channels of --raw-audio-cmd's PCM, interleaved (default 1).
+    #[arg(long, value_name = "N")]
+    raw_audio_channels: Option<u16>,
+
+    /// Start a raw capture command again (with backoff) when it exits or stalls, instead of
+    /// stopping that source with an error.
+    #[arg(long)]
+    raw_restart: bool,
+
+    /// A raw capture command that sends no complete picture/period for this long has stalled
+    /// (default 5000).
+    #[arg(long, value_name = "MS")]
+    raw_stall_timeout_ms: Option<u64>,
 
     /// Stream an Ogg/Opus file (looped) instead of the tone.
     #[arg(long, conflicts_with = "no_audio")]
@@ -200,6 +234,27 @@ impl DeviceArgs {
         }
         if let Some(fps) = self.fps {
             push("--fps", Some(fps.to_string()));
+        }
+        if let Some(c) = &self.raw_video_cmd {
+            push("--raw-video-cmd", Some(c.clone()));
+        }
+        if let Some((w, h)) = self.size {
+            push("--size", Some(format!("{w}x{h}")));
+        }
+        if let Some(c) = &self.raw_audio_cmd {
+            push("--raw-audio-cmd", Some(c.clone()));
+        }
+        if let Some(r) = self.raw_audio_rate {
+            push("--raw-audio-rate", Some(r.to_string()));
+        }
+        if let Some(c) = self.raw_audio_channels {
+            push("--raw-audio-channels", Some(c.to_string()));
+        }
+        if self.raw_restart {
+            push("--raw-restart", None);
+        }
+        if let Some(ms) = self.raw_stall_timeout_ms {
+            push("--raw-stall-timeout-ms", Some(ms.to_string()));
         }
         if let Some(f) = &self.ogg_file {
             push("--ogg-file", Some(f.to_string_lossy().into_owned()));
@@ -300,6 +355,16 @@ impl DeviceArgs {
         if let Some(ms) = self.ice_restart_after_ms {
             config.nat.ice_restart_after = std::time::Duration::from_millis(ms);
         }
+        if let Some(command) = self.raw_video_cmd {
+            let keep = std::mem::take(&mut config.video);
+            config.video = match keep {
+                VideoSourceConfig::RawCommand { .. } => keep,
+                _ => kvs_app::config::raw_video_command(String::new()),
+            };
+            if let VideoSourceConfig::RawCommand { command: c, .. } = &mut config.video {
+                *c = command;
+            }
+        }
         if let Some(path) = self.h264_file {
             config.video = VideoSourceConfig::H264File {
                 path,
@@ -309,15 +374,55 @@ impl DeviceArgs {
             config.video = VideoSourceConfig::H264Stdin { fps: self.fps };
         } else if self.no_video {
             config.video = VideoSourceConfig::None;
-        } else if let (Some(f), VideoSourceConfig::TestPattern { fps, .. }) =
-            (self.fps, &mut config.video)
-        {
-            *fps = f;
+        }
+        match &mut config.video {
+            VideoSourceConfig::TestPattern {
+                fps, width, height, ..
+            }
+            | VideoSourceConfig::RawCommand {
+                fps, width, height, ..
+            } => {
+                if let Some(f) = self.fps {
+                    *fps = f;
+                }
+                if let Some((w, h)) = self.size {
+                    (*width, *height) = (w, h);
+                }
+            }
+            _ => {}
         }
         if let Some(path) = self.ogg_file {
             config.audio = AudioSourceConfig::OggOpus { path };
         } else if self.no_audio {
             config.audio = AudioSourceConfig::None;
+        } else if let Some(command) = self.raw_audio_cmd {
+            if !matches!(config.audio, AudioSourceConfig::RawCommand { .. }) {
+                config.audio = kvs_app::config::raw_audio_command(String::new());
+            }
+            if let AudioSourceConfig::RawCommand { command: c, .. } = &mut config.audio {
+                *c = command;
+            }
+        }
+        if let AudioSourceConfig::RawCommand {
+            sample_rate,
+            channels,
+            ..
+        } = &mut config.audio
+        {
+            if let Some(r) = self.raw_audio_rate {
+                *sample_rate = r;
+            }
+            if let Some(c) = self.raw_audio_channels {
+                *channels = c;
+            }
+        }
+        for (restart, stall_timeout) in config.raw_command_runs() {
+            if self.raw_restart {
+                *restart = true;
+            }
+            if let Some(ms) = self.raw_stall_timeout_ms {
+                *stall_timeout = std::time::Duration::from_millis(ms);
+            }
         }
         if let Some(c) = self.audio_codec {
             config.codecs.audio = c;
@@ -505,6 +610,19 @@ pub(crate) async fn report_events(mut events: tokio::sync::broadcast::Receiver<k
             Err(RecvError::Closed) => return,
         }
     }
+}
+
+/// `640x480` → (640, 480).
+fn parse_size(s: &str) -> Result<(u32, u32), String> {
+    let (w, h) = s
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("{s:?}: expected WIDTHxHEIGHT, e.g. 640x480"))?;
+    let n = |v: &str| {
+        v.trim()
+            .parse::<u32>()
+            .map_err(|e| format!("{s:?}: {v:?} is not a size: {e}"))
+    };
+    Ok((n(w)?, n(h)?))
 }
 
 /// Ctrl-C or SIGTERM.

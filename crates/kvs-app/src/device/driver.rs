@@ -200,9 +200,9 @@ impl Driver {
                 }
             }
             DeviceOutput::RequestKeyframe => {
-                if let Some(video) = &self.video_thread {
-                    video.control().request_keyframe();
-                }
+                // Already passed to the camera when its `KeyframeRequested` arrived (see the
+                // event loop). Asking again here made one request two keyframes whenever the
+                // camera had encoded the first before this output was performed.
             }
             DeviceOutput::PauseCapture(paused) => {
                 for thread in [&self.video_thread, &self.audio_thread]

@@ -5,22 +5,37 @@
 //! - [`ToneMicrophone`]: a 440 Hz tone with a beep each second, encoded to Opus (pure Rust).
 //! - [`H264FileCamera`] and [`OggOpusMicrophone`]: files, looped and paced.
 //! - [`StdinH264Camera`]: an Annex-B H.264 stream from a pipe (or any `Read`), unpaced.
+//! - [`RawCommandCamera`] and [`RawCommandMicrophone`]: raw I420 pictures / S16LE PCM from a
+//!   shell command's output (any camera or microphone the host has), encoded live like the
+//!   test pattern and the tone; the command is watched for exits and stalls and optionally
+//!   restarted ([`CommandOptions`]).
+//!
+//! The live encoders (OpenH264, Opus/G.711) are shared by the drawing and raw sources
+//! (`h264_encoder`, `audio_encoder`).
 //!
 //! Every source's `next_frame` blocks until its frame is due ([`crate::pacer`] decides when),
 //! except the pipe camera, which emits frames as they arrive. Sources own their encoders and
 //! buffers; they must not know who consumes the frames (that is [`crate::fanout`]'s job).
 //! Bad files are rejected at open time with [`CaptureError::InvalidInput`], not by panicking.
 
+mod audio_encoder;
+mod command;
 mod font;
+mod h264_encoder;
 mod h264_file;
 mod ogg_file;
 mod pipe;
+mod raw_camera;
+mod raw_microphone;
 mod test_pattern;
 mod tone;
 
+pub use command::{CommandOptions, RawCommandError, RestartPolicy, STDERR_TAIL_BYTES};
 pub use h264_file::{H264FileCamera, H264FileConfig};
 pub use ogg_file::{OggOpusFileConfig, OggOpusMicrophone};
 pub use pipe::{StdinH264Camera, StdinH264Config};
+pub use raw_camera::{RawCommandCamera, RawVideoConfig};
+pub use raw_microphone::{PcmConverter, RawAudioConfig, RawCommandMicrophone};
 pub(crate) use test_pattern::{check_size, Overlay, Picture};
 pub use test_pattern::{TestPatternCamera, TestPatternConfig};
 pub use tone::{ToneConfig, ToneMicrophone, ALL_TONE_CODECS};

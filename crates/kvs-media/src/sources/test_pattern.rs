@@ -4,22 +4,12 @@
 //! decode).
 
 use super::font;
-use crate::h264::{nal_type, nal_units, NalHeader};
-use crate::pacer::{LatePolicy, Pacer, PacerConfig};
-use bytes::Bytes;
-use kvs_platform::{
-    CaptureError, Clock, EncodedFrame, FrameKind, SystemClock, VideoCapture, VideoCodec,
-    VideoFormat,
-};
-use openh264::encoder::{
-    BitRate, Encoder, EncoderConfig, FrameRate, FrameType, IntraFramePeriod, Level, Profile,
-    RateControlMode, SpsPpsStrategy, UsageType,
-};
+use super::h264_encoder::{H264EncoderConfig, LiveH264};
+use kvs_platform::{CaptureError, Clock, EncodedFrame, SystemClock, VideoCapture, VideoFormat};
 use openh264::formats::YUVSource;
-use openh264::{OpenH264API, Timestamp};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Settings of a [`TestPatternCamera`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -225,22 +215,13 @@ impl Picture {
 /// A live test-pattern camera encoding H.264 with OpenH264. See the [module docs](self).
 pub struct TestPatternCamera {
     config: TestPatternConfig,
-    encoder: Encoder,
+    live: LiveH264,
     picture: Picture,
     /// Frames drawn so far (the next frame's index).
     index: u64,
-    /// Frames the encoder has seen (0 means it is not initialised yet).
-    encoded: u64,
-    force_keyframe: bool,
-    /// Set from other threads (see [`VideoCapture::keyframe_trigger`]).
-    trigger: Arc<AtomicBool>,
-    pacer: Pacer,
     clock: SystemClock,
     /// Reused text buffers for the counter and clock.
     overlay: Overlay,
-    /// The latest SPS and PPS, re-sent if an IDR ever comes without them.
-    sps: Option<Bytes>,
-    pps: Option<Bytes>,
 }
 
 impl std::fmt::Debug for TestPatternCamera {
@@ -252,82 +233,24 @@ impl std::fmt::Debug for TestPatternCamera {
     }
 }
 
-/// Level 3.1 (what `42e01f` viewers negotiate) up to 720p, higher levels for larger pictures.
-fn level_for(width: u32, height: u32) -> Level {
-    let mbs = width.div_ceil(16) * height.div_ceil(16);
-    if mbs <= 3_600 {
-        Level::Level_3_1
-    } else if mbs <= 8_192 {
-        Level::Level_4_0
-    } else {
-        Level::Level_5_1
-    }
-}
-
-fn codec_err(e: openh264::Error) -> CaptureError {
-    CaptureError::Codec(format!("OpenH264: {e}"))
-}
-
 impl TestPatternCamera {
     /// A camera with `config`; fails on an invalid size, rate or bitrate.
     pub fn new(config: TestPatternConfig) -> Result<Self, CaptureError> {
-        let bad = |m: String| Err(CaptureError::InvalidInput(m));
-        if let Err(reason) = check_size(config.width, config.height) {
-            return bad(format!(
-                "test pattern size {}x{} {reason}",
-                config.width, config.height
-            ));
-        }
-        if !(1..=120).contains(&config.fps) {
-            return bad(format!(
-                "test pattern fps {} out of range 1..=120",
-                config.fps
-            ));
-        }
-        if config.bitrate_bps < 10_000 {
-            return bad(format!("bitrate {} bit/s too low", config.bitrate_bps));
-        }
-        let encoder = Self::make_encoder(&config)?;
+        let encoder = H264EncoderConfig {
+            width: config.width,
+            height: config.height,
+            fps: config.fps,
+            bitrate_bps: config.bitrate_bps,
+            keyframe_interval: config.keyframe_interval,
+        };
         Ok(Self {
+            live: LiveH264::new(encoder, config.paced, "test pattern")?,
             picture: Picture::new(config.width as usize, config.height as usize),
-            encoder,
             index: 0,
-            encoded: 0,
-            force_keyframe: false,
-            trigger: Arc::default(),
-            pacer: Pacer::new(PacerConfig {
-                late_policy: LatePolicy::Reanchor,
-                default_frame_interval_us: 1_000_000 / u64::from(config.fps),
-                ..PacerConfig::default()
-            }),
             clock: SystemClock,
             overlay: Overlay::default(),
-            sps: None,
-            pps: None,
             config,
         })
-    }
-
-    fn make_encoder(config: &TestPatternConfig) -> Result<Encoder, CaptureError> {
-        let cfg = EncoderConfig::new()
-            .bitrate(BitRate::from_bps(config.bitrate_bps))
-            .max_frame_rate(FrameRate::from_hz(config.fps as f32))
-            .rate_control_mode(RateControlMode::Bitrate)
-            // A real-time stream must not silently drop frames; the rate controller adapts QP.
-            .skip_frames(false)
-            // Baseline + constraint_set1 (set by OpenH264 for profile 66) = Constrained
-            // Baseline, which every WebRTC H.264 decoder accepts.
-            .profile(Profile::Baseline)
-            // A level with headroom, so the bitrate can be raised later without re-initialising.
-            .level(level_for(config.width, config.height))
-            .usage_type(UsageType::CameraVideoRealTime)
-            .sps_pps_strategy(SpsPpsStrategy::ConstantId)
-            .intra_frame_period(IntraFramePeriod::from_num_frames(config.keyframe_interval))
-            // Keyframes exactly on the GOP or on request, not on "scene changes" of the pattern.
-            .scene_change_detect(false)
-            // One thread and one slice per picture: deterministic and light on a shared CPU.
-            .num_threads(1);
-        Encoder::with_api_config(OpenH264API::from_source(), cfg).map_err(codec_err)
     }
 
     /// The configuration in use (with the current bitrate).
@@ -340,121 +263,33 @@ impl TestPatternCamera {
         self.index
     }
 
-    fn nominal_ts(&self, index: u64) -> u64 {
-        index * 1_000_000 / u64::from(self.config.fps)
-    }
-
     /// Draw and encode the next picture. Returns `None` if the encoder produced no output.
     fn encode_next(&mut self, ts_us: u64) -> Result<Option<EncodedFrame>, CaptureError> {
         self.overlay.render(self.index, self.clock.unix_time());
         self.picture
             .draw(self.index, &self.overlay.counter, &self.overlay.clock);
         self.index += 1;
-        if self.trigger.swap(false, Ordering::Relaxed) {
-            self.force_keyframe = true;
-        }
-        if self.force_keyframe && self.encoded > 0 {
-            self.encoder.force_intra_frame();
-        }
-        self.force_keyframe = false;
-        let bitstream = self
-            .encoder
-            .encode_at(&self.picture, Timestamp::from_millis(ts_us / 1000))
-            .map_err(codec_err)?;
-        self.encoded += 1;
-        let kind = match bitstream.frame_type() {
-            FrameType::IDR => FrameKind::Key,
-            FrameType::Skip | FrameType::Invalid => return Ok(None),
-            _ => FrameKind::Delta,
-        };
-        // One allocation per frame, sized exactly.
-        let mut len = 0;
-        for l in 0..bitstream.num_layers() {
-            if let Some(layer) = bitstream.layer(l) {
-                for n in 0..layer.nal_count() {
-                    len += layer.nal_unit(n).map_or(0, <[u8]>::len);
-                }
-            }
-        }
-        if len == 0 {
-            return Ok(None);
-        }
-        let mut data = Vec::with_capacity(len);
-        bitstream.write_vec(&mut data);
-        let mut data = Bytes::from(data);
-        if kind == FrameKind::Key {
-            data = self.ensure_parameter_sets(data);
-        }
-        Ok(Some(EncodedFrame::new(data, ts_us, kind)))
-    }
-
-    /// Remember the parameter sets of a keyframe, or prepend the remembered ones if the
-    /// encoder left them out, so every keyframe is decodable on its own.
-    fn ensure_parameter_sets(&mut self, au: Bytes) -> Bytes {
-        let (mut has_sps, mut has_pps) = (false, false);
-        for nal in nal_units(&au) {
-            match NalHeader::parse(nal).map(|h| h.nal_type) {
-                Ok(nal_type::SPS) => {
-                    has_sps = true;
-                    self.sps = Some(Bytes::copy_from_slice(nal));
-                }
-                Ok(nal_type::PPS) => {
-                    has_pps = true;
-                    self.pps = Some(Bytes::copy_from_slice(nal));
-                }
-                _ => {}
-            }
-        }
-        if has_sps && has_pps {
-            return au;
-        }
-        let (Some(sps), Some(pps)) = (&self.sps, &self.pps) else {
-            return au;
-        };
-        let mut v = Vec::with_capacity(au.len() + sps.len() + pps.len() + 8);
-        for ps in [sps, pps] {
-            v.extend_from_slice(&[0, 0, 0, 1]);
-            v.extend_from_slice(ps);
-        }
-        v.extend_from_slice(&au);
-        v.into()
+        self.live.encode(&self.picture, ts_us)
     }
 }
 
 impl VideoCapture for TestPatternCamera {
     fn format(&self) -> VideoFormat {
-        VideoFormat {
-            codec: VideoCodec::H264,
-            width: self.config.width,
-            height: self.config.height,
-            fps: self.config.fps,
-        }
+        self.live.format()
     }
 
     fn start(&mut self) -> Result<(), CaptureError> {
-        self.pacer.reset();
-        // A viewer joining after a restart needs a keyframe first.
-        self.force_keyframe = true;
+        self.live.start();
         Ok(())
     }
 
     fn stop(&mut self) {
-        self.pacer.reset();
+        self.live.stop();
     }
 
     fn next_frame(&mut self) -> Result<Option<EncodedFrame>, CaptureError> {
         loop {
-            let nominal = self.nominal_ts(self.index);
-            let ts = if self.config.paced {
-                let paced = self.pacer.pace(nominal, Instant::now());
-                // A keyframe request ends the wait: a new viewer's first frame is encoded now
-                // rather than at the next slot (it keeps the slot's timestamp, so a viewer
-                // already watching just buffers it a little longer).
-                super::sleep_until_or(paced.due, &self.trigger);
-                paced.output_ts_us
-            } else {
-                nominal
-            };
+            let ts = self.live.wait_for_slot(self.index);
             if let Some(frame) = self.encode_next(ts)? {
                 return Ok(Some(frame));
             }
@@ -462,12 +297,12 @@ impl VideoCapture for TestPatternCamera {
     }
 
     fn request_keyframe(&mut self) -> bool {
-        self.force_keyframe = true;
+        self.live.request_keyframe();
         true
     }
 
     fn keyframe_trigger(&self) -> Option<Arc<AtomicBool>> {
-        Some(self.trigger.clone())
+        Some(self.live.trigger())
     }
 
     fn set_resolution(&mut self, width: u32, height: u32) -> Result<(), CaptureError> {
@@ -479,75 +314,21 @@ impl VideoCapture for TestPatternCamera {
         if (width, height) == (self.config.width, self.config.height) {
             return Ok(());
         }
-        let config = TestPatternConfig {
-            width,
-            height,
-            ..self.config
-        };
-        // A new encoder: its first frame is an IDR with the new SPS/PPS.
-        self.encoder = Self::make_encoder(&config)?;
+        self.live.resize(width, height)?;
         self.picture = Picture::new(width as usize, height as usize);
-        self.encoded = 0;
-        self.sps = None;
-        self.pps = None;
-        self.force_keyframe = true;
-        self.config = config;
+        self.config.width = width;
+        self.config.height = height;
         Ok(())
     }
 
     fn set_bitrate(&mut self, bits_per_second: u32) -> Result<(), CaptureError> {
-        if bits_per_second < 10_000 {
-            return Err(CaptureError::InvalidInput(format!(
-                "bitrate {bits_per_second} bit/s too low"
-            )));
-        }
-        let previous = self.config.bitrate_bps;
+        self.live.set_bitrate(bits_per_second)?;
         self.config.bitrate_bps = bits_per_second;
-        if self.encoded == 0 {
-            // Not initialised yet: the new configuration applies from the first frame.
-            self.encoder = Self::make_encoder(&self.config)?;
-            return Ok(());
-        }
-        use openh264_sys2::{
-            ENCODER_OPTION_BITRATE as TARGET, ENCODER_OPTION_MAX_BITRATE as MAX,
-            SPATIAL_LAYER_0 as LAYER0, SPATIAL_LAYER_ALL as ALL,
-        };
-        // OpenH264 rejects a layer target above the layer maximum: raise the maximum first
-        // when going up, lower the target first when going down.
-        let raise = [(MAX, LAYER0), (MAX, ALL), (TARGET, ALL)];
-        let lower = [(TARGET, ALL), (MAX, LAYER0), (MAX, ALL)];
-        let steps = if bits_per_second >= previous {
-            raise
-        } else {
-            lower
-        };
-        let rate = i32::try_from(bits_per_second).unwrap_or(i32::MAX);
-        for (option, layer) in steps {
-            let mut info = openh264_sys2::SBitrateInfo {
-                iLayer: layer,
-                iBitrate: rate,
-            };
-            // SAFETY: the encoder is initialised (it has encoded a frame); the option ids take
-            // an `SBitrateInfo` as OpenH264's SetOption documents, and `info` outlives the call.
-            // Bitrate is a rate-control parameter the wrapper does not cache.
-            let rc = unsafe {
-                self.encoder
-                    .raw_api()
-                    .set_option(option, (&raw mut info).cast())
-            };
-            if rc != 0 {
-                self.config.bitrate_bps = previous;
-                return Err(CaptureError::Codec(format!(
-                    "OpenH264 refused bitrate {bits_per_second} (option {option}, code {rc})"
-                )));
-            }
-        }
-        tracing::debug!(bits_per_second, "test pattern bitrate changed");
         Ok(())
     }
 
     fn bitrate(&self) -> Option<u32> {
-        Some(self.config.bitrate_bps)
+        Some(self.live.config().bitrate_bps)
     }
 }
 
@@ -555,7 +336,10 @@ impl VideoCapture for TestPatternCamera {
 pub(crate) mod tests {
     use super::*;
     use crate::h264::{find_sps, AccessUnitInfo};
+    use kvs_platform::FrameKind;
     use openh264::decoder::Decoder;
+    use std::sync::atomic::Ordering;
+    use std::time::Instant;
 
     pub(crate) fn unpaced(width: u32, height: u32) -> TestPatternCamera {
         TestPatternCamera::new(TestPatternConfig {

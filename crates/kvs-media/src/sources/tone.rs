@@ -4,17 +4,10 @@
 //! down to 8 kHz, see [`crate::g711`]). With several codecs each period gives one packet per
 //! codec, tagged, and every viewer is sent the one it negotiated.
 
+use super::audio_encoder::{AudioEncoder, FRAME_SAMPLES, FRAME_US, SAMPLE_RATE};
 use crate::pacer::{LatePolicy, Pacer, PacerConfig};
-use bytes::Bytes;
-use kvs_platform::{AudioCapture, AudioCodec, AudioFormat, CaptureError, EncodedFrame, FrameKind};
-use opus_rs::{Application, OpusEncoder};
-use std::collections::VecDeque;
+use kvs_platform::{AudioCapture, AudioCodec, AudioFormat, CaptureError, EncodedFrame};
 use std::time::Instant;
-
-const SAMPLE_RATE: u32 = 48_000;
-/// 20 ms at 48 kHz.
-const FRAME_SAMPLES: usize = 960;
-const FRAME_US: u64 = 20_000;
 /// Beep: the first 100 ms of each second, at twice the tone's frequency.
 const BEEP_SAMPLES: u64 = 4_800;
 
@@ -53,17 +46,15 @@ impl Default for ToneConfig {
 /// A live tone encoded to Opus. See the [module docs](self).
 pub struct ToneMicrophone {
     config: ToneConfig,
-    encoder: OpusEncoder,
+    /// Encodes each period; holds this period's packets in the other codecs, returned
+    /// before the next period.
+    encoder: AudioEncoder,
     /// Samples generated so far.
     sample: u64,
     phase: f64,
     pcm: [f32; FRAME_SAMPLES],
-    out: Vec<u8>,
     pacer: Pacer,
     frame_index: u64,
-    /// This period's packets in the other codecs, returned before the next period.
-    pending: VecDeque<EncodedFrame>,
-    low: Vec<i16>,
 }
 
 impl std::fmt::Debug for ToneMicrophone {
@@ -89,36 +80,19 @@ impl ToneMicrophone {
                 config.amplitude
             )));
         }
-        if config.codecs.is_empty() {
-            return Err(CaptureError::InvalidInput(
-                "the tone needs at least one codec".into(),
-            ));
-        }
-        if !(6_000..=510_000).contains(&config.bitrate_bps) {
-            return Err(CaptureError::InvalidInput(format!(
-                "Opus bitrate {} out of range 6000..=510000",
-                config.bitrate_bps
-            )));
-        }
-        let mut encoder = OpusEncoder::new(SAMPLE_RATE as i32, 1, Application::Audio)
-            .map_err(|e| CaptureError::Codec(format!("Opus encoder: {e}")))?;
-        encoder.bitrate_bps = config.bitrate_bps as i32;
+        let encoder = AudioEncoder::new(config.codecs, config.bitrate_bps)?;
         Ok(Self {
             config,
             encoder,
             sample: 0,
             phase: 0.0,
             pcm: [0.0; FRAME_SAMPLES],
-            // RFC 6716's maximum packet size.
-            out: vec![0; 1275],
             pacer: Pacer::new(PacerConfig {
                 late_policy: LatePolicy::Skip,
                 default_frame_interval_us: FRAME_US,
                 ..PacerConfig::default()
             }),
             frame_index: 0,
-            pending: VecDeque::new(),
-            low: Vec::with_capacity(FRAME_SAMPLES / 6),
         })
     }
 
@@ -138,39 +112,7 @@ impl ToneMicrophone {
     /// One period in every configured codec: the first is returned, the others queued.
     fn encode(&mut self, ts_us: u64) -> Result<EncodedFrame, CaptureError> {
         self.generate();
-        let tag = self.config.codecs.len() > 1;
-        let mut first = None;
-        for &codec in self.config.codecs {
-            let data = match codec {
-                AudioCodec::Opus => {
-                    let n = self
-                        .encoder
-                        .encode(&self.pcm, FRAME_SAMPLES, &mut self.out)
-                        .map_err(|e| CaptureError::Codec(format!("Opus encode: {e}")))?;
-                    Bytes::copy_from_slice(&self.out[..n])
-                }
-                AudioCodec::Pcmu | AudioCodec::Pcma => {
-                    self.low.clear();
-                    crate::g711::downsample_48k_to_8k(&self.pcm, &mut self.low);
-                    let encode = if codec == AudioCodec::Pcmu {
-                        crate::g711::ulaw_encode
-                    } else {
-                        crate::g711::alaw_encode
-                    };
-                    self.low.iter().map(|s| encode(*s)).collect()
-                }
-            };
-            let mut frame = EncodedFrame::new(data, ts_us, FrameKind::Key);
-            if tag {
-                frame = frame.with_audio_codec(codec);
-            }
-            if first.is_none() {
-                first = Some(frame);
-            } else {
-                self.pending.push_back(frame);
-            }
-        }
-        first.ok_or_else(|| CaptureError::Codec("no codec".into()))
+        self.encoder.encode(&self.pcm, ts_us)
     }
 }
 
@@ -180,18 +122,7 @@ impl AudioCapture for ToneMicrophone {
     }
 
     fn format(&self) -> AudioFormat {
-        let codec = self
-            .config
-            .codecs
-            .first()
-            .copied()
-            .unwrap_or(AudioCodec::Opus);
-        AudioFormat {
-            codec,
-            sample_rate: codec.clock_rate(),
-            channels: 1,
-            frame_duration_us: FRAME_US as u32,
-        }
+        self.encoder.format()
     }
 
     fn start(&mut self) -> Result<(), CaptureError> {
@@ -201,11 +132,11 @@ impl AudioCapture for ToneMicrophone {
 
     fn stop(&mut self) {
         self.pacer.reset();
-        self.pending.clear();
+        self.encoder.clear_pending();
     }
 
     fn next_frame(&mut self) -> Result<Option<EncodedFrame>, CaptureError> {
-        if let Some(f) = self.pending.pop_front() {
+        if let Some(f) = self.encoder.pop_pending() {
             return Ok(Some(f));
         }
         loop {
