@@ -639,3 +639,72 @@ pub(crate) async fn wait_for_stop() {
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
 }
+
+#[cfg(test)]
+mod raw_capture_cli_tests {
+    use super::*;
+
+    #[test]
+    fn raw_capture_options_become_the_config_and_reach_split_mode() {
+        let args = [
+            "kvs-webrtc",
+            "--raw-video-cmd",
+            "ffmpeg -f v4l2 -i /dev/video0 -f rawvideo -pix_fmt yuv420p -",
+            "--size",
+            "320x240",
+            "--fps",
+            "15",
+            "--raw-audio-cmd",
+            "arecord -t raw",
+            "--raw-audio-rate",
+            "16000",
+            "--raw-restart",
+            "--raw-stall-timeout-ms",
+            "2000",
+        ];
+        let cli = Cli::try_parse_from(args).unwrap();
+        // Split mode's streaming side gets the same options back.
+        let again = Cli::try_parse_from(
+            std::iter::once("kvs-webrtc".to_owned()).chain(cli.device.media_args()),
+        )
+        .unwrap();
+        for device in [cli.device, again.device] {
+            let config = device.into_config().unwrap();
+            let VideoSourceConfig::RawCommand {
+                command,
+                width,
+                height,
+                fps,
+                restart,
+                stall_timeout,
+                ..
+            } = &config.video
+            else {
+                panic!("{:?}", config.video)
+            };
+            assert!(command.starts_with("ffmpeg -f v4l2"));
+            assert_eq!((*width, *height, *fps, *restart), (320, 240, 15, true));
+            assert_eq!(*stall_timeout, std::time::Duration::from_secs(2));
+            let AudioSourceConfig::RawCommand {
+                sample_rate,
+                channels,
+                restart,
+                ..
+            } = &config.audio
+            else {
+                panic!("{:?}", config.audio)
+            };
+            assert_eq!((*sample_rate, *channels, *restart), (16_000, 1, true));
+        }
+        assert!(parse_size("640x").is_err() && parse_size("640").is_err());
+        assert_eq!(parse_size("1280X720"), Ok((1280, 720)));
+        assert!(
+            Cli::try_parse_from(["kvs-webrtc", "--raw-video-cmd", "x", "--h264-stdin"]).is_err()
+        );
+        // An odd size is refused by the configuration check, naming it.
+        let odd = Cli::try_parse_from(["kvs-webrtc", "--raw-video-cmd", "x", "--size", "321x240"])
+            .unwrap();
+        let e = format!("{:#}", odd.device.into_config().unwrap_err());
+        assert!(e.contains("321x240"), "{e}");
+    }
+}

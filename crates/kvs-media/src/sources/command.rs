@@ -194,28 +194,27 @@ impl Running {
         // One slot: the reader holds at most one chunk in the channel and one being read, and
         // otherwise leaves the bytes in the pipe, where they hold the producer back.
         let (tx, chunks) = sync_channel(1);
+        // From here on, dropping `running` (an error below) kills the command.
+        let running = Self {
+            child,
+            chunks,
+            stderr: Arc::new(Mutex::new(Tail::default())),
+        };
+        let spawn_failed = |source| RawCommandError::Spawn {
+            command: command.into(),
+            source,
+        };
         std::thread::Builder::new()
             .name("kvs-capture-cmd".into())
             .spawn(move || read_chunks(stdout, chunk_bytes, &tx))
-            .map_err(|source| RawCommandError::Spawn {
-                command: command.into(),
-                source,
-            })?;
-        let stderr = Arc::new(Mutex::new(Tail::default()));
-        let tail = stderr.clone();
+            .map_err(spawn_failed)?;
+        let tail = running.stderr.clone();
         std::thread::Builder::new()
             .name("kvs-capture-cmd-err".into())
             .spawn(move || keep_tail(stderr_pipe, &tail))
-            .map_err(|source| RawCommandError::Spawn {
-                command: command.into(),
-                source,
-            })?;
-        tracing::info!(command, pid = child.id(), "capture command started");
-        Ok(Self {
-            child,
-            chunks,
-            stderr,
-        })
+            .map_err(spawn_failed)?;
+        tracing::info!(command, pid = running.child.id(), "capture command started");
+        Ok(running)
     }
 
     /// The command's exit status once its output has ended, waiting [`EXIT_GRACE`] at most
