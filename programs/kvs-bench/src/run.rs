@@ -861,18 +861,6 @@ async fn memory(ctx: &mut Ctx) -> Result<()> {
         )),
         _ => None,
     };
-    let row = ctx.report.row(
-        "2 memory",
-        &format!(
-            "SDK heap added per viewer with adaptive bitrate (TWCC) on (idle → {})",
-            levels[levels.len() - 1]
-        ),
-        "KB",
-        on,
-        None,
-        vec![],
-    );
-    row.note = note;
     let peer_rss = if ctx.peers.is_some() {
         peer_memory(ctx, &levels).await
     } else {
@@ -1008,6 +996,18 @@ async fn memory(ctx: &mut Ctx) -> Result<()> {
         None,
         vec![],
     );
+    let row = ctx.report.row(
+        "2 memory",
+        &format!(
+            "SDK heap added per viewer with adaptive bitrate (TWCC) on (idle → {})",
+            levels[levels.len() - 1]
+        ),
+        "KB",
+        on,
+        None,
+        vec![],
+    );
+    row.note = note;
     Ok(())
 }
 
