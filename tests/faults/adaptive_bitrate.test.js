@@ -32,7 +32,8 @@ const CAPPED_MS = 20_000;
 const LIFTED_MS = 15_000;
 const FALL_BOUND_MS = 5000;
 const RISE_BOUND_MS = 15_000;
-const MIN_FPS_UNDER_CAP = 5;
+// "Decoding continues": at least one frame a second on average under the cap.
+const MIN_FPS_UNDER_CAP = 1;
 const SETTLE_MS = 30_000;
 
 const cleanups = [];

@@ -166,6 +166,13 @@ impl BitrateController {
         self.target
     }
 
+    /// What the estimators should probe for: the estimate the next rise step needs, not the
+    /// ceiling — probing far above what is sent floods a narrow path with padding.
+    pub fn probe_bps(&self) -> u64 {
+        let next = self.target as f64 * RISE_STEP * RISE_MARGIN / HEADROOM;
+        next.min(self.bounds.max_bps as f64 / HEADROOM) as u64
+    }
+
     /// A viewer's new estimate; returns the change to apply, if any.
     pub fn estimate(&mut self, peer_id: &str, bps: u64, now: Instant) -> Option<BitrateChange> {
         if !self.estimates.contains_key(peer_id) && self.estimates.len() >= MAX_TRACKED {
@@ -267,6 +274,8 @@ mod tests {
         assert_eq!(ch.lowest_estimate_bps, 600 * KBPS);
         assert!(ch.constrained.is_empty());
         assert_eq!(c.target_bps(), 510 * KBPS);
+        // Probing asks for what the next step needs: 510 × 1.25 × 1.1 / 0.85.
+        assert_eq!(c.probe_bps() / KBPS, 825);
     }
 
     #[test]

@@ -201,6 +201,10 @@ pub enum PeerCommand {
     /// Change the session limit. Lowering it closes no live session: it only refuses new
     /// offers until the count is below the new limit.
     SetMaxSessions { max: usize },
+    /// With [`PeerConfig::congestion_control`]: the bitrate every session's estimator probes
+    /// for (clamped to its bounds), e.g. what the encoder's next step needs; probing far above
+    /// what is sent floods a narrow path. Ignored without congestion control.
+    SetDesiredBitrate { bps: u64 },
 }
 
 /// Milestones of one session, as durations since the offer was received (or created).

@@ -33,6 +33,8 @@ pub struct CongestionControl {
     /// least `min_bps` going (padding) only while the estimate allows it.
     pub min_bps: u64,
     pub max_bps: u64,
+    /// What the estimator probes for (`PeerCommand::SetDesiredBitrate`); `None`: `max_bps`.
+    pub desired_bps: Option<u64>,
 }
 
 impl CongestionControl {
@@ -42,12 +44,13 @@ impl CongestionControl {
             .enable_bwe(Some(Bitrate::bps(self.initial_bps.max(1))))
     }
 
-    /// Per-session bounds, set once on a new `Rtc`. The minimum given to str0m is 0: a floor
+    /// Per-session bounds, set on a new `Rtc` and again when the desired bitrate changes.
+    /// The minimum given to str0m is 0: a floor
     /// there would make it pad a viewer up to it, which is not what the floor means here
     /// (see `kvs_app::abr`).
     pub(crate) fn start(&self, rtc: &mut Rtc) {
-        rtc.bwe()
-            .set_bitrate(Bitrate::ZERO, Bitrate::bps(self.max_bps.max(1)));
+        let desired = self.desired_bps.unwrap_or(self.max_bps).max(1);
+        rtc.bwe().set_bitrate(Bitrate::ZERO, Bitrate::bps(desired));
     }
 }
 

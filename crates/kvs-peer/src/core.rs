@@ -514,6 +514,17 @@ impl PeerCore {
                 self.config.max_sessions = max;
                 Ok(())
             }
+            PeerCommand::SetDesiredBitrate { bps } => {
+                if let Some(cc) = &mut self.config.congestion_control {
+                    cc.desired_bps = Some(bps.clamp(cc.min_bps, cc.max_bps));
+                    let cc = *cc;
+                    for s in self.sessions.values_mut() {
+                        cc.start(&mut s.rtc);
+                        service(s, now, &self.config, &mut self.out);
+                    }
+                }
+                Ok(())
+            }
             PeerCommand::SetIceServers { servers } => {
                 // A list of addresses only is taken here; one with names waits for the
                 // driver, which looks them up and calls `set_nat_servers` with the whole list

@@ -114,7 +114,7 @@ impl Driver {
                             }
                         }
                         for e in &batch {
-                            self.adapt_bitrate(e);
+                            self.adapt_bitrate(e).await;
                         }
                         let last = batch.pop().expect("one event at least");
                         for e in batch {
@@ -294,7 +294,7 @@ impl Driver {
 
     /// Feed adaptive bitrate with an engine event; a new target goes to the camera (between
     /// two frames, like a `Control::BitrateKbps`) and out as `BitrateChanged`.
-    fn adapt_bitrate(&mut self, event: &PeerEvent) {
+    async fn adapt_bitrate(&mut self, event: &PeerEvent) {
         let Some(abr) = &mut self.abr else {
             return;
         };
@@ -309,6 +309,15 @@ impl Driver {
         let Some(change) = change else {
             return;
         };
+        let probe = abr.probe_bps();
+        // The estimators probe only as far as the next step needs.
+        if let Err(e) = self
+            .peer
+            .command(PeerCommand::SetDesiredBitrate { bps: probe })
+            .await
+        {
+            tracing::warn!("adaptive bitrate: {e}");
+        }
         let bps = u32::try_from(change.bps).unwrap_or(u32::MAX);
         if let Some(video) = &self.video_thread {
             // The answer is not awaited: the next change supersedes this one anyway.
@@ -393,6 +402,7 @@ fn command_peer(command: &PeerCommand) -> Option<String> {
         | PeerCommand::CloseSession { peer_id } => Some(peer_id.clone()),
         PeerCommand::SetIceServers { .. }
         | PeerCommand::SetMaxSessions { .. }
+        | PeerCommand::SetDesiredBitrate { .. }
         | PeerCommand::SignalingRestored => None,
     }
 }

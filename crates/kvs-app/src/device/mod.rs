@@ -288,6 +288,7 @@ fn peer_config(
                 initial_bps: abr.initial_bps,
                 min_bps: abr.min_bps,
                 max_bps: abr.max_bps,
+                desired_bps: None,
             }
         }),
         ..PeerConfig::default()
