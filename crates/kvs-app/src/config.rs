@@ -47,6 +47,8 @@ pub struct DeviceConfig {
     pub speaker: SpeakerConfig,
     /// `[codecs]`: which codecs the device sends.
     pub codecs: CodecsConfig,
+    /// `[adaptive_bitrate]`: the encoder's target follows the viewers' congestion feedback.
+    pub adaptive_bitrate: crate::abr::AdaptiveBitrateConfig,
     pub reconnect: BackoffConfig,
     /// Remote control as a RainMaker-compatible node (`[rainmaker]`; run by
     /// `kvs_app::rainmaker` with the `rainmaker` feature).
@@ -1111,6 +1113,7 @@ impl DeviceConfig {
                 ));
             }
         }
+        self.adaptive_bitrate.validate()?;
         if self.session.resend_window > Duration::from_secs(10) {
             return Err("session.resend_window must be at most 10 s".into());
         }

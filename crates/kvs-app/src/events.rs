@@ -62,6 +62,10 @@ pub enum EventKind {
     TalkbackStarted,
     /// The talk-back floor was released (its holder was silent for `speaker.floor_hold`).
     TalkbackStopped,
+    /// The video encoder's target changed with the viewers' congestion feedback (adaptive
+    /// bitrate); message: `kbps=<target> reason=<congestion|recovery|viewer-left>
+    /// lowest_estimate_kbps=<n>` and `constrained=<peers>` when some are below the floor.
+    BitrateChanged,
     Error,
 }
 

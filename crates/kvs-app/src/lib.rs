@@ -18,6 +18,7 @@
 //! data channels); it must not implement protocols (signaling codec, WebRTC, media formats)
 //! itself — those live in the core crates it wires together.
 
+pub mod abr;
 pub mod backoff;
 #[cfg(feature = "media")]
 pub mod capture;

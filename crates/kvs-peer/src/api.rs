@@ -76,6 +76,10 @@ pub struct PeerConfig {
     pub audio_sink_frames: usize,
     /// Label of the data channel in offers we create.
     pub data_channel_label: String,
+    /// Transport-wide congestion control (TWCC feedback, str0m's estimator and pacer) on every
+    /// session, reported as [`PeerEvent::BitrateEstimate`]; `None` (the default): not
+    /// negotiated (see [`crate::congestion`] for its memory cost).
+    pub congestion_control: Option<crate::congestion::CongestionControl>,
 }
 
 impl Default for PeerConfig {
@@ -105,6 +109,7 @@ impl Default for PeerConfig {
             video_sink_frames: 8,
             audio_sink_frames: 32,
             data_channel_label: "kvsDataChannel".to_string(),
+            congestion_control: None,
         }
     }
 }
@@ -196,6 +201,10 @@ pub enum PeerCommand {
     /// Change the session limit. Lowering it closes no live session: it only refuses new
     /// offers until the count is below the new limit.
     SetMaxSessions { max: usize },
+    /// With [`PeerConfig::congestion_control`]: the bitrate every session's estimator probes
+    /// for (clamped to its bounds), e.g. what the encoder's next step needs; probing far above
+    /// what is sent floods a narrow path. Ignored without congestion control.
+    SetDesiredBitrate { bps: u64 },
 }
 
 /// Milestones of one session, as durations since the offer was received (or created).
@@ -315,6 +324,13 @@ pub enum PeerEvent {
         uri: String,
         reason: String,
     },
+    /// The session's estimate of the bitrate its path carries, with
+    /// [`PeerConfig::congestion_control`] on (a few a second at most, see
+    /// [`crate::congestion::ESTIMATE_MIN_INTERVAL`]).
+    BitrateEstimate {
+        peer_id: String,
+        bps: u64,
+    },
 }
 
 /// The candidate pair a session's media uses.
@@ -363,7 +379,8 @@ impl PeerEvent {
             | PeerEvent::SessionTiming { peer_id, .. }
             | PeerEvent::Closed { peer_id, .. }
             | PeerEvent::PathSelected { peer_id, .. }
-            | PeerEvent::IceRestart { peer_id, .. } => peer_id,
+            | PeerEvent::IceRestart { peer_id, .. }
+            | PeerEvent::BitrateEstimate { peer_id, .. } => peer_id,
             PeerEvent::CandidateGathered { .. } | PeerEvent::NatServerError { .. } => "",
         }
     }
@@ -373,7 +390,9 @@ impl PeerEvent {
     pub fn is_droppable(&self) -> bool {
         matches!(
             self,
-            PeerEvent::DataMessage { .. } | PeerEvent::SessionTiming { .. }
+            PeerEvent::DataMessage { .. }
+                | PeerEvent::SessionTiming { .. }
+                | PeerEvent::BitrateEstimate { .. }
         )
     }
 }

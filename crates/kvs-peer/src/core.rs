@@ -17,7 +17,8 @@
 //! The resend buffer keeps [`PeerConfig::resend_window`] of packets (capped by
 //! [`PeerConfig::send_buffer_video_packets`]). Transport-wide congestion control is not
 //! negotiated: nothing here adapts the bitrate to it yet, and str0m's record of every sent
-//! packet for it costs ~88 KB per viewer.
+//! packet for it costs ~88 KB per viewer. [`PeerConfig::congestion_control`] turns it on
+//! ([`crate::congestion`]): each session then reports its estimate.
 
 use crate::api::{
     Datagram, PeerCommand, PeerConfig, PeerError, PeerEvent, SelectedPath, SessionStats,
@@ -107,6 +108,9 @@ pub fn rtc_config(config: &PeerConfig, cert: Option<DtlsCert>) -> RtcConfig {
         (13, Extension::VideoOrientation),
     ] {
         rc = rc.set_extension(id, ext);
+    }
+    if let Some(cc) = &config.congestion_control {
+        rc = cc.configure(rc);
     }
     if let Some(cert) = cert {
         rc = rc.set_dtls_cert(cert);
@@ -209,6 +213,8 @@ struct Session {
     last_received: Instant,
     /// Gathering was still running when the session started: GatheringComplete is owed.
     gathering_pending: bool,
+    /// Rate limit of the bandwidth estimates reported (congestion control on).
+    estimates: crate::congestion::EstimateGate,
 }
 
 impl Session {
@@ -246,6 +252,7 @@ impl Session {
             restart_at: None,
             last_received: now,
             gathering_pending: false,
+            estimates: Default::default(),
         }
     }
 
@@ -505,6 +512,17 @@ impl PeerCore {
             }
             PeerCommand::SetMaxSessions { max } => {
                 self.config.max_sessions = max;
+                Ok(())
+            }
+            PeerCommand::SetDesiredBitrate { bps } => {
+                if let Some(cc) = &mut self.config.congestion_control {
+                    cc.desired_bps = Some(bps.clamp(cc.min_bps, cc.max_bps));
+                    let cc = *cc;
+                    for s in self.sessions.values_mut() {
+                        cc.start(&mut s.rtc);
+                        service(s, now, &self.config, &mut self.out);
+                    }
+                }
                 Ok(())
             }
             PeerCommand::SetIceServers { servers } => {
@@ -890,6 +908,9 @@ impl PeerCore {
     /// SDP lines for trickling.
     fn new_session(&mut self, now: Instant, peer_id: &str) -> (Box<Session>, Vec<String>) {
         let mut rtc = self.rtc_config.clone().build(now);
+        if let Some(cc) = &self.config.congestion_control {
+            cc.start(&mut rtc);
+        }
         let mut lines = Vec::new();
         if !self.config.nat.relay_only {
             for addr in &self.local_addrs {
@@ -1445,6 +1466,12 @@ fn on_event(
                     payload: Bytes::copy_from_slice(&p.payload),
                     arrival: now,
                 });
+            }
+            false
+        }
+        Event::EgressBitrateEstimate(kind) => {
+            if let Some(bps) = s.estimates.pass(&kind, now) {
+                out.event(PeerEvent::BitrateEstimate { peer_id, bps });
             }
             false
         }

@@ -11,6 +11,7 @@
 //! - `drain`: the one loop that drains a str0m `Rtc` after every change (used by both cores).
 //! - [`viewer`]: a Rust viewer peer (sans-IO core + small driver) for tests and benchmarks,
 //!   and [`viewer::SignaledViewer`], which joins one to a device through signaling.
+//! - [`congestion`]: transport-wide congestion control on the sessions (opt-in).
 //! - [`api`]: configuration, commands, events, timings, stats, errors.
 //! - `sim` (tests only): a virtual-time harness running the device core against viewer cores.
 //!
@@ -22,6 +23,7 @@
 
 pub mod api;
 pub mod candidate;
+pub mod congestion;
 pub mod core;
 mod drain;
 pub mod engine;

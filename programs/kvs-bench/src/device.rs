@@ -68,6 +68,10 @@ pub struct DeviceArgs {
     /// lines, each with its time on `CLOCK_MONOTONIC`.
     #[arg(long)]
     pub nat_events: bool,
+    /// Adaptive bitrate on (`[adaptive_bitrate] enabled`): TWCC and str0m's estimator on every
+    /// session, the camera's target following the estimates.
+    #[arg(long)]
+    pub adaptive_bitrate: bool,
 }
 
 /// The channel's ICE servers from a local service's GetIceServerConfig (plain HTTP, unsigned).
@@ -188,6 +192,7 @@ pub(crate) fn timing_field(message: &str, label: &str) -> Option<f64> {
 pub async fn run(args: DeviceArgs) -> Result<()> {
     let mut config = DeviceConfig::default();
     config.session.max_viewers = args.max_viewers;
+    config.adaptive_bitrate.enabled = args.adaptive_bitrate;
     config.session.media_bind = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
     config.video = if args.no_video {
         VideoSourceConfig::None

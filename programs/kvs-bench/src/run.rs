@@ -795,15 +795,22 @@ async fn peer_memory(ctx: &mut Ctx, levels: &[usize]) -> BTreeMap<&'static str, 
     out
 }
 
-async fn memory(ctx: &mut Ctx) -> Result<()> {
-    let levels = ctx.plan.memory_viewers.clone();
-    // samples[level index] over repeats; level 0 = idle.
+/// The memory scenario's samples: `[level index][repeat]`, level 0 = idle, the last = after
+/// all left. `adaptive`: the device runs with adaptive bitrate (congestion control) on.
+async fn memory_runs(
+    ctx: &mut Ctx,
+    levels: &[usize],
+    adaptive: bool,
+) -> Result<Vec<Vec<MemSample>>> {
     let mut runs: Vec<Vec<MemSample>> = vec![Vec::new(); levels.len() + 2];
+    let bitrate = FANOUT_BITRATE.to_string();
+    let mut args = vec!["--bitrate", bitrate.as_str()];
+    if adaptive {
+        args.push("--adaptive-bitrate");
+    }
     for rep in 0..ctx.plan.memory_repeats {
         ctx.device_env = exact_malloc_accounting();
-        let dev = ctx
-            .device("bench-memory", &["--bitrate", &FANOUT_BITRATE.to_string()])
-            .await;
+        let dev = ctx.device("bench-memory", &args).await;
         ctx.device_env.clear();
         let mut dev = dev?;
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -831,6 +838,39 @@ async fn memory(ctx: &mut Ctx) -> Result<()> {
         runs[levels.len() + 1].push(sample(&mut dev).await?);
         dev.stop().await;
     }
+    Ok(runs)
+}
+
+/// SDK heap added per viewer (idle → the most viewers), KB, per repeat.
+fn heap_per_viewer(runs: &[Vec<MemSample>], levels: &[usize]) -> Option<Figure> {
+    let last = levels.len();
+    let n = levels[last - 1] as f64;
+    Figure::of(
+        &runs[0]
+            .iter()
+            .zip(&runs[last])
+            .map(|(x, y)| (y.sdk_rust + y.sdk_c - x.sdk_rust - x.sdk_c) / n / 1024.0)
+            .collect::<Vec<_>>(),
+    )
+}
+
+async fn memory(ctx: &mut Ctx) -> Result<()> {
+    let levels = ctx.plan.memory_viewers.clone();
+    let runs = memory_runs(ctx, &levels, false).await?;
+    // The same with adaptive bitrate on: what congestion control costs per viewer.
+    let adaptive = memory_runs(ctx, &levels, true).await?;
+    let (off, on) = (
+        heap_per_viewer(&runs, &levels),
+        heap_per_viewer(&adaptive, &levels),
+    );
+    let note = match (&on, &off) {
+        (Some(on), Some(off)) => Some(format!(
+            "{:.2}× the {} KB per viewer with it off (same run); on by default only within 1.5×",
+            on.median / off.median,
+            crate::report::num(off.median)
+        )),
+        _ => None,
+    };
     let peer_rss = if ctx.peers.is_some() {
         peer_memory(ctx, &levels).await
     } else {
@@ -966,6 +1006,18 @@ async fn memory(ctx: &mut Ctx) -> Result<()> {
         None,
         vec![],
     );
+    let row = ctx.report.row(
+        "2 memory",
+        &format!(
+            "SDK heap added per viewer with adaptive bitrate (TWCC) on (idle → {})",
+            levels[levels.len() - 1]
+        ),
+        "KB",
+        on,
+        None,
+        vec![],
+    );
+    row.note = note;
     Ok(())
 }
 

@@ -176,6 +176,19 @@ pub(crate) struct DeviceArgs {
     /// (docs/RAINMAKER.md); the same section in --config works too.
     #[arg(long, value_name = "FILE")]
     rainmaker_config: Option<PathBuf>,
+
+    /// Adaptive bitrate: negotiate congestion feedback (TWCC) and make the encoder's target
+    /// follow the lowest viewer's estimate (`[adaptive_bitrate] enabled`).
+    #[arg(long)]
+    adaptive_bitrate: bool,
+
+    /// Adaptive bitrate's floor in kbit/s (`adaptive_bitrate.min_kbps`, default 150).
+    #[arg(long, value_name = "KBPS")]
+    min_kbps: Option<u32>,
+
+    /// Adaptive bitrate's ceiling in kbit/s (`adaptive_bitrate.max_kbps`, default 2500).
+    #[arg(long, value_name = "KBPS")]
+    max_kbps: Option<u32>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -207,6 +220,15 @@ impl DeviceArgs {
         }
         if let Some(n) = self.max_viewers {
             push("--max-viewers", Some(n.to_string()));
+        }
+        if self.adaptive_bitrate {
+            push("--adaptive-bitrate", None);
+        }
+        if let Some(k) = self.min_kbps {
+            push("--min-kbps", Some(k.to_string()));
+        }
+        if let Some(k) = self.max_kbps {
+            push("--max-kbps", Some(k.to_string()));
         }
         for ip in &self.media_bind {
             push("--media-bind", Some(ip.to_string()));
@@ -337,6 +359,15 @@ impl DeviceArgs {
         }
         if let Some(n) = self.max_viewers {
             config.session.max_viewers = n;
+        }
+        if self.adaptive_bitrate {
+            config.adaptive_bitrate.enabled = true;
+        }
+        if let Some(k) = self.min_kbps {
+            config.adaptive_bitrate.min_kbps = k;
+        }
+        if let Some(k) = self.max_kbps {
+            config.adaptive_bitrate.max_kbps = k;
         }
         if !self.media_bind.is_empty() {
             config.session.media_bind = self.media_bind;

@@ -783,6 +783,8 @@ impl DeviceCore {
             PeerEvent::NatServerError { uri, reason } => {
                 self.event(AppEvent::new(K::TurnError, format!("{uri}: {reason}")).with_status(1));
             }
+            // Adaptive bitrate's input: the driver hands these to `crate::abr`.
+            PeerEvent::BitrateEstimate { .. } => {}
         }
     }
 }

@@ -47,6 +47,8 @@ pub(super) struct Driver {
     pub talkback_thread: Option<crate::talkback::TalkbackThread>,
     /// Live sessions, for [`crate::DeviceControl::viewers`].
     pub viewers: watch::Sender<usize>,
+    /// Adaptive bitrate (`[adaptive_bitrate]` on): the viewers' estimates → the camera.
+    pub abr: Option<crate::abr::BitrateController>,
 }
 
 impl Driver {
@@ -110,6 +112,9 @@ impl Driver {
                             if batch.len() >= PEER_EVENT_BATCH {
                                 break;
                             }
+                        }
+                        for e in &batch {
+                            self.adapt_bitrate(e).await;
                         }
                         let last = batch.pop().expect("one event at least");
                         for e in batch {
@@ -287,6 +292,52 @@ impl Driver {
         let _ = reply.send(answer);
     }
 
+    /// Feed adaptive bitrate with an engine event; a new target goes to the camera (between
+    /// two frames, like a `Control::BitrateKbps`) and out as `BitrateChanged`.
+    async fn adapt_bitrate(&mut self, event: &PeerEvent) {
+        let Some(abr) = &mut self.abr else {
+            return;
+        };
+        let now = Instant::now();
+        let change = match event {
+            PeerEvent::BitrateEstimate { peer_id, bps } => abr.estimate(peer_id, *bps, now),
+            PeerEvent::Closed { peer_id, .. } | PeerEvent::Failed { peer_id, .. } => {
+                abr.remove(peer_id, now)
+            }
+            _ => None,
+        };
+        let Some(change) = change else {
+            return;
+        };
+        let probe = abr.probe_bps();
+        // The estimators probe only as far as the next step needs.
+        if let Err(e) = self
+            .peer
+            .command(PeerCommand::SetDesiredBitrate { bps: probe })
+            .await
+        {
+            tracing::warn!("adaptive bitrate: {e}");
+        }
+        let bps = u32::try_from(change.bps).unwrap_or(u32::MAX);
+        if let Some(video) = &self.video_thread {
+            // The answer is not awaited: the next change supersedes this one anyway.
+            if let Err(e) = video.control().change(CameraChange::BitrateBps(bps)) {
+                tracing::warn!("adaptive bitrate: camera change refused: {e}");
+            }
+        }
+        let mut message = format!(
+            "kbps={} reason={} lowest_estimate_kbps={}",
+            change.bps / 1000,
+            change.reason.as_str(),
+            change.lowest_estimate_bps / 1000
+        );
+        if !change.constrained.is_empty() {
+            message.push_str(&format!(" constrained={}", change.constrained.join(",")));
+        }
+        self.events
+            .publish(AppEvent::new(EventKind::BitrateChanged, message));
+    }
+
     /// Hand a message to the signaling link; false when it could not be.
     async fn send(&mut self, message: SignalingMessage) -> bool {
         let Some(link) = &self.link else {
@@ -351,6 +402,7 @@ fn command_peer(command: &PeerCommand) -> Option<String> {
         | PeerCommand::CloseSession { peer_id } => Some(peer_id.clone()),
         PeerCommand::SetIceServers { .. }
         | PeerCommand::SetMaxSessions { .. }
+        | PeerCommand::SetDesiredBitrate { .. }
         | PeerCommand::SignalingRestored => None,
     }
 }

@@ -189,6 +189,7 @@ impl Device {
             _ => None,
         };
 
+        let camera_present = camera.is_some();
         let video_thread = match camera {
             Some(camera) => Some(capture::spawn_video(
                 camera,
@@ -228,6 +229,13 @@ impl Device {
             audio_thread,
             talkback_thread,
             viewers: viewers_tx,
+            abr: (config.adaptive_bitrate.enabled && camera_present).then(|| {
+                crate::abr::BitrateController::new(
+                    config
+                        .adaptive_bitrate
+                        .bounds(u64::from(config.video.nominal_bitrate_bps())),
+                )
+            }),
         };
         let task = tokio::spawn(driver.run(core_config, peer_events, control_rx, shutdown_rx));
         Ok(DeviceHandle {
@@ -272,6 +280,17 @@ fn peer_config(
         resend_window: session.resend_window,
         video_bitrate_bps: config.video.nominal_bitrate_bps(),
         nat: nat_policy(config),
+        congestion_control: (config.adaptive_bitrate.enabled && video).then(|| {
+            let abr = config
+                .adaptive_bitrate
+                .bounds(u64::from(config.video.nominal_bitrate_bps()));
+            kvs_peer::congestion::CongestionControl {
+                initial_bps: abr.initial_bps,
+                min_bps: abr.min_bps,
+                max_bps: abr.max_bps,
+                desired_bps: None,
+            }
+        }),
         ..PeerConfig::default()
     }
 }
