@@ -5,6 +5,9 @@
 //! - [`ToneMicrophone`]: a 440 Hz tone with a beep each second, encoded to Opus (pure Rust).
 //! - [`H264FileCamera`] and [`OggOpusMicrophone`]: files, looped and paced.
 //! - [`StdinH264Camera`]: an Annex-B H.264 stream from a pipe (or any `Read`), unpaced.
+//! - [`Vp8FileCamera`] / [`StdinVp8Camera`]: VP8 in IVF, from a file (looped, paced by its
+//!   own timestamps) or a pipe; [`H265FileCamera`] / [`StdinH265Camera`]: Annex-B H.265, as
+//!   the H.264 ones.
 //!
 //! Every source's `next_frame` blocks until its frame is due ([`crate::pacer`] decides when),
 //! except the pipe camera, which emits frames as they arrive. Sources own their encoders and
@@ -13,17 +16,21 @@
 
 mod font;
 mod h264_file;
+mod h265;
 mod ogg_file;
 mod pipe;
 mod test_pattern;
 mod tone;
+mod vp8;
 
 pub use h264_file::{H264FileCamera, H264FileConfig};
+pub use h265::{H265FileCamera, H265FileConfig, StdinH265Camera, StdinH265Config};
 pub use ogg_file::{OggOpusFileConfig, OggOpusMicrophone};
 pub use pipe::{StdinH264Camera, StdinH264Config};
 pub(crate) use test_pattern::{check_size, Overlay, Picture};
 pub use test_pattern::{TestPatternCamera, TestPatternConfig};
 pub use tone::{ToneConfig, ToneMicrophone, ALL_TONE_CODECS};
+pub use vp8::{StdinVp8Camera, StdinVp8Config, Vp8FileCamera, Vp8FileConfig};
 
 use kvs_platform::CaptureError;
 use std::time::Instant;
