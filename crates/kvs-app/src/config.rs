@@ -513,6 +513,22 @@ pub enum VideoSourceConfig {
         #[serde(default)]
         fps: Option<u32>,
     },
+    /// A VP8 IVF file, looped, paced by its own timestamps (IVF has a timebase).
+    Vp8File { path: PathBuf },
+    /// VP8 in IVF read from standard input (`ffmpeg ... -c:v libvpx -f ivf - | ...`), sent as
+    /// frames arrive, stamped with their IVF timestamps.
+    Vp8Stdin,
+    /// An Annex-B H.265 file, looped, paced at `fps`.
+    H265File {
+        path: PathBuf,
+        #[serde(default = "default_fps")]
+        fps: u32,
+    },
+    /// Annex-B H.265 read from standard input, as `h264-stdin`.
+    H265Stdin {
+        #[serde(default)]
+        fps: Option<u32>,
+    },
     /// No video.
     None,
 }
@@ -875,8 +891,10 @@ impl DeviceConfig {
             }
         }
         let stream_fps = match &self.video {
-            VideoSourceConfig::H264File { fps, .. } => Some(*fps),
-            VideoSourceConfig::H264Stdin { fps } => *fps,
+            VideoSourceConfig::H264File { fps, .. } | VideoSourceConfig::H265File { fps, .. } => {
+                Some(*fps)
+            }
+            VideoSourceConfig::H264Stdin { fps } | VideoSourceConfig::H265Stdin { fps } => *fps,
             _ => None,
         };
         if let Some(fps) = stream_fps {
