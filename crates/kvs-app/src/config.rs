@@ -1289,4 +1289,38 @@ mod tests {
         );
         assert!("g729".parse::<AudioCodecChoice>().is_err());
     }
+
+    #[test]
+    fn vp8_and_h265_sources() {
+        let video = |t: &str| {
+            DeviceConfig::from_toml_str(&format!("[video]\n{t}\n"))
+                .map(|c| c.video)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            video("source = \"vp8-file\"\npath = \"a.ivf\"").unwrap(),
+            VideoSourceConfig::Vp8File {
+                path: "a.ivf".into()
+            }
+        );
+        assert_eq!(
+            video("source = \"vp8-stdin\"").unwrap(),
+            VideoSourceConfig::Vp8Stdin
+        );
+        assert_eq!(
+            video("source = \"h265-file\"\npath = \"a.h265\"\nfps = 15").unwrap(),
+            VideoSourceConfig::H265File {
+                path: "a.h265".into(),
+                fps: 15
+            }
+        );
+        assert_eq!(
+            video("source = \"h265-stdin\"").unwrap(),
+            VideoSourceConfig::H265Stdin { fps: None }
+        );
+        // IVF has its own timing: no fps for a VP8 file.
+        assert!(video("source = \"vp8-file\"\npath = \"a.ivf\"\nfps = 15").is_err());
+        let e = video("source = \"h265-file\"\npath = \"a.h265\"\nfps = 0").unwrap_err();
+        assert!(e.contains("video.fps"), "{e}");
+    }
 }
