@@ -305,7 +305,7 @@ mod tests {
         for i in 0..25u64 {
             let f = cam.next_frame().unwrap().unwrap();
             assert_eq!(f.timestamp_us, i * 40_000);
-            assert_eq!(f.is_key(), i % 5 == 0, "frame {i}");
+            assert_eq!(f.is_key(), i.is_multiple_of(5), "frame {i}");
             assert_eq!(&f.data[..], &aus[1 + (i % 10) as usize][..]);
         }
     }

@@ -382,7 +382,7 @@ mod tests {
         for i in 0..45u64 {
             frames.push((
                 i + 2,
-                frame(i % 15 == 0, 352, 288, 100 + i as usize, i as u8),
+                frame(i.is_multiple_of(15), 352, 288, 100 + i as usize, i as u8),
             ));
         }
         ivf(b"VP80", 352, 288, 1, 15, &frames)
@@ -407,7 +407,7 @@ mod tests {
         for i in 0..100u64 {
             let fr = cam.next_frame().unwrap().unwrap();
             assert_eq!(fr.timestamp_us, i * 1_000_000 / 15, "frame {i}");
-            assert_eq!(fr.is_key(), i % 15 == 0, "frame {i}");
+            assert_eq!(fr.is_key(), i.is_multiple_of(15), "frame {i}");
             let header = if fr.is_key() { 10 } else { 3 };
             assert_eq!(fr.data.len(), header + 100 + (i % 45) as usize);
         }
@@ -458,7 +458,7 @@ mod tests {
             let mut n = 0u64;
             while let Some(f) = cam.next_frame().unwrap() {
                 assert_eq!(f.timestamp_us, n * 1_000_000 / 15);
-                assert_eq!(f.is_key(), n >= 2 && (n - 2) % 15 == 0);
+                assert_eq!(f.is_key(), n >= 2 && (n - 2).is_multiple_of(15));
                 n += 1;
             }
             assert_eq!(n, 47, "step {step}");

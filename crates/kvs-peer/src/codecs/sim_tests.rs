@@ -89,7 +89,7 @@ fn a_rust_viewer_receives_vp8_frames_byte_identical_to_the_source() {
     // VP8 frames from an IVF file (the frames' bodies are not decoded on this path).
     let mut frames_in = Vec::new();
     for i in 0..20u32 {
-        let key = i % 10 == 0;
+        let key = i.is_multiple_of(10);
         let tag = u32::from(!key) | (1 << 4) | (100 << 5);
         let mut f = tag.to_le_bytes()[..3].to_vec();
         if key {
