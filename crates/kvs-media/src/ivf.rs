@@ -69,12 +69,13 @@ pub struct IvfHeader {
 impl IvfHeader {
     /// Parse the header at the start of `data` (only its first 32 bytes are read).
     pub fn parse(data: &[u8]) -> Result<Self, IvfError> {
+        // The signature first: a short file of something else is "not IVF", not "truncated".
+        if !data.starts_with(b"DKIF") {
+            return Err(IvfError::BadSignature);
+        }
         let Some(h) = data.get(..FILE_HEADER_LEN) else {
             return Err(IvfError::ShortHeader(data.len()));
         };
-        if &h[..4] != b"DKIF" {
-            return Err(IvfError::BadSignature);
-        }
         let u16_at = |i: usize| u16::from_le_bytes([h[i], h[i + 1]]);
         let u32_at = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
         let version = u16_at(4);
