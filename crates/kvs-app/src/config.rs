@@ -542,6 +542,22 @@ pub enum VideoSourceConfig {
         #[serde(default = "default_restart_max_delay", with = "duration_millis")]
         restart_max_delay: Duration,
     },
+    /// A VP8 IVF file, looped, paced by its own timestamps (IVF has a timebase).
+    Vp8File { path: PathBuf },
+    /// VP8 in IVF read from standard input (`ffmpeg ... -c:v libvpx -f ivf - | ...`), sent as
+    /// frames arrive, stamped with their IVF timestamps.
+    Vp8Stdin,
+    /// An Annex-B H.265 file, looped, paced at `fps`.
+    H265File {
+        path: PathBuf,
+        #[serde(default = "default_fps")]
+        fps: u32,
+    },
+    /// Annex-B H.265 read from standard input, as `h264-stdin`.
+    H265Stdin {
+        #[serde(default)]
+        fps: Option<u32>,
+    },
     /// No video.
     None,
 }
@@ -1077,8 +1093,10 @@ impl DeviceConfig {
             validate_raw_run("audio", *stall_timeout, *restart_delay, *restart_max_delay)?;
         }
         let stream_fps = match &self.video {
-            VideoSourceConfig::H264File { fps, .. } => Some(*fps),
-            VideoSourceConfig::H264Stdin { fps } => *fps,
+            VideoSourceConfig::H264File { fps, .. } | VideoSourceConfig::H265File { fps, .. } => {
+                Some(*fps)
+            }
+            VideoSourceConfig::H264Stdin { fps } | VideoSourceConfig::H265Stdin { fps } => *fps,
             _ => None,
         };
         if let Some(fps) = stream_fps {
@@ -1567,5 +1585,39 @@ mod tests {
             DeviceConfig::from_toml_str("[video]\nsource = \"raw-command\"").is_err(),
             "the command is required"
         );
+    }
+
+    #[test]
+    fn vp8_and_h265_sources() {
+        let video = |t: &str| {
+            DeviceConfig::from_toml_str(&format!("[video]\n{t}\n"))
+                .map(|c| c.video)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            video("source = \"vp8-file\"\npath = \"a.ivf\"").unwrap(),
+            VideoSourceConfig::Vp8File {
+                path: "a.ivf".into()
+            }
+        );
+        assert_eq!(
+            video("source = \"vp8-stdin\"").unwrap(),
+            VideoSourceConfig::Vp8Stdin
+        );
+        assert_eq!(
+            video("source = \"h265-file\"\npath = \"a.h265\"\nfps = 15").unwrap(),
+            VideoSourceConfig::H265File {
+                path: "a.h265".into(),
+                fps: 15
+            }
+        );
+        assert_eq!(
+            video("source = \"h265-stdin\"").unwrap(),
+            VideoSourceConfig::H265Stdin { fps: None }
+        );
+        // IVF has its own timing: no fps for a VP8 file.
+        assert!(video("source = \"vp8-file\"\npath = \"a.ivf\"\nfps = 15").is_err());
+        let e = video("source = \"h265-file\"\npath = \"a.h265\"\nfps = 0").unwrap_err();
+        assert!(e.contains("video.fps"), "{e}");
     }
 }

@@ -2,10 +2,11 @@
 
 use crate::config::{AudioCodecChoice, AudioSourceConfig, SpeakerConfig, VideoSourceConfig};
 use kvs_media::sources::{
-    CommandOptions, H264FileCamera, H264FileConfig, OggOpusFileConfig, OggOpusMicrophone,
-    RawAudioConfig, RawCommandCamera, RawCommandMicrophone, RawVideoConfig, RestartPolicy,
-    StdinH264Camera, StdinH264Config, TestPatternCamera, TestPatternConfig, ToneConfig,
-    ToneMicrophone,
+    CommandOptions, H264FileCamera, H264FileConfig, H265FileCamera, H265FileConfig,
+    OggOpusFileConfig, OggOpusMicrophone, RawAudioConfig, RawCommandCamera, RawCommandMicrophone,
+    RawVideoConfig, RestartPolicy, StdinH264Camera, StdinH264Config, StdinH265Camera,
+    StdinH265Config, StdinVp8Camera, StdinVp8Config, TestPatternCamera, TestPatternConfig,
+    ToneConfig, ToneMicrophone, Vp8FileCamera, Vp8FileConfig,
 };
 use kvs_platform::{
     AudioCapture, AudioCodec, AudioPlayer, CaptureError, CommandPlayer, VideoCapture, WavFilePlayer,
@@ -106,6 +107,35 @@ pub fn open_camera(
                 || format!("raw video command `{command}`"),
                 camera,
             )?))
+        }
+        VideoSourceConfig::Vp8File { path } => {
+            let camera = Vp8FileCamera::open(path, Vp8FileConfig::default());
+            Some(Box::new(opening(
+                || format!("video file {}", path.display()),
+                camera,
+            )?))
+        }
+        VideoSourceConfig::Vp8Stdin => {
+            Some(Box::new(StdinVp8Camera::stdin(StdinVp8Config::default())))
+        }
+        VideoSourceConfig::H265File { path, fps } => {
+            let camera = H265FileCamera::open(
+                path,
+                H265FileConfig {
+                    fps: *fps,
+                    ..H265FileConfig::default()
+                },
+            );
+            Some(Box::new(opening(
+                || format!("video file {}", path.display()),
+                camera,
+            )?))
+        }
+        VideoSourceConfig::H265Stdin { fps } => {
+            Some(Box::new(StdinH265Camera::stdin(StdinH265Config {
+                fps: *fps,
+                ..StdinH265Config::default()
+            })))
         }
         VideoSourceConfig::None => None,
     })

@@ -34,12 +34,13 @@
 //!   byte; the [`AccessUnitAssembler`] on the same input: 1 250–1 450 MB/s, 9 allocations in
 //!   all for 214 access units, 0.12 bytes allocated per input byte.
 
-use bytes::{Bytes, BytesMut};
 use kvs_platform::FrameKind;
-use std::collections::VecDeque;
 
-/// Default bound on one access unit (and on bytes buffered while assembling one): 4 MiB.
-pub const DEFAULT_MAX_ACCESS_UNIT_BYTES: usize = 4 * 1024 * 1024;
+#[cfg(test)]
+use crate::annexb::trim_trailing_zeros;
+pub use crate::annexb::{nal_units, NalUnits};
+
+pub use crate::annexb::DEFAULT_MAX_ACCESS_UNIT_BYTES;
 
 /// NAL unit type numbers (H.264 Table 7-1) used by this crate.
 pub mod nal_type {
@@ -121,69 +122,6 @@ impl NalHeader {
     pub fn is_vcl(&self) -> bool {
         (nal_type::SLICE..=nal_type::IDR).contains(&self.nal_type)
     }
-}
-
-/// Iterator over the NAL units of an Annex-B buffer; see [`nal_units`].
-#[derive(Debug, Clone)]
-pub struct NalUnits<'a> {
-    buf: &'a [u8],
-    /// Start of the next NAL's payload (just after its start code), or `None` when done.
-    next: Option<usize>,
-}
-
-/// Iterate the NAL units (without start codes and trailing zero bytes) of an Annex-B buffer.
-///
-/// Zero-copy: each item borrows `buf`. Bytes before the first start code are skipped; empty NAL
-/// units (two start codes in a row) are not yielded.
-pub fn nal_units(buf: &[u8]) -> NalUnits<'_> {
-    NalUnits {
-        buf,
-        next: find_start_code(buf, 0).map(|(_, payload)| payload),
-    }
-}
-
-impl<'a> Iterator for NalUnits<'a> {
-    type Item = &'a [u8];
-
-    fn next(&mut self) -> Option<&'a [u8]> {
-        loop {
-            let start = self.next?;
-            let (end, next) = match find_start_code(self.buf, start) {
-                Some((sc, payload)) => (sc, Some(payload)),
-                None => (self.buf.len(), None),
-            };
-            self.next = next;
-            let nal = trim_trailing_zeros(&self.buf[start..end]);
-            if !nal.is_empty() {
-                return Some(nal);
-            }
-        }
-    }
-}
-
-/// Find the next `00 00 01` at or after `from`: returns (index of its first zero, index just
-/// after the `01`).
-fn find_start_code(buf: &[u8], from: usize) -> Option<(usize, usize)> {
-    let mut i = from;
-    while i + 3 <= buf.len() {
-        // Skip quickly: the third byte of a start code is 1; if buf[i+2] > 1, no start code can
-        // begin at i, i+1 or i+2.
-        let b2 = buf[i + 2];
-        if b2 > 1 {
-            i += 3;
-            continue;
-        }
-        if b2 == 1 && buf[i] == 0 && buf[i + 1] == 0 {
-            return Some((i, i + 3));
-        }
-        i += 1;
-    }
-    None
-}
-
-fn trim_trailing_zeros(nal: &[u8]) -> &[u8] {
-    let end = nal.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1);
-    &nal[..end]
 }
 
 /// A bit reader over an RBSP that removes emulation-prevention bytes (`00 00 03`) on the fly.
@@ -338,14 +276,8 @@ pub fn find_sps(annexb: &[u8]) -> Option<Result<Sps, H264Error>> {
         .map(Sps::parse)
 }
 
-/// One complete access unit from an [`AccessUnitAssembler`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AccessUnit {
-    /// The Annex-B bytes of the access unit, start codes included, as they arrived.
-    pub data: Bytes,
-    /// What the access unit contains.
-    pub info: AccessUnitInfo,
-}
+/// One complete H.264 access unit from an [`AccessUnitAssembler`].
+pub type AccessUnit = crate::annexb::AccessUnit<AccessUnitInfo>;
 
 impl AccessUnit {
     /// Key when the access unit has an IDR slice.
@@ -354,200 +286,42 @@ impl AccessUnit {
     }
 }
 
-/// Groups an Annex-B byte stream arriving in arbitrary chunks into access units.
-///
-/// Feed bytes with [`push`](Self::push), take complete access units with
-/// [`pop`](Self::pop), and call [`finish`](Self::finish) at end of stream (then `pop` again). An
-/// access unit is known to be complete only when the first NAL unit of the *next* one has fully
-/// arrived, so a live stream is delayed by about one frame (less with AUDs).
-///
-/// Bounded: when the bytes of one access unit (including the partial NAL being received)
-/// exceed the limit, [`push`](Self::push) returns [`H264Error::AccessUnitTooLarge`], discards
-/// that access unit and resynchronises at the next start code.
-#[derive(Debug)]
-pub struct AccessUnitAssembler {
-    /// Bytes of the current access unit followed by the NAL being received. Index 0 is the
-    /// start of the current access unit (or of not-yet-synchronised input).
-    buf: BytesMut,
-    /// Offset of the current NAL's payload, once a start code was seen.
-    nal_start: Option<usize>,
-    /// Offset where the current NAL's start code (with its zero_byte, if any) begins.
-    nal_sc_start: usize,
-    /// Where to continue scanning for start codes.
-    scan_pos: usize,
-    /// What the NAL units already assigned to the current access unit contain.
-    au: AccessUnitInfo,
-    /// Number of NAL units already assigned to the current access unit.
-    au_nals: usize,
-    ready: VecDeque<AccessUnit>,
-    max_bytes: usize,
-}
+/// Groups an H.264 Annex-B byte stream arriving in arbitrary chunks into access units, with
+/// the boundary rules of H.264 §7.4.1.2.3; see [`crate::annexb::AccessUnitAssembler`].
+pub type AccessUnitAssembler = crate::annexb::AccessUnitAssembler<AccessUnitInfo>;
 
-impl Default for AccessUnitAssembler {
-    fn default() -> Self {
-        Self::new(DEFAULT_MAX_ACCESS_UNIT_BYTES)
+impl crate::annexb::AccessUnitRules for AccessUnitInfo {
+    type Error = H264Error;
+    const CODEC: &'static str = "H.264";
+
+    fn starts_new(&self, nal: &[u8]) -> Option<bool> {
+        let header = NalHeader::parse(nal).ok()?;
+        Some(
+            self.has_vcl
+                && match header.nal_type {
+                    nal_type::AUD | nal_type::SPS | nal_type::PPS | nal_type::SEI => true,
+                    14..=18 => true,
+                    nal_type::SLICE | nal_type::IDR => {
+                        // A malformed slice header is treated as a new picture: safer to split.
+                        first_mb_in_slice(nal).map_or(true, |mb| mb == 0)
+                    }
+                    _ => false,
+                },
+        )
     }
-}
 
-impl AccessUnitAssembler {
-    /// An assembler that rejects access units larger than `max_access_unit_bytes`.
-    pub fn new(max_access_unit_bytes: usize) -> Self {
-        Self {
-            buf: BytesMut::new(),
-            nal_start: None,
-            nal_sc_start: 0,
-            scan_pos: 0,
-            au: AccessUnitInfo::default(),
-            au_nals: 0,
-            ready: VecDeque::new(),
-            max_bytes: max_access_unit_bytes.max(16),
+    fn note_nal(&mut self, nal: &[u8]) {
+        if let Ok(h) = NalHeader::parse(nal) {
+            self.note(h);
         }
     }
 
-    /// Bytes buffered for the access unit being assembled.
-    pub fn buffered(&self) -> usize {
-        self.buf.len()
+    fn has_picture(&self) -> bool {
+        self.has_vcl
     }
 
-    /// Add bytes from the stream. Complete access units become available from
-    /// [`pop`](Self::pop).
-    pub fn push(&mut self, chunk: &[u8]) -> Result<(), H264Error> {
-        let mut chunk = chunk;
-        let mut too_large = false;
-        while !chunk.is_empty() {
-            // Feed at most what still fits, so the buffer never grows beyond the bound.
-            let room = (self.max_bytes + 4).saturating_sub(self.buf.len()).max(1);
-            let take = room.min(chunk.len());
-            self.buf.extend_from_slice(&chunk[..take]);
-            chunk = &chunk[take..];
-            self.scan();
-            if self.buf.len() > self.max_bytes {
-                tracing::warn!(
-                    limit = self.max_bytes,
-                    "H.264 access unit too large; discarding it"
-                );
-                self.reset();
-                too_large = true;
-                // Skip the rest of the oversized NAL; resynchronise at the next start code.
-                chunk = match find_start_code(chunk, 0) {
-                    Some((sc, _)) => &chunk[sc..],
-                    None => &[],
-                };
-            }
-        }
-        if too_large {
-            Err(H264Error::AccessUnitTooLarge {
-                limit: self.max_bytes,
-            })
-        } else {
-            Ok(())
-        }
-    }
-
-    /// The next complete access unit, if one is ready.
-    pub fn pop(&mut self) -> Option<AccessUnit> {
-        self.ready.pop_front()
-    }
-
-    /// End of stream: complete the last NAL unit and access unit and make it available from
-    /// [`pop`](Self::pop) if it contains a coded slice (trailing parameter sets without a
-    /// picture are dropped). The assembler can then take a new stream.
-    pub fn finish(&mut self) {
-        if let Some(start) = self.nal_start {
-            let end = self.buf.len();
-            self.complete_nal(start, end);
-        }
-        if self.au.has_vcl && self.au_nals > 0 {
-            let data = self.buf.split().freeze();
-            self.ready.push_back(AccessUnit {
-                data,
-                info: self.au,
-            });
-        }
-        self.reset();
-    }
-
-    fn reset(&mut self) {
-        self.buf.clear();
-        self.nal_start = None;
-        self.nal_sc_start = 0;
-        self.scan_pos = 0;
-        self.au = AccessUnitInfo::default();
-        self.au_nals = 0;
-    }
-
-    fn scan(&mut self) {
-        while let Some((sc, payload)) = find_start_code(&self.buf, self.scan_pos) {
-            // Include a preceding zero_byte (4-byte start code) when it is not part of the
-            // previous NAL's payload.
-            let sc_start = match self.nal_start {
-                Some(start) if sc > start && self.buf[sc - 1] == 0 => sc - 1,
-                None if sc > 0 && self.buf[sc - 1] == 0 => sc - 1,
-                _ => sc,
-            };
-            match self.nal_start {
-                Some(start) => {
-                    // `complete_nal` may split off an access unit: offsets shift by `shift`.
-                    let shift = self.complete_nal(start, sc);
-                    self.nal_sc_start = sc_start - shift;
-                    self.nal_start = Some(payload - shift);
-                    self.scan_pos = payload - shift;
-                }
-                None => {
-                    // First start code: drop any leading garbage.
-                    let _ = self.buf.split_to(sc_start);
-                    self.nal_sc_start = 0;
-                    self.nal_start = Some(payload - sc_start);
-                    self.scan_pos = payload - sc_start;
-                }
-            }
-        }
-        // Re-examine the last two bytes next time: a start code may straddle chunks.
-        let floor = self.nal_start.unwrap_or(0);
-        self.scan_pos = self
-            .scan_pos
-            .max(self.buf.len().saturating_sub(2))
-            .max(floor);
-        if self.nal_start.is_none() && self.buf.len() > 3 {
-            // Not synchronised yet: keep only what could begin a (4-byte) start code.
-            let drop = self.buf.len() - 3;
-            let _ = self.buf.split_to(drop);
-            self.scan_pos = 0;
-        }
-    }
-
-    /// The NAL at `buf[start..end]` is complete. Returns how many bytes were split off the
-    /// front of the buffer (a finished access unit), so callers can adjust offsets.
-    fn complete_nal(&mut self, start: usize, end: usize) -> usize {
-        let nal = trim_trailing_zeros(&self.buf[start..end]);
-        let Ok(header) = NalHeader::parse(nal) else {
-            // Empty or malformed header: keep the bytes with the current access unit.
-            return 0;
-        };
-        let starts_new_au = self.au.has_vcl
-            && match header.nal_type {
-                nal_type::AUD | nal_type::SPS | nal_type::PPS | nal_type::SEI => true,
-                14..=18 => true,
-                nal_type::SLICE | nal_type::IDR => {
-                    // A malformed slice header is treated as a new picture: safer to split.
-                    first_mb_in_slice(nal).map_or(true, |mb| mb == 0)
-                }
-                _ => false,
-            };
-        let mut shift = 0;
-        if starts_new_au && self.au_nals > 0 {
-            shift = self.nal_sc_start;
-            let data = self.buf.split_to(shift).freeze();
-            self.ready.push_back(AccessUnit {
-                data,
-                info: self.au,
-            });
-            self.au = AccessUnitInfo::default();
-            self.au_nals = 0;
-        }
-        self.au.note(header);
-        self.au_nals += 1;
-        shift
+    fn too_large(limit: usize) -> H264Error {
+        H264Error::AccessUnitTooLarge { limit }
     }
 }
 

@@ -5,6 +5,12 @@
 //!   small ones (SPS, PPS, SEI) aggregated in one STAP-A; a NAL unit larger than the payload
 //!   limit is cut into FU-A fragments of equal size (equal sizes let a sender batch them, and
 //!   no fragment is a runt). The marker bit is set on the last payload of the access unit.
+//! - H.265 per RFC 7798 (no DONL: `sprop-max-don-diff` 0): NAL units that fit go whole,
+//!   small neighbours (VPS, SPS, PPS, SEI) share an aggregation packet (type 48), larger ones
+//!   are cut into equal fragmentation units (type 49). Filler data is left out; everything
+//!   else (AUDs included) is carried, so a receiver rebuilds the access unit as sent.
+//! - VP8 per RFC 7741: a one-byte payload descriptor (S set on the frame's first packet,
+//!   partition index 0, no picture ID), the frame cut into equal parts.
 //! - Opus per RFC 7587: one Opus packet is one RTP payload.
 //!
 //! Why here and not in the WebRTC stack: a per-session packetizer cuts and copies each frame
@@ -16,7 +22,7 @@
 
 use crate::fanout::GatedFrame;
 use crate::h264::nal_units;
-use kvs_platform::{EncodedFrame, FrameKind};
+use kvs_platform::{EncodedFrame, FrameKind, VideoCodec};
 use std::sync::Arc;
 
 /// The largest RTP payload we cut by default: with the RTP header, header extensions and the
@@ -54,6 +60,21 @@ impl PacketizedFrame {
     pub fn h264(frame: &EncodedFrame, max_payload: usize) -> Self {
         let mut payloads = Vec::new();
         packetize_h264(&frame.data, max_payload, &mut payloads);
+        Self {
+            timestamp_us: frame.timestamp_us,
+            kind: frame.kind,
+            payloads,
+        }
+    }
+
+    /// A video frame of `codec`, cut to payloads of at most `max_payload` bytes.
+    pub fn video(codec: VideoCodec, frame: &EncodedFrame, max_payload: usize) -> Self {
+        let mut payloads = Vec::new();
+        match codec {
+            VideoCodec::H264 => packetize_h264(&frame.data, max_payload, &mut payloads),
+            VideoCodec::H265 => packetize_h265(&frame.data, max_payload, &mut payloads),
+            VideoCodec::Vp8 => packetize_vp8(&frame.data, max_payload, &mut payloads),
+        }
         Self {
             timestamp_us: frame.timestamp_us,
             kind: frame.kind,
@@ -194,6 +215,135 @@ fn fragment(nal: &[u8], max_payload: usize, out: &mut Vec<RtpPayload>) {
         out.push(RtpPayload {
             data: Arc::from(data),
             marker: false,
+        });
+    }
+}
+
+const H265_AP: u8 = 48;
+const H265_FU: u8 = 49;
+const H265_FILLER: u8 = 38;
+
+/// Cut an H.265 Annex-B access unit into RFC 7798 payloads of at most `max_payload` bytes
+/// (at least [`MIN_MAX_PAYLOAD`]), appended to `out`: single NAL unit packets, aggregation
+/// packets of small neighbours, and equal-sized fragmentation units. NAL units without a
+/// valid two-byte header (nothing could name them in a payload header) and filler data are
+/// left out.
+pub fn packetize_h265(annexb: &[u8], max_payload: usize, out: &mut Vec<RtpPayload>) {
+    use crate::h265::NalHeader;
+    let max_payload = max_payload.max(MIN_MAX_PAYLOAD);
+    let first = out.len();
+    let mut ap: Vec<(&[u8], NalHeader)> = Vec::new();
+    // Size as an aggregation packet: the 2-byte payload header plus a 2-byte size per unit.
+    let mut ap_size = 2;
+    let flush =
+        |ap: &mut Vec<(&[u8], NalHeader)>, ap_size: &mut usize, out: &mut Vec<RtpPayload>| {
+            match ap.len() {
+                0 => {}
+                1 => out.push(RtpPayload {
+                    data: Arc::from(ap[0].0),
+                    marker: false,
+                }),
+                _ => {
+                    // LayerId and TID are the lowest of the aggregated units (RFC 7798 §4.4.2).
+                    let header = NalHeader {
+                        nal_type: H265_AP,
+                        layer_id: ap.iter().map(|(_, h)| h.layer_id).min().unwrap_or(0),
+                        tid: ap.iter().map(|(_, h)| h.tid).min().unwrap_or(1),
+                    };
+                    let mut data = Vec::with_capacity(*ap_size);
+                    data.extend_from_slice(&header.to_bytes());
+                    for (nal, _) in ap.iter() {
+                        data.extend_from_slice(&(nal.len() as u16).to_be_bytes());
+                        data.extend_from_slice(nal);
+                    }
+                    out.push(RtpPayload {
+                        data: Arc::from(data),
+                        marker: false,
+                    });
+                }
+            }
+            ap.clear();
+            *ap_size = 2;
+        };
+    for nal in nal_units(annexb) {
+        let Ok(header) = NalHeader::parse(nal) else {
+            continue;
+        };
+        if header.nal_type == H265_FILLER {
+            continue;
+        }
+        if nal.len() > max_payload {
+            flush(&mut ap, &mut ap_size, out);
+            fragment_h265(nal, header, max_payload, out);
+            continue;
+        }
+        let fits = ap.is_empty()
+            || (ap_size + 2 + nal.len() <= max_payload && nal.len() <= usize::from(u16::MAX));
+        if !fits {
+            flush(&mut ap, &mut ap_size, out);
+        }
+        ap_size += 2 + nal.len();
+        ap.push((nal, header));
+    }
+    flush(&mut ap, &mut ap_size, out);
+    if out.len() > first {
+        if let Some(last) = out.last_mut() {
+            last.marker = true;
+        }
+    }
+}
+
+/// Fragmentation units of one H.265 NAL unit larger than `max_payload`, equal in size but
+/// the last: a 2-byte payload header (type 49, the NAL's layer and TID), a 1-byte FU header
+/// (S, E, the NAL's type), then a part of the NAL's body.
+fn fragment_h265(
+    nal: &[u8],
+    header: crate::h265::NalHeader,
+    max_payload: usize,
+    out: &mut Vec<RtpPayload>,
+) {
+    let payload_header = crate::h265::NalHeader {
+        nal_type: H265_FU,
+        ..header
+    }
+    .to_bytes();
+    let body = &nal[2..];
+    let room = max_payload - 3;
+    let count = body.len().div_ceil(room).max(1);
+    let chunk = body.len().div_ceil(count).max(1);
+    for (i, part) in body.chunks(chunk).enumerate() {
+        let start = if i == 0 { 0x80 } else { 0 };
+        let end = if i + 1 == count { 0x40 } else { 0 };
+        let mut data = Vec::with_capacity(3 + part.len());
+        data.extend_from_slice(&payload_header);
+        data.push(start | end | header.nal_type);
+        data.extend_from_slice(part);
+        out.push(RtpPayload {
+            data: Arc::from(data),
+            marker: false,
+        });
+    }
+}
+
+/// Cut a VP8 frame into RFC 7741 payloads of at most `max_payload` bytes (at least
+/// [`MIN_MAX_PAYLOAD`]), appended to `out`: each a one-byte payload descriptor (S on the
+/// first, partition index 0, no extensions) and an equal part of the frame. An empty frame
+/// gives none.
+pub fn packetize_vp8(frame: &[u8], max_payload: usize, out: &mut Vec<RtpPayload>) {
+    const S_BIT: u8 = 0x10;
+    if frame.is_empty() {
+        return;
+    }
+    let room = max_payload.max(MIN_MAX_PAYLOAD) - 1;
+    let count = frame.len().div_ceil(room);
+    let chunk = frame.len().div_ceil(count);
+    for (i, part) in frame.chunks(chunk).enumerate() {
+        let mut data = Vec::with_capacity(1 + part.len());
+        data.push(if i == 0 { S_BIT } else { 0 });
+        data.extend_from_slice(part);
+        out.push(RtpPayload {
+            data: Arc::from(data),
+            marker: i + 1 == count,
         });
     }
 }
@@ -354,5 +504,117 @@ mod tests {
                 .payloads
                 .is_empty()
         );
+    }
+
+    /// A receiver's view of RFC 7798 (no DONL): the NAL units in order.
+    fn depacketize_h265(payloads: &[RtpPayload]) -> Vec<Vec<u8>> {
+        let mut nals = Vec::new();
+        let mut fu: Option<Vec<u8>> = None;
+        for p in payloads {
+            let d = &p.data[..];
+            match (d[0] >> 1) & 0x3f {
+                H265_AP => {
+                    let mut rest = &d[2..];
+                    while !rest.is_empty() {
+                        let len = u16::from_be_bytes([rest[0], rest[1]]) as usize;
+                        nals.push(rest[2..2 + len].to_vec());
+                        rest = &rest[2 + len..];
+                    }
+                }
+                H265_FU => {
+                    let (start, end, t) = (d[2] & 0x80 != 0, d[2] & 0x40 != 0, d[2] & 0x3f);
+                    if start {
+                        fu = Some(vec![(d[0] & 0x81) | (t << 1), d[1]]);
+                    }
+                    fu.as_mut()
+                        .expect("FU start first")
+                        .extend_from_slice(&d[3..]);
+                    if end {
+                        nals.push(fu.take().unwrap());
+                    }
+                }
+                _ => nals.push(d.to_vec()),
+            }
+        }
+        assert!(fu.is_none(), "unfinished FU");
+        nals
+    }
+
+    #[test]
+    fn h265_parameter_sets_aggregate_and_large_slices_fragment_evenly() {
+        use crate::h265::testutil::nal as h265_nal;
+        let vps = h265_nal(32, false, 20, 1);
+        let sps = h265_nal(33, false, 40, 2);
+        let pps = h265_nal(34, false, 6, 3);
+        let idr = h265_nal(19, true, 5000, 4);
+        let filler = h265_nal(38, false, 9, 5);
+        let au = annexb(&[&vps, &sps, &pps, &idr, &filler]);
+        let mut out = Vec::new();
+        packetize_h265(&au, 1100, &mut out);
+        assert_eq!((out[0].data[0] >> 1) & 0x3f, H265_AP);
+        assert_eq!(out[0].data.len(), 2 + 2 + 22 + 2 + 42 + 2 + 8);
+        // 5000 body bytes in 5 FUs of 1000 (+3 header bytes).
+        let sizes: Vec<usize> = out[1..].iter().map(|p| p.data.len()).collect();
+        assert_eq!(sizes, vec![1003; 5]);
+        assert_eq!(out.iter().filter(|p| p.marker).count(), 1);
+        assert!(out.last().unwrap().marker);
+        assert_eq!(
+            depacketize_h265(&out),
+            vec![vps, sps, pps, idr],
+            "filler left out"
+        );
+    }
+
+    #[test]
+    fn h265_every_nal_survives_any_payload_limit() {
+        use crate::h265::testutil::nal as h265_nal;
+        let nals: Vec<Vec<u8>> = (0..14)
+            .map(|i| {
+                h265_nal(
+                    [32, 33, 34, 39, 19, 1, 35, 40][i % 8],
+                    i.is_multiple_of(3),
+                    i * 311 % 3000,
+                    i as u8,
+                )
+            })
+            .collect();
+        let refs: Vec<&[u8]> = nals.iter().map(|n| &n[..]).collect();
+        let au = annexb(&refs);
+        for limit in [0, 3, 16, 17, 100, 1100, 65_536, 200_000] {
+            let mut out = Vec::new();
+            packetize_h265(&au, limit, &mut out);
+            let max = limit.max(MIN_MAX_PAYLOAD);
+            assert!(out.iter().all(|p| p.data.len() <= max), "limit {limit}");
+            assert_eq!(depacketize_h265(&out), nals, "limit {limit}");
+            assert_eq!(out.iter().filter(|p| p.marker).count(), 1);
+        }
+    }
+
+    #[test]
+    fn vp8_frames_get_descriptors_and_equal_parts() {
+        let frame = crate::vp8::testutil::frame(true, 352, 288, 4000, 9);
+        let mut out = Vec::new();
+        packetize_vp8(&frame, 1100, &mut out);
+        // 4010 bytes in 4 parts of ≤ 1099: 1003, 1003, 1002, 1002 (+1 descriptor byte).
+        let sizes: Vec<usize> = out.iter().map(|p| p.data.len()).collect();
+        assert_eq!(sizes, vec![1004, 1004, 1004, 1002]);
+        assert_eq!(out[0].data[0], 0x10, "S bit, partition 0");
+        assert!(out[1..].iter().all(|p| p.data[0] == 0));
+        let markers: Vec<bool> = out.iter().map(|p| p.marker).collect();
+        assert_eq!(markers, vec![false, false, false, true]);
+        let joined: Vec<u8> = out.iter().flat_map(|p| p.data[1..].to_vec()).collect();
+        assert_eq!(joined, frame);
+        for limit in [0, 16, 17, 1200, 100_000] {
+            let mut out = Vec::new();
+            packetize_vp8(&frame, limit, &mut out);
+            assert!(out
+                .iter()
+                .all(|p| p.data.len() <= limit.max(MIN_MAX_PAYLOAD)));
+            let joined: Vec<u8> = out.iter().flat_map(|p| p.data[1..].to_vec()).collect();
+            assert_eq!(joined, frame, "limit {limit}");
+        }
+        let mut out = Vec::new();
+        packetize_vp8(&[], 1100, &mut out);
+        assert!(out.is_empty());
     }
 }

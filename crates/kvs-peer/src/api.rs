@@ -31,7 +31,8 @@ pub struct PeerConfig {
     /// Take each socket's port from this inclusive range instead (the first free one), as a
     /// split-mode media side that shares one IP with its signaling side does.
     pub udp_port_range: Option<(u16, u16)>,
-    /// Video sent to viewers (H.264, packetization-mode 1), or none.
+    /// Video sent to viewers, or none: the camera's codec, the only one declared in SDP (a
+    /// viewer whose offer lacks it is refused, see [`crate::codecs`]).
     pub video: Option<VideoCodec>,
     /// Audio sent to viewers, or none: the audio source's codec (its first, when it gives
     /// several).
@@ -164,6 +165,11 @@ impl PeerConfig {
     }
 }
 
+/// [`PeerEvent::OfferRefused`] code: the session limit is reached.
+pub const REFUSED_SESSION_LIMIT: &str = "SESSION_LIMIT";
+/// [`PeerEvent::OfferRefused`] code: the viewer cannot receive the source's video codec.
+pub const REFUSED_CODEC: &str = "CODEC_UNSUPPORTED";
+
 /// What the application asks of the engine.
 #[derive(Debug, Clone)]
 pub enum PeerCommand {
@@ -261,6 +267,8 @@ pub enum PeerEvent {
     OfferRefused {
         peer_id: String,
         reason: String,
+        /// Machine-readable: [`REFUSED_SESSION_LIMIT`] or [`REFUSED_CODEC`].
+        code: &'static str,
     },
     Connecting {
         peer_id: String,

@@ -31,7 +31,7 @@ use bytes::Bytes;
 use kvs_media::fanout::{FanoutKind, PushOutcome, Subscriber};
 use kvs_media::rtp::{PacketizedFrame, DEFAULT_MAX_PAYLOAD};
 use kvs_media::talkback::TalkPacket;
-use kvs_platform::{AudioCodec, EncodedFrame};
+use kvs_platform::{AudioCodec, EncodedFrame, VideoCodec};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -78,8 +78,6 @@ const MAX_IDLE: Duration = Duration::from_secs(1);
 const MAX_HELD_DATAGRAMS: usize = 16;
 const HELD_DATAGRAM_TTL: Duration = Duration::from_millis(500);
 
-/// H.264 profiles we send, in preference order: constrained baseline, baseline (level 3.1).
-const H264_PROFILES: [u32; 2] = [0x42e01f, 0x42001f];
 /// str0m's cap on resends relative to sends (its default): past it, queued resends are
 /// dropped rather than let retransmissions crowd out fresh media.
 const RTX_RATIO_CAP: f32 = 0.15;
@@ -115,11 +113,8 @@ pub fn rtc_config(config: &PeerConfig, cert: Option<DtlsCert>) -> RtcConfig {
     if let Some(cert) = cert {
         rc = rc.set_dtls_cert(cert);
     }
-    if config.video.is_some() {
-        let codecs = rc.codec_config();
-        // packetization-mode=1 only: FU-A/STAP-A, needed for frames larger than one packet.
-        codecs.add_h264(108.into(), Some(109.into()), true, H264_PROFILES[0]);
-        codecs.add_h264(127.into(), Some(121.into()), true, H264_PROFILES[1]);
+    if let Some(codec) = config.video {
+        crate::codecs::declare_video(rc.codec_config(), codec);
     }
     // One codec list per m-line: the codecs sent, then those only taken from viewers.
     for codec in config.negotiable_audio_codecs() {
@@ -767,7 +762,11 @@ impl PeerCore {
                 kind: frame.kind,
                 payloads: Vec::new(),
             },
-            FanoutKind::Video => PacketizedFrame::h264(frame, DEFAULT_MAX_PAYLOAD),
+            FanoutKind::Video => PacketizedFrame::video(
+                self.config.video.unwrap_or(VideoCodec::H264),
+                frame,
+                DEFAULT_MAX_PAYLOAD,
+            ),
             FanoutKind::Audio => PacketizedFrame::opus(frame),
         });
         for s in self.sessions.values_mut() {
@@ -989,10 +988,29 @@ impl PeerCore {
             self.reap(now);
         }
 
+        // A viewer that cannot receive our video would get a black picture: refuse it, saying
+        // why (checked first: unlike the session limit, waiting will not help).
+        if let Some(reason) = self
+            .config
+            .video
+            .and_then(|codec| crate::codecs::offer_refusal(codec, sdp))
+        {
+            info!(peer = %peer_id, %reason, "refusing offer");
+            self.out.event(PeerEvent::OfferRefused {
+                peer_id,
+                reason,
+                code: crate::api::REFUSED_CODEC,
+            });
+            return Ok(());
+        }
         if self.live_count() >= self.config.max_sessions {
             let reason = format!("session limit of {} reached", self.config.max_sessions);
             info!(peer = %peer_id, %reason, "refusing offer");
-            self.out.event(PeerEvent::OfferRefused { peer_id, reason });
+            self.out.event(PeerEvent::OfferRefused {
+                peer_id,
+                reason,
+                code: crate::api::REFUSED_SESSION_LIMIT,
+            });
             return Ok(());
         }
 
@@ -1035,7 +1053,11 @@ impl PeerCore {
         self.sessions.remove(&peer_id);
         if self.live_count() >= self.config.max_sessions {
             let reason = format!("session limit of {} reached", self.config.max_sessions);
-            self.out.event(PeerEvent::OfferRefused { peer_id, reason });
+            self.out.event(PeerEvent::OfferRefused {
+                peer_id,
+                reason,
+                code: crate::api::REFUSED_SESSION_LIMIT,
+            });
             return Ok(());
         }
         let (mut s, lines) = self.new_session(now, &peer_id);
@@ -1505,7 +1527,8 @@ fn send_queued_media(s: &mut Session, now: Instant, config: &PeerConfig, out: &m
         return;
     }
     while let Some(frame) = s.video.pop() {
-        let (Some(mid), Some(pt)) = (s.video_mid, video_pt(s)) else {
+        let codec = config.video.unwrap_or(VideoCodec::H264);
+        let (Some(mid), Some(pt)) = (s.video_mid, video_pt(s, codec)) else {
             s.video.record_dropped();
             break;
         };
@@ -1556,25 +1579,14 @@ fn accepted_params(rtc: &Rtc, mid: Mid) -> Vec<str0m::format::PayloadParams> {
         .collect()
 }
 
-/// The H.264 payload type to send: packetization-mode 1, our preferred profile first.
-fn video_pt(s: &mut Session) -> Option<Pt> {
+/// The video payload type to send: the source's codec among those the viewer accepted (for
+/// H.264 packetization-mode 1, our preferred profile first).
+fn video_pt(s: &mut Session, codec: VideoCodec) -> Option<Pt> {
     if s.video_pt.is_none() {
         let params = accepted_params(&s.rtc, s.video_mid?);
-        let mode1 = |p: &&str0m::format::PayloadParams| {
-            p.spec().codec == Codec::H264 && p.spec().format.packetization_mode == Some(1)
-        };
-        let pick = H264_PROFILES
-            .iter()
-            .find_map(|profile| {
-                params
-                    .iter()
-                    .filter(mode1)
-                    .find(|p| p.spec().format.profile_level_id == Some(*profile))
-            })
-            .or_else(|| params.iter().find(mode1))
-            .map(|p| p.pt());
+        let pick = crate::codecs::pick_video_pt(&params, codec);
         if pick.is_none() {
-            warn!(peer = %s.peer_id, "viewer negotiated no H.264 packetization-mode 1");
+            warn!(peer = %s.peer_id, %codec, "viewer negotiated no usable payload type for our video");
         }
         s.video_pt = pick;
     }

@@ -11,6 +11,8 @@
 //! - `drain`: the one loop that drains a str0m `Rtc` after every change (used by both cores).
 //! - [`viewer`]: a Rust viewer peer (sans-IO core + small driver) for tests and benchmarks,
 //!   and [`viewer::SignaledViewer`], which joins one to a device through signaling.
+//! - [`codecs`]: video codec negotiation (declare the source's codec, refuse viewers that
+//!   cannot receive it).
 //! - [`congestion`]: transport-wide congestion control on the sessions (opt-in).
 //! - [`api`]: configuration, commands, events, timings, stats, errors.
 //! - `sim` (tests only): a virtual-time harness running the device core against viewer cores.
@@ -23,6 +25,7 @@
 
 pub mod api;
 pub mod candidate;
+pub mod codecs;
 pub mod congestion;
 pub mod core;
 mod drain;

@@ -287,10 +287,25 @@ impl Sim {
         self.add_audio_viewer(peer_id, crate::api::AudioCodec::Opus, false)
     }
 
+    /// A viewer offering only `video` for video (Opus audio); returns its index.
+    pub fn add_video_viewer(&mut self, peer_id: &str, video: crate::api::VideoCodec) -> usize {
+        self.add_viewer_with(peer_id, video, crate::api::AudioCodec::Opus, false)
+    }
+
     /// A viewer offering only `codec` for audio, sendrecv when `talk`; returns its index.
     pub fn add_audio_viewer(
         &mut self,
         peer_id: &str,
+        codec: crate::api::AudioCodec,
+        talk: bool,
+    ) -> usize {
+        self.add_viewer_with(peer_id, crate::api::VideoCodec::H264, codec, talk)
+    }
+
+    fn add_viewer_with(
+        &mut self,
+        peer_id: &str,
+        video: crate::api::VideoCodec,
         codec: crate::api::AudioCodec,
         talk: bool,
     ) -> usize {
@@ -299,7 +314,8 @@ impl Sim {
             Ipv4Addr::new(10, 0, 0, 2 + i as u8),
             6000,
         ));
-        let core = ViewerCore::with_audio(self.now, addr, Some(certs().1.clone()), codec, talk);
+        let core =
+            ViewerCore::with_codecs(self.now, addr, Some(certs().1.clone()), video, codec, talk);
         self.viewers.push(SimViewer {
             peer_id: peer_id.to_string(),
             addr,

@@ -1,6 +1,8 @@
 //! A Rust viewer peer on str0m, for tests and benchmarks: offers recvonly video + audio and
 //! a data channel, accepts the answer and trickled candidates, and yields received media as
-//! complete frames (H.264 access units in Annex-B, Opus packets) with arrival times.
+//! complete frames (H.264/H.265 access units in Annex-B, VP8 frames, Opus packets) with
+//! arrival times. It offers one video codec (H.264 unless [`ViewerCore::with_codecs`] says
+//! otherwise) and depacketizes with str0m's depacketizers.
 //!
 //! [`ViewerCore`] is sans-IO; [`Viewer::start`] is a small tokio driver bound to 127.0.0.1;
 //! [`SignaledViewer`] joins one to a device through any signaling client.
@@ -27,17 +29,23 @@ const PEER: &str = "viewer";
 const MAX_DATA_QUEUE: usize = 64;
 /// Longest wait between two timer turns.
 const MAX_IDLE: Duration = Duration::from_secs(1);
+/// H.265: how long a received part of an access unit waits for the rest (see
+/// [`ViewerCore::with_codecs`]); a frame's packets arrive in one burst, well within it.
+const H265_JOIN_WAIT: Duration = Duration::from_millis(20);
+/// H.265: the most bytes one joined access unit may grow to (a sender repeating one RTP
+/// timestamp must not grow it without end).
+const H265_JOIN_MAX: usize = 8 * 1024 * 1024;
 
 /// One received media frame.
 #[derive(Debug, Clone)]
 pub struct ReceivedFrame {
-    /// H.264 access unit (Annex-B) or Opus packet.
+    /// H.264/H.265 access unit (Annex-B, 4-byte start codes), VP8 frame, or Opus packet.
     pub data: Bytes,
     /// RTP time in the codec's clock (90 kHz video, 48 kHz audio).
     pub rtp_time: u64,
     /// When the first packet of the frame arrived.
     pub arrival: Instant,
-    /// H.264: the access unit holds an IDR.
+    /// Video: a keyframe (str0m's detection for the codec).
     pub keyframe: bool,
     /// False after a gap in RTP sequence numbers.
     pub contiguous: bool,
@@ -73,6 +81,10 @@ pub struct ViewerCore {
     closed_reported: bool,
     /// Offer audio sendrecv (talk-back) instead of recvonly.
     talk: bool,
+    /// H.265: join str0m's parts of one access unit (see [`ViewerCore::with_codecs`]).
+    join_video: bool,
+    /// H.265: the access unit being joined.
+    held_video: Option<ReceivedFrame>,
 }
 
 impl ViewerCore {
@@ -90,7 +102,29 @@ impl ViewerCore {
         codec: crate::api::AudioCodec,
         talk: bool,
     ) -> Self {
-        let config = RtcConfig::new().clear_codecs().enable_h264(true);
+        Self::with_codecs(now, local, cert, crate::api::VideoCodec::H264, codec, talk)
+    }
+
+    /// A viewer offering only `video` for video and `codec` for audio (sendrecv when `talk`).
+    ///
+    /// H.265: str0m's depacketizer ends a "frame" at the end of every fragmented NAL unit, so
+    /// an access unit whose fragmented NAL unit is not its last (an SEI or a slice before
+    /// others) comes out in parts with one RTP timestamp; the viewer joins them, emitting the
+    /// access unit when data with another timestamp arrives or [`H265_JOIN_WAIT`] after.
+    pub fn with_codecs(
+        now: Instant,
+        local: SocketAddr,
+        cert: Option<str0m::config::DtlsCert>,
+        video: crate::api::VideoCodec,
+        codec: crate::api::AudioCodec,
+        talk: bool,
+    ) -> Self {
+        let config = RtcConfig::new().clear_codecs();
+        let config = match video {
+            crate::api::VideoCodec::H264 => config.enable_h264(true),
+            crate::api::VideoCodec::Vp8 => config.enable_vp8(true),
+            crate::api::VideoCodec::H265 => config.enable_h265(true),
+        };
         let mut config = match codec {
             crate::api::AudioCodec::Opus => config.enable_opus(true, false),
             crate::api::AudioCodec::Pcmu => config.enable_pcmu(true, false),
@@ -116,6 +150,8 @@ impl ViewerCore {
             next_timeout: now,
             closed_reported: false,
             talk,
+            join_video: video == crate::api::VideoCodec::H265,
+            held_video: None,
         }
     }
 
@@ -265,6 +301,13 @@ impl ViewerCore {
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self
+            .held_video
+            .as_ref()
+            .is_some_and(|h| now >= h.arrival + H265_JOIN_WAIT)
+        {
+            self.flush_held_video();
+        }
         if self.rtc.is_alive()
             && now >= self.next_timeout
             && self.rtc.handle_input(Input::Timeout(now)).is_err()
@@ -275,6 +318,7 @@ impl ViewerCore {
     }
 
     pub fn close(&mut self, now: Instant) {
+        self.flush_held_video();
         let _ = self.rtc.close();
         self.service(now);
     }
@@ -297,7 +341,37 @@ impl ViewerCore {
             // would wake the driver in a busy loop.
             return now + MAX_IDLE;
         }
-        self.next_timeout.clamp(now, now + MAX_IDLE)
+        let due = self.next_timeout.clamp(now, now + MAX_IDLE);
+        match &self.held_video {
+            Some(h) => due.min((h.arrival + H265_JOIN_WAIT).max(now)),
+            None => due,
+        }
+    }
+
+    fn flush_held_video(&mut self) {
+        if let Some(h) = self.held_video.take() {
+            self.events.push_back(ViewerEvent::Video(h));
+        }
+    }
+
+    /// H.265: add a part to the access unit being joined, or emit that one and start anew.
+    fn join_video_part(&mut self, part: ReceivedFrame) {
+        if let Some(h) = &mut self.held_video {
+            if h.rtp_time == part.rtp_time
+                && part.contiguous
+                && h.data.len() + part.data.len() <= H265_JOIN_MAX
+            {
+                let mut data = Vec::with_capacity(h.data.len() + part.data.len());
+                data.extend_from_slice(&h.data);
+                data.extend_from_slice(&part.data);
+                h.data = data.into();
+                h.seq_last = part.seq_last;
+                h.keyframe |= part.keyframe;
+                return;
+            }
+        }
+        self.flush_held_video();
+        self.held_video = Some(part);
     }
 
     fn service(&mut self, now: Instant) {
@@ -328,7 +402,9 @@ impl ViewerCore {
                     seq_first: **d.seq_range.start(),
                     seq_last: **d.seq_range.end(),
                 };
-                if Some(d.mid) == self.video_mid {
+                if Some(d.mid) == self.video_mid && self.join_video {
+                    self.join_video_part(frame);
+                } else if Some(d.mid) == self.video_mid {
                     self.events.push_back(ViewerEvent::Video(frame));
                 } else if Some(d.mid) == self.audio_mid {
                     self.events.push_back(ViewerEvent::Audio(frame));

@@ -25,7 +25,8 @@ pub enum FrameKind {
     Delta,
 }
 
-/// One encoded media frame: a complete H.264 access unit in Annex-B form, or one audio packet
+/// One encoded media frame: a complete H.264 or H.265 access unit in Annex-B form, one VP8
+/// frame, or one audio packet
 /// (Opus, or 20 ms of G.711).
 #[derive(Clone, PartialEq, Eq)]
 pub struct EncodedFrame {
@@ -80,6 +81,27 @@ impl fmt::Debug for EncodedFrame {
 pub enum VideoCodec {
     /// H.264, sent with packetization-mode 1.
     H264,
+    /// VP8 (RFC 7741); frames are whole VP8 frames as an IVF file holds them.
+    Vp8,
+    /// H.265/HEVC (RFC 7798); frames are Annex-B access units.
+    H265,
+}
+
+impl VideoCodec {
+    /// The name in SDP and in the browser's `mimeType` (`video/<name>`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::H264 => "H264",
+            Self::Vp8 => "VP8",
+            Self::H265 => "H265",
+        }
+    }
+}
+
+impl fmt::Display for VideoCodec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// Audio codecs the SDK can carry.

@@ -108,14 +108,31 @@ pub(crate) struct DeviceArgs {
     #[arg(long)]
     h264_stdin: bool,
 
-    /// Frame rate for --h264-file / --h264-stdin / --raw-video-cmd, or of the test pattern.
+    /// Stream VP8 from an IVF file (looped, at the file's own timing).
+    #[arg(long, conflicts_with_all = ["h264_file", "h264_stdin"])]
+    vp8_file: Option<PathBuf>,
+
+    /// Read VP8 in IVF from standard input (e.g. `ffmpeg … -c:v libvpx -f ivf - | kvs-webrtc --vp8-stdin`).
+    #[arg(long, conflicts_with_all = ["h264_file", "h264_stdin", "vp8_file"])]
+    vp8_stdin: bool,
+
+    /// Stream an Annex-B H.265 file (looped, at --fps).
+    #[arg(long, conflicts_with_all = ["h264_file", "h264_stdin", "vp8_file", "vp8_stdin"])]
+    h265_file: Option<PathBuf>,
+
+    /// Read Annex-B H.265 from standard input (e.g. `ffmpeg … -c:v libx265 -f hevc - | kvs-webrtc --h265-stdin`).
+    #[arg(long, conflicts_with_all = ["h264_file", "h264_stdin", "vp8_file", "vp8_stdin", "h265_file"])]
+    h265_stdin: bool,
+
+    /// Frame rate for --h264-file / --h264-stdin / --h265-file / --h265-stdin /
+    /// --raw-video-cmd, or of the test pattern.
     #[arg(long)]
     fps: Option<u32>,
 
     /// Live capture from any camera: raw I420 pictures (--size) read from this shell
     /// command's stdout and encoded here, e.g.
     /// "ffmpeg -f v4l2 -i /dev/video0 -f rawvideo -pix_fmt yuv420p -".
-    #[arg(long, value_name = "COMMAND", conflicts_with_all = ["h264_file", "h264_stdin", "no_video"])]
+    #[arg(long, value_name = "COMMAND", conflicts_with_all = ["h264_file", "h264_stdin", "vp8_file", "vp8_stdin", "h265_file", "h265_stdin", "no_video"])]
     raw_video_cmd: Option<String>,
 
     /// Picture size WxH of --raw-video-cmd's output (or of the test pattern).
@@ -155,7 +172,7 @@ pub(crate) struct DeviceArgs {
     no_audio: bool,
 
     /// Send no video.
-    #[arg(long, conflicts_with_all = ["h264_file", "h264_stdin"])]
+    #[arg(long, conflicts_with_all = ["h264_file", "h264_stdin", "vp8_file", "vp8_stdin", "h265_file", "h265_stdin"])]
     no_video: bool,
 
     /// Audio codec: `auto` (Opus, PCMU or PCMA, whichever the viewer offers first), or one
@@ -253,6 +270,18 @@ impl DeviceArgs {
         }
         if self.h264_stdin {
             push("--h264-stdin", None);
+        }
+        if let Some(f) = &self.vp8_file {
+            push("--vp8-file", Some(f.to_string_lossy().into_owned()));
+        }
+        if self.vp8_stdin {
+            push("--vp8-stdin", None);
+        }
+        if let Some(f) = &self.h265_file {
+            push("--h265-file", Some(f.to_string_lossy().into_owned()));
+        }
+        if self.h265_stdin {
+            push("--h265-stdin", None);
         }
         if let Some(fps) = self.fps {
             push("--fps", Some(fps.to_string()));
@@ -403,6 +432,17 @@ impl DeviceArgs {
             };
         } else if self.h264_stdin {
             config.video = VideoSourceConfig::H264Stdin { fps: self.fps };
+        } else if let Some(path) = self.vp8_file {
+            config.video = VideoSourceConfig::Vp8File { path };
+        } else if self.vp8_stdin {
+            config.video = VideoSourceConfig::Vp8Stdin;
+        } else if let Some(path) = self.h265_file {
+            config.video = VideoSourceConfig::H265File {
+                path,
+                fps: self.fps.unwrap_or(30),
+            };
+        } else if self.h265_stdin {
+            config.video = VideoSourceConfig::H265Stdin { fps: self.fps };
         } else if self.no_video {
             config.video = VideoSourceConfig::None;
         }

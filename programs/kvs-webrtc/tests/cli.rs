@@ -79,6 +79,16 @@ fn bad_files_and_values_are_clear_errors() {
             "audio file",
         ),
         (
+            vec!["--vp8-file".into(), garbage.display().to_string()],
+            vec![],
+            "not an IVF file",
+        ),
+        (
+            vec!["--h265-file".into(), garbage.display().to_string()],
+            vec![],
+            "no H.265 VPS/SPS/PPS",
+        ),
+        (
             vec!["--max-viewers".into(), "0".into()],
             vec![],
             "max_viewers",

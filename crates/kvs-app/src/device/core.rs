@@ -672,7 +672,11 @@ impl DeviceCore {
             PeerEvent::GatheringComplete { peer_id } => {
                 self.event(AppEvent::peer(K::IceGatheringComplete, &peer_id, ""));
             }
-            PeerEvent::OfferRefused { peer_id, reason } => {
+            PeerEvent::OfferRefused {
+                peer_id,
+                reason,
+                code,
+            } => {
                 self.event(AppEvent::peer(K::PeerRefused, &peer_id, reason.clone()).with_status(1));
                 // KVS has no client-to-client error message: the refusal travels as an answer
                 // whose payload carries the reason (see docs/PROTOCOL.md); viewers show it.
@@ -684,12 +688,8 @@ impl DeviceCore {
                         .and_then(|v| v.offer_correlation),
                     None => None,
                 };
-                let refusal = SignalingMessage::refusal_with_code(
-                    &peer_id,
-                    "SESSION_LIMIT",
-                    reason,
-                    correlation,
-                );
+                let refusal =
+                    SignalingMessage::refusal_with_code(&peer_id, code, reason, correlation);
                 self.send(refusal, None);
             }
             PeerEvent::Requested { peer_id } => {

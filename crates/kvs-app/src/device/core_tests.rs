@@ -411,6 +411,7 @@ fn an_offer_beyond_the_viewer_limit_is_refused_against_its_correlation_id() {
     sim.input(DeviceInput::Peer(PeerEvent::OfferRefused {
         peer_id: "viewer-2".into(),
         reason: "session limit of 1 reached".into(),
+        code: kvs_peer::api::REFUSED_SESSION_LIMIT,
     }));
     let log = sim.take();
     let refusal = &sends(&log)[0];

@@ -170,7 +170,7 @@ impl Device {
         let peer_config = peer_config(
             &config.session,
             &config,
-            camera.is_some(),
+            camera.as_ref().map(|c| c.format().codec),
             microphone.as_ref().map(|m| m.codecs()).unwrap_or_default(),
             speaker.is_some(),
         );
@@ -253,7 +253,7 @@ impl Device {
 fn peer_config(
     session: &SessionConfig,
     config: &DeviceConfig,
-    video: bool,
+    video: Option<VideoCodec>,
     audio_codecs: Vec<AudioCodec>,
     talkback: bool,
 ) -> PeerConfig {
@@ -267,7 +267,8 @@ fn peer_config(
         max_sessions: session.max_viewers,
         bind_addrs: session.media_bind.clone(),
         udp_port_range: session.udp_port_range,
-        video: video.then_some(VideoCodec::H264),
+        // The one codec the camera produces: the only one declared to viewers.
+        video,
         audio: audio_codecs.first().copied(),
         audio_codecs,
         talkback,

@@ -5,6 +5,9 @@
 //! - [`ToneMicrophone`]: a 440 Hz tone with a beep each second, encoded to Opus (pure Rust).
 //! - [`H264FileCamera`] and [`OggOpusMicrophone`]: files, looped and paced.
 //! - [`StdinH264Camera`]: an Annex-B H.264 stream from a pipe (or any `Read`), unpaced.
+//! - [`Vp8FileCamera`] / [`StdinVp8Camera`]: VP8 in IVF, from a file (looped, paced by its
+//!   own timestamps) or a pipe; [`H265FileCamera`] / [`StdinH265Camera`]: Annex-B H.265, as
+//!   the H.264 ones.
 //! - [`RawCommandCamera`] and [`RawCommandMicrophone`]: raw I420 pictures / S16LE PCM from a
 //!   shell command's output (any camera or microphone the host has), encoded live like the
 //!   test pattern and the tone; the command is watched for exits and stalls and optionally
@@ -23,15 +26,18 @@ mod command;
 mod font;
 mod h264_encoder;
 mod h264_file;
+mod h265;
 mod ogg_file;
 mod pipe;
 mod raw_camera;
 mod raw_microphone;
 mod test_pattern;
 mod tone;
+mod vp8;
 
 pub use command::{CommandOptions, RawCommandError, RestartPolicy, STDERR_TAIL_BYTES};
 pub use h264_file::{H264FileCamera, H264FileConfig};
+pub use h265::{H265FileCamera, H265FileConfig, StdinH265Camera, StdinH265Config};
 pub use ogg_file::{OggOpusFileConfig, OggOpusMicrophone};
 pub use pipe::{StdinH264Camera, StdinH264Config};
 pub use raw_camera::{RawCommandCamera, RawVideoConfig};
@@ -39,6 +45,7 @@ pub use raw_microphone::{PcmConverter, RawAudioConfig, RawCommandMicrophone};
 pub(crate) use test_pattern::{check_size, Overlay, Picture};
 pub use test_pattern::{TestPatternCamera, TestPatternConfig};
 pub use tone::{ToneConfig, ToneMicrophone, ALL_TONE_CODECS};
+pub use vp8::{StdinVp8Camera, StdinVp8Config, Vp8FileCamera, Vp8FileConfig};
 
 use kvs_platform::CaptureError;
 use std::time::Instant;
