@@ -62,6 +62,10 @@ pub enum EventKind {
     TalkbackStarted,
     /// The talk-back floor was released (its holder was silent for `speaker.floor_hold`).
     TalkbackStopped,
+    /// A viewer's recording file was created (message: its path and picture size).
+    RecordingStarted,
+    /// A viewer's recording file was finished (message: path, size, frames, bytes).
+    RecordingFinished,
     Error,
 }
 

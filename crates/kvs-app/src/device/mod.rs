@@ -188,6 +188,23 @@ impl Device {
             )?),
             _ => None,
         };
+        let receive_thread = match (config.receive.enabled(), peer.take_received()) {
+            (true, Some(items)) => {
+                let player = config
+                    .receive
+                    .video_player_cmd
+                    .as_deref()
+                    .map(|c| Box::new(kvs_platform::CommandVideoPlayer::new(c)) as _);
+                Some(crate::receive::ReceiveThread::spawn(
+                    items,
+                    peer.clone(),
+                    &config.receive,
+                    player,
+                    events.clone(),
+                )?)
+            }
+            _ => None,
+        };
 
         let video_thread = match camera {
             Some(camera) => Some(capture::spawn_video(
@@ -227,6 +244,7 @@ impl Device {
             video_thread,
             audio_thread,
             talkback_thread,
+            receive_thread,
             viewers: viewers_tx,
         };
         let task = tokio::spawn(driver.run(core_config, peer_events, control_rx, shutdown_rx));
@@ -263,6 +281,7 @@ fn peer_config(
         audio: audio_codecs.first().copied(),
         audio_codecs,
         talkback,
+        receive_media: config.receive.enabled(),
         // A forced codec is the only one, both ways.
         talkback_codecs: match forced {
             Some(c) => vec![c],
