@@ -265,22 +265,22 @@ mod tests {
         let fr = frames(8, 4);
         let mut d = VideoDecoder::new().unwrap();
         assert!(d.decode(&fr[0]).is_some());
-        // Garbage where frame 1 should be.
+        // Where frame 1 should be, a P slice naming PPS 200, which was never sent.
         let junk = DepacketizedFrame {
-            data: Bytes::from_static(&[0, 0, 0, 1, 0x41, 0xff, 0xff, 0xff, 0x00, 0x12]),
+            data: Bytes::from_static(&[0, 0, 0, 1, 0x41, 0xc0, 0x64, 0x80, 0x12, 0x34]),
             ..fr[1].clone()
         };
-        let _ = d.decode(&junk);
-        let errors = d.stats().decode_errors;
-        if errors > 0 {
-            assert!(d.take_keyframe_request());
-            assert!(
-                d.decode(&fr[2]).is_none(),
-                "a delta after an error is skipped"
-            );
-            assert!(d.stats().skipped_until_idr >= 1);
-        }
-        // Whatever openh264 made of the junk, the next IDR decodes.
+        assert!(d.decode(&junk).is_none());
+        assert_eq!(d.stats().decode_errors, 1, "openh264 refuses it");
+        assert!(d.take_keyframe_request(), "a keyframe is asked for");
+        assert!(!d.take_keyframe_request(), "once");
+        assert!(
+            d.decode(&fr[2]).is_none(),
+            "a delta after an error is skipped"
+        );
+        assert!(d.decode(&fr[3]).is_none());
+        assert_eq!(d.stats().skipped_until_idr, 2);
+        // The next IDR decodes.
         assert!(d.decode(&fr[4]).is_some());
     }
 }

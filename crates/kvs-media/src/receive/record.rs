@@ -412,7 +412,7 @@ mod tests {
 
     /// `secs` seconds of 30 fps test pattern (IDR every second) and 20 ms Opus, fed the way the
     /// receive thread does, with the RTP clocks of a real sender (random-looking origins).
-    fn record(path: &Path, secs: u32, config: RecorderConfig) -> RecordStats {
+    fn feed(r: &mut Recorder, secs: u32) {
         let mut cam = TestPatternCamera::new(TestPatternConfig {
             width: 320,
             height: 240,
@@ -428,7 +428,6 @@ mod tests {
         })
         .unwrap();
         mic.start().unwrap();
-        let mut r = Recorder::new(path, config);
         let t0 = Instant::now();
         let (v0, a0) = (1_234_567u64, 987_654u64);
         // Audio comes first, as from a browser.
@@ -446,7 +445,31 @@ mod tests {
                 audio_n += 1;
             }
         }
+    }
+
+    fn record(path: &Path, secs: u32, config: RecorderConfig) -> RecordStats {
+        let mut r = Recorder::new(path, config);
+        feed(&mut r, secs);
         r.finish().unwrap()
+    }
+
+    #[test]
+    fn a_recording_cut_off_without_finishing_is_readable_up_to_its_last_fragment() {
+        // What a killed process leaves: the file as written so far, never finished.
+        let path = temp("killed.mp4");
+        let copy = temp("killed-copy.mp4");
+        let mut r = Recorder::new(&path, RecorderConfig::default());
+        feed(&mut r, 4);
+        std::fs::copy(&path, &copy).unwrap();
+        drop(r);
+        let json = ffprobe(&copy);
+        assert!(field(&json, "codec_name").contains(&"h264"), "{json}");
+        let duration: f64 = field(&json, "duration").last().unwrap().parse().unwrap();
+        // Fragments of 1 s: at most the last second is missing.
+        assert!(
+            (2.5..=4.0).contains(&duration),
+            "duration {duration} s: {json}"
+        );
     }
 
     #[test]
