@@ -49,6 +49,8 @@ pub struct DeviceConfig {
     pub codecs: CodecsConfig,
     /// `[adaptive_bitrate]`: the encoder's target follows the viewers' congestion feedback.
     pub adaptive_bitrate: crate::abr::AdaptiveBitrateConfig,
+    /// `[receive]`: viewers' camera (and microphone) recorded and/or shown.
+    pub receive: ReceiveConfig,
     pub reconnect: BackoffConfig,
     /// Remote control as a RainMaker-compatible node (`[rainmaker]`; run by
     /// `kvs_app::rainmaker` with the `rainmaker` feature).
@@ -816,6 +818,41 @@ impl SpeakerConfig {
     }
 }
 
+/// `[receive]`: video *from* viewers (the viewer page's "send my camera"). With either set,
+/// the device takes viewers' video (H.264) and audio: `record_dir` writes one MP4 file per
+/// session (H.264 as received + Opus), `video_player_cmd` decodes the video (one viewer at a
+/// time: the first that sends) and feeds raw I420 to a command. Neither set: viewers' video is
+/// ignored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReceiveConfig {
+    /// Directory for recordings, `<UTC time>-<peer id>.mp4` (created if missing).
+    pub record_dir: Option<PathBuf>,
+    /// Largest recording file; the rest of a longer session is not recorded.
+    pub record_max_bytes: u64,
+    /// Shell command fed decoded I420 frames on stdin; `{width}` and `{height}` are replaced
+    /// by the picture size (it is started again when the size changes), e.g.
+    /// `ffplay -f rawvideo -pixel_format yuv420p -video_size {width}x{height} -`.
+    pub video_player_cmd: Option<String>,
+}
+
+impl Default for ReceiveConfig {
+    fn default() -> Self {
+        Self {
+            record_dir: None,
+            record_max_bytes: 1 << 30,
+            video_player_cmd: None,
+        }
+    }
+}
+
+impl ReceiveConfig {
+    /// Viewers' media is taken (recorded or shown).
+    pub fn enabled(&self) -> bool {
+        self.record_dir.is_some() || self.video_player_cmd.is_some()
+    }
+}
+
 /// `[codecs]`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -975,6 +1012,9 @@ impl DeviceConfig {
                 "session.max_viewers must be 1..=100, got {}",
                 self.session.max_viewers
             ));
+        }
+        if self.receive.record_max_bytes < 64 * 1024 {
+            return Err("receive.record_max_bytes must be at least 65536".into());
         }
         if self.speaker.wav.is_some() && self.speaker.command.is_some() {
             return Err("speaker.wav and speaker.command: choose one speaker".into());

@@ -66,6 +66,10 @@ pub enum EventKind {
     /// bitrate); message: `kbps=<target> reason=<congestion|recovery|viewer-left>
     /// lowest_estimate_kbps=<n>` and `constrained=<peers>` when some are below the floor.
     BitrateChanged,
+    /// A viewer's recording file was created (message: its path and picture size).
+    RecordingStarted,
+    /// A viewer's recording file was finished (message: path, size, frames, bytes).
+    RecordingFinished,
     Error,
 }
 

@@ -31,6 +31,8 @@ pub mod embedded;
 pub mod events;
 #[cfg(feature = "rainmaker")]
 pub mod rainmaker;
+#[cfg(feature = "media")]
+pub mod receive;
 pub mod signaling;
 #[cfg(feature = "media")]
 pub mod sources;
@@ -41,7 +43,7 @@ pub mod talkback;
 pub use backoff::{Backoff, BackoffConfig};
 pub use config::{
     AudioCodecChoice, AudioSourceConfig, CodecsConfig, ConfigError, CredentialsConfig,
-    DeviceConfig, RainmakerConfig, SessionConfig, SignalingConfig, SpeakerConfig,
+    DeviceConfig, RainmakerConfig, ReceiveConfig, SessionConfig, SignalingConfig, SpeakerConfig,
     VideoSourceConfig,
 };
 pub use control::{Control, ControlError, DeviceControl};

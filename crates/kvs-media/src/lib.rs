@@ -21,6 +21,8 @@
 //! - [`g711`]: G.711 µ-law/A-law companding and the 48 ↔ 8 kHz rate changes.
 //! - [`talkback`]: the speaker side of talk-back, sans-IO: who holds the floor, a jitter
 //!   buffer bounded in time, decoding viewers' Opus and G.711 into 48 kHz PCM.
+//! - [`receive`]: media *from* viewers: RTP → H.264 access units (reorder, loss → wait for
+//!   an IDR), per-session MP4 recording, decoding for a `VideoPlayer`.
 //! - [`snapshot`]: an I420 picture (or the test pattern right now) as a baseline JPEG, for
 //!   split mode's snapshot requests.
 //!
@@ -37,6 +39,7 @@ pub mod h265;
 pub mod ivf;
 pub mod ogg;
 pub mod pacer;
+pub mod receive;
 pub mod rtp;
 pub mod snapshot;
 pub mod sources;

@@ -48,6 +48,11 @@ pub struct PeerConfig {
     /// Codecs accepted from viewers when [`talkback`](Self::talkback) is on, beside the ones
     /// sent (one list per m-line in SDP: a codec offered here can also be chosen to send).
     pub talkback_codecs: Vec<AudioCodec>,
+    /// Take viewers' video (H.264) and audio for recording or display: their packets come out
+    /// of [`PeerCore::poll_received`](crate::PeerCore::poll_received) (and the engine's
+    /// [`PeerHandle::take_received`](crate::PeerHandle::take_received)). Offers we create then
+    /// have sendrecv video (recvonly without a camera). Off: viewers' video is ignored.
+    pub receive_media: bool,
     /// Accept data channels opened by viewers, and open one in offers we create.
     pub data_channel: bool,
     /// How long sent packets stay available for NACK resends. The send buffers are sized
@@ -95,6 +100,7 @@ impl Default for PeerConfig {
             audio_codecs: Vec::new(),
             talkback: false,
             talkback_codecs: vec![AudioCodec::Opus, AudioCodec::Pcmu, AudioCodec::Pcma],
+            receive_media: false,
             data_channel: true,
             resend_window: Duration::from_millis(250),
             video_bitrate_bps: 2_000_000,
@@ -134,7 +140,7 @@ impl PeerConfig {
     /// The codecs enabled in SDP: those sent, then those only received.
     pub fn negotiable_audio_codecs(&self) -> Vec<AudioCodec> {
         let mut all = self.send_audio_codecs();
-        if self.talkback {
+        if self.talkback || self.receive_media {
             for c in &self.talkback_codecs {
                 if !all.contains(c) {
                     all.push(*c);
@@ -204,6 +210,9 @@ pub enum PeerCommand {
     /// Signaling is back after an interruption: ICE restart offers made while it was down may
     /// have been lost, so sessions still without a path restart again at once.
     SignalingRestored,
+    /// Ask the viewer for a keyframe of the video it sends (RTCP PLI), with
+    /// [`PeerConfig::receive_media`]: its stream lost packets or its decoder failed.
+    RequestViewerKeyframe { peer_id: String },
     /// Change the session limit. Lowering it closes no live session: it only refuses new
     /// offers until the count is below the new limit.
     SetMaxSessions { max: usize },

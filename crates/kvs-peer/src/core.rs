@@ -29,10 +29,11 @@ use crate::drain::{drain, DrainPolicy, DrainTarget};
 use crate::nat::{NatCore, NatEvent, NatServer, RelayTransport, RelayedData, StreamIo};
 use bytes::Bytes;
 use kvs_media::fanout::{FanoutKind, PushOutcome, Subscriber};
+use kvs_media::receive::{RxItem, RxMedia, RxPacket};
 use kvs_media::rtp::{PacketizedFrame, DEFAULT_MAX_PAYLOAD};
 use kvs_media::talkback::TalkPacket;
 use kvs_platform::{AudioCodec, EncodedFrame, VideoCodec};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -72,6 +73,9 @@ const MAX_CORE_EVENTS: usize = 4096;
 /// Viewers' audio packets held before the driver takes them (~1 s of ten talkers at 20 ms);
 /// the oldest are dropped beyond.
 const MAX_TALK_PACKETS: usize = 512;
+/// Viewers' media packets (with `receive_media`) held before the driver takes them (~1 s of a
+/// 3 Mbit/s camera); the oldest are dropped beyond.
+const MAX_RX_PACKETS: usize = 1024;
 /// Wake at least this often (timeouts for connect, candidates).
 const MAX_IDLE: Duration = Duration::from_secs(1);
 /// DTLS datagrams no session accepts yet, held for a retry (see [`PeerCore::handle_datagram`]).
@@ -113,7 +117,12 @@ pub fn rtc_config(config: &PeerConfig, cert: Option<DtlsCert>) -> RtcConfig {
     if let Some(cert) = cert {
         rc = rc.set_dtls_cert(cert);
     }
-    if let Some(codec) = config.video {
+    // The source's codec; a device that only receives declares H.264 (what the receive path
+    // depacketizes and records).
+    let video = config
+        .video
+        .or(config.receive_media.then_some(VideoCodec::H264));
+    if let Some(codec) = video {
         crate::codecs::declare_video(rc.codec_config(), codec);
     }
     // One codec list per m-line: the codecs sent, then those only taken from viewers.
@@ -298,9 +307,32 @@ struct Outputs {
     /// Viewers' audio packets (talk-back), bounded by [`MAX_TALK_PACKETS`].
     talk: VecDeque<TalkPacket>,
     talk_dropped: u64,
+    /// Viewers' media (with `receive_media`), bounded by [`MAX_RX_PACKETS`] packets.
+    received: VecDeque<RxItem>,
+    received_dropped: u64,
+    /// Sessions that sent media: their end is announced with [`RxItem::Ended`].
+    receiving: HashSet<String>,
 }
 
 impl Outputs {
+    /// Queue a viewer's packet for the application (the oldest dropped when full).
+    fn receive(&mut self, p: RxPacket) {
+        if !self.receiving.contains(&p.peer_id) {
+            self.receiving.insert(p.peer_id.clone());
+        }
+        if self.received.len() >= MAX_RX_PACKETS {
+            if let Some(i) = self
+                .received
+                .iter()
+                .position(|r| matches!(r, RxItem::Packet(_)))
+            {
+                self.received.remove(i);
+                self.received_dropped += 1;
+            }
+        }
+        self.received.push_back(RxItem::Packet(p));
+    }
+
     fn event(&mut self, e: PeerEvent) {
         if self.events.len() >= MAX_CORE_EVENTS && e.is_droppable() {
             warn!(
@@ -377,6 +409,18 @@ impl PeerCore {
     /// engine's task.
     pub fn poll_talk_packet(&mut self) -> Option<TalkPacket> {
         self.out.talk.pop_front()
+    }
+
+    /// The next packet (or session end) of viewers' media, with [`PeerConfig::receive_media`],
+    /// in arrival order. Depacketizing, recording and decoding are the application's
+    /// (`kvs_media::receive`), off the engine's task.
+    pub fn poll_received(&mut self) -> Option<RxItem> {
+        self.out.received.pop_front()
+    }
+
+    /// Received packets dropped because the driver did not take them in time.
+    pub fn received_packets_dropped(&self) -> u64 {
+        self.out.received_dropped
     }
 
     /// Talk-back packets dropped because the driver did not take them in time.
@@ -504,6 +548,9 @@ impl PeerCore {
                     service(s, now, &self.config, &mut self.out);
                 }
                 Ok(())
+            }
+            PeerCommand::RequestViewerKeyframe { peer_id } => {
+                self.request_viewer_keyframe(now, &peer_id)
             }
             PeerCommand::SetMaxSessions { max } => {
                 self.config.max_sessions = max;
@@ -898,6 +945,22 @@ impl PeerCore {
         }
     }
 
+    /// A PLI on the video the viewer sends (see [`PeerCommand::RequestViewerKeyframe`]).
+    fn request_viewer_keyframe(&mut self, now: Instant, peer_id: &str) -> Result<(), PeerError> {
+        let Some(s) = self.sessions.get_mut(peer_id) else {
+            return Err(PeerError::UnknownPeer(peer_id.to_string()));
+        };
+        let Some(mid) = s.video_mid else {
+            return Ok(());
+        };
+        if let Some(rx) = s.rtc.direct_api().stream_rx_by_mid(mid, None) {
+            debug!(peer = %peer_id, "asking the viewer for a keyframe (PLI)");
+            rx.request_keyframe(str0m::media::KeyframeRequestKind::Pli);
+        }
+        service(s, now, &self.config, &mut self.out);
+        Ok(())
+    }
+
     fn live_count(&self) -> usize {
         self.sessions.values().filter(|s| s.is_live()).count()
     }
@@ -1062,13 +1125,19 @@ impl PeerCore {
         }
         let (mut s, lines) = self.new_session(now, &peer_id);
         let mut api = s.rtc.sdp_api();
-        if self.config.video.is_some() {
-            s.video_mid =
-                Some(api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None));
+        let receive = self.config.receive_media;
+        if self.config.video.is_some() || receive {
+            // Receiving viewers' video: the viewer may answer with its camera.
+            let dir = match (self.config.video.is_some(), receive) {
+                (true, true) => Direction::SendRecv,
+                (false, _) => Direction::RecvOnly,
+                (true, false) => Direction::SendOnly,
+            };
+            s.video_mid = Some(api.add_media(MediaKind::Video, dir, None, None, None));
         }
-        if self.config.audio.is_some() || self.config.talkback {
-            // With talk-back the viewer may answer with its microphone.
-            let dir = match (self.config.audio.is_some(), self.config.talkback) {
+        if self.config.audio.is_some() || self.config.talkback || receive {
+            // With talk-back (or recording) the viewer may answer with its microphone.
+            let dir = match (self.config.audio.is_some(), self.config.talkback || receive) {
                 (true, true) => Direction::SendRecv,
                 (false, _) => Direction::RecvOnly,
                 (true, false) => Direction::SendOnly,
@@ -1290,6 +1359,12 @@ impl PeerCore {
                     reason,
                 });
             }
+            if self.out.receiving.remove(&id) {
+                // Never dropped: the recording is finalized on it (bounded by sessions).
+                self.out.received.push_back(RxItem::Ended {
+                    peer_id: id.clone(),
+                });
+            }
             let stats = s.final_stats(now);
             info!(peer = %id, ?stats, "session closed");
             self.out.event(PeerEvent::Closed { peer_id: id, stats });
@@ -1466,15 +1541,34 @@ fn on_event(
             info!(peer = %peer_id, "remote closed the session");
             false
         }
-        Event::RtpPacket(p) if config.talkback => {
-            let codec = s
+        Event::RtpPacket(p) if config.talkback || config.receive_media => {
+            let spec = s
                 .rtc
                 .codec_config()
                 .params()
                 .iter()
                 .find(|c| c.pt() == p.header.payload_type)
-                .and_then(|c| audio_codec_of(c.spec().codec));
-            if let Some(codec) = codec {
+                .map(|c| c.spec().codec);
+            let codec = spec.and_then(audio_codec_of);
+            if config.receive_media {
+                let media = match (spec, codec) {
+                    (Some(Codec::H264), _) => Some(RxMedia::Video),
+                    (_, Some(c)) => Some(RxMedia::Audio(c)),
+                    _ => None,
+                };
+                if let Some(media) = media {
+                    out.receive(RxPacket {
+                        peer_id: peer_id.clone(),
+                        media,
+                        seq: *p.seq_no,
+                        rtp_time: p.time.numer(),
+                        marker: p.header.marker,
+                        payload: Bytes::copy_from_slice(&p.payload),
+                        arrival: now,
+                    });
+                }
+            }
+            if let (Some(codec), true) = (codec, config.talkback) {
                 if out.talk.len() >= MAX_TALK_PACKETS {
                     out.talk.pop_front();
                     out.talk_dropped += 1;

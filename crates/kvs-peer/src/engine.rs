@@ -20,6 +20,7 @@ use crate::core::PeerCore;
 use crate::nat::{NatServer, StreamIo};
 use crate::udp::{RecvBatch, SendBatcher, UdpIo};
 use kvs_media::fanout::FanoutKind;
+use kvs_media::receive::RxItem;
 use kvs_media::talkback::TalkPacket;
 use kvs_platform::EncodedFrame;
 use std::collections::{HashMap, VecDeque};
@@ -42,6 +43,11 @@ const NAT_QUEUE: usize = 256;
 /// Viewers' audio packets waiting for the application's talk-back thread (~1.3 s of three
 /// talkers at 20 ms); a full queue drops the newest packet (counted), never waits.
 pub const TALK_QUEUE: usize = 192;
+/// Viewers' media packets waiting for the application's receive thread (~2 s of a 3 Mbit/s
+/// camera and its audio); a full queue drops the newest packet (counted), never waits.
+pub const RX_QUEUE: usize = 1024;
+/// Session ends held for a receive thread that is behind (one that never reads loses them).
+const MAX_HELD_ENDS: usize = 256;
 /// Writes queued per TURN connection; a connection that falls this far behind is closed
 /// (its relay fails over to the others) rather than buffering without bound.
 const STREAM_WRITE_QUEUE: usize = 512;
@@ -116,9 +122,36 @@ pub struct PeerHandle {
     local_addrs: Arc<Vec<SocketAddr>>,
     talkback: Arc<Mutex<Option<std::sync::mpsc::Receiver<TalkPacket>>>>,
     talk_dropped: Arc<AtomicU64>,
+    received: Arc<Mutex<Option<std::sync::mpsc::Receiver<RxItem>>>>,
+    rx_dropped: Arc<AtomicU64>,
 }
 
 impl PeerHandle {
+    /// Viewers' media packets and session ends (with [`PeerConfig::receive_media`]), for a
+    /// thread that records or decodes them (`kvs_media::receive`). The first call takes it.
+    pub fn take_received(&self) -> Option<std::sync::mpsc::Receiver<RxItem>> {
+        self.received.lock().ok()?.take()
+    }
+
+    /// Received packets dropped because the receive thread was behind.
+    pub fn received_packets_dropped(&self) -> u64 {
+        self.rx_dropped.load(Ordering::Relaxed)
+    }
+
+    /// Ask `peer_id` for a keyframe of the video it sends, without waiting (from any thread);
+    /// false when the engine's command queue is full or the engine stopped.
+    pub fn request_viewer_keyframe(&self, peer_id: &str) -> bool {
+        let (tx, _rx) = oneshot::channel();
+        self.commands
+            .try_send(EngineMsg::Command(
+                PeerCommand::RequestViewerKeyframe {
+                    peer_id: peer_id.to_string(),
+                },
+                tx,
+            ))
+            .is_ok()
+    }
+
     /// Apply a command; the outcome also shows as events.
     pub async fn command(&self, cmd: PeerCommand) -> Result<(), PeerError> {
         let (tx, rx) = oneshot::channel();
@@ -213,6 +246,8 @@ impl PeerEngine {
         let (net_tx, net_rx) = mpsc::channel(NET_QUEUE);
         let (talk_tx, talk_rx) = std::sync::mpsc::sync_channel(TALK_QUEUE);
         let talk_dropped = Arc::new(AtomicU64::new(0));
+        let (rx_tx, rx_rx) = std::sync::mpsc::sync_channel(RX_QUEUE);
+        let rx_dropped = Arc::new(AtomicU64::new(0));
 
         let mut recv_tasks = Vec::new();
         for (addr, sock) in &sockets {
@@ -239,6 +274,9 @@ impl PeerEngine {
             lookup_generation: 0,
             talk: talk_tx,
             talk_dropped: talk_dropped.clone(),
+            received: rx_tx,
+            rx_dropped: rx_dropped.clone(),
+            rx_ended: Vec::new(),
         };
         // The configured servers, as if signaling had just handed them out.
         let all = driver.core.with_own_servers(&initial_servers);
@@ -270,6 +308,8 @@ impl PeerEngine {
             local_addrs: Arc::new(local_addrs),
             talkback: Arc::new(Mutex::new(Some(talk_rx))),
             talk_dropped,
+            received: Arc::new(Mutex::new(Some(rx_rx))),
+            rx_dropped,
         };
         Ok((handle, event_rx))
     }
@@ -388,6 +428,12 @@ struct Driver {
     /// Viewers' audio to the talk-back thread.
     talk: std::sync::mpsc::SyncSender<TalkPacket>,
     talk_dropped: Arc<AtomicU64>,
+    /// Viewers' media to the receive thread.
+    received: std::sync::mpsc::SyncSender<RxItem>,
+    rx_dropped: Arc<AtomicU64>,
+    /// Session ends the full channel did not take yet: retried (a recording is finalized on
+    /// them), at most [`MAX_HELD_ENDS`].
+    rx_ended: Vec<RxItem>,
 }
 
 impl Driver {
@@ -445,6 +491,7 @@ impl Driver {
             self.flush_transmits();
             self.flush_streams();
             self.flush_talk();
+            self.flush_received();
             // Count first: an application that sees `Closed` must see the new count.
             self.sessions
                 .store(self.core.session_count(), Ordering::Relaxed);
@@ -611,6 +658,31 @@ impl Driver {
         while let Some(p) = self.core.poll_talk_packet() {
             if self.talk.try_send(p).is_err() {
                 self.talk_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Hand viewers' media to the receive thread without waiting.
+    fn flush_received(&mut self) {
+        let mut ended = std::mem::take(&mut self.rx_ended).into_iter();
+        for item in ended.by_ref() {
+            if let Err(std::sync::mpsc::TrySendError::Full(item)) = self.received.try_send(item) {
+                self.rx_ended.push(item);
+            }
+        }
+        while let Some(item) = self.core.poll_received() {
+            match self.received.try_send(item) {
+                Ok(()) => {}
+                Err(std::sync::mpsc::TrySendError::Full(item @ RxItem::Ended { .. }))
+                    if self.rx_ended.len() < MAX_HELD_ENDS =>
+                {
+                    self.rx_ended.push(item)
+                }
+                Err(std::sync::mpsc::TrySendError::Full(_)) => {
+                    self.rx_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                // Nobody takes viewers' media (no receive thread): nothing to do.
+                Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {}
             }
         }
     }

@@ -189,6 +189,21 @@ pub(crate) struct DeviceArgs {
     #[arg(long, value_name = "COMMAND")]
     speaker_cmd: Option<String>,
 
+    /// Receive viewers' camera: record each session that sends video to an MP4 file
+    /// (H.264 + Opus) in this directory.
+    #[arg(long, value_name = "DIR")]
+    record_dir: Option<PathBuf>,
+
+    /// Largest recording file in bytes (default 1 GiB); the rest of a session is not recorded.
+    #[arg(long, value_name = "BYTES")]
+    record_max_bytes: Option<u64>,
+
+    /// Receive viewers' camera: decode it and feed raw I420 frames to this shell command's
+    /// stdin ({width} and {height} are replaced by the picture size), e.g.
+    /// "ffplay -f rawvideo -pixel_format yuv420p -video_size {width}x{height} -".
+    #[arg(long, value_name = "COMMAND")]
+    video_player_cmd: Option<String>,
+
     /// Remote control as a RainMaker-compatible node: a TOML file with a [rainmaker] section
     /// (docs/RAINMAKER.md); the same section in --config works too.
     #[arg(long, value_name = "FILE")]
@@ -324,6 +339,15 @@ impl DeviceArgs {
         }
         if let Some(c) = &self.speaker_cmd {
             push("--speaker-cmd", Some(c.clone()));
+        }
+        if let Some(d) = &self.record_dir {
+            push("--record-dir", Some(d.to_string_lossy().into_owned()));
+        }
+        if let Some(n) = self.record_max_bytes {
+            push("--record-max-bytes", Some(n.to_string()));
+        }
+        if let Some(c) = &self.video_player_cmd {
+            push("--video-player-cmd", Some(c.clone()));
         }
         args
     }
@@ -505,6 +529,15 @@ impl DeviceArgs {
         if let Some(cmd) = self.speaker_cmd {
             config.speaker.command = Some(cmd);
             config.speaker.wav = None;
+        }
+        if let Some(dir) = self.record_dir {
+            config.receive.record_dir = Some(dir);
+        }
+        if let Some(n) = self.record_max_bytes {
+            config.receive.record_max_bytes = n;
+        }
+        if let Some(cmd) = self.video_player_cmd {
+            config.receive.video_player_cmd = Some(cmd);
         }
         config
             .validate()

@@ -11,6 +11,12 @@
 // track is enabled only while the button is held (or toggled on with the keyboard); released,
 // the browser sends silence, and the device plays nothing (its floor is free again after 1 s).
 //
+// Send my camera: with the checkbox ticked (or `?camera=1` in the address) the page asks for
+// the camera and microphone before its offer, and offers sendrecv video (the camera on the
+// sender) and sendrecv audio with the microphone live, like a video call; push-to-talk is off
+// meanwhile (the microphone is already on). A device started with `--record-dir` records it,
+// one with `--video-player-cmd` shows it. Ticking or unticking reconnects.
+//
 // Plain modern JavaScript, no framework, no build step: the program embeds this file as is.
 // `window.kvsViewer` is a small read-mostly hook for tests and for poking at the page from the
 // browser console; the page itself never depends on it.
@@ -35,6 +41,7 @@
     unmute: $('unmute-btn'),
     talk: $('talk-btn'),
     talkLabel: $('talk-label'),
+    camera: $('camera-check'),
     reconnect: $('reconnect-btn'),
     clientId: $('client-id'),
     channelName: $('channel-name'),
@@ -144,6 +151,7 @@
     error: null,
     messages: [], // signaling message types received, in order (for debugging)
     latestStats: null,
+    sendingCamera: false, // the camera goes to the device (Send my camera)
   };
 
   function setState(state) {
@@ -273,11 +281,45 @@
       this.pc = pc;
       hook.pc = pc;
 
-      const video = pc.addTransceiver('video', { direction: 'recvonly' });
+      let camera = null;
+      if (ui.camera.checked) {
+        try {
+          if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+            throw new Error('this browser gives no camera to this page (it needs HTTPS or localhost)');
+          }
+          camera = await navigator.mediaDevices.getUserMedia({ video: true, audio: true });
+        } catch (e) {
+          showBanner('warn', 'Camera', `No camera to send: ${e.message || e}`);
+        }
+        if (this.closed) {
+          if (camera) camera.getTracks().forEach((t) => t.stop());
+          return;
+        }
+      }
+      const camTrack = camera && camera.getVideoTracks()[0];
+      const video = pc.addTransceiver(camTrack || 'video', { direction: camTrack ? 'sendrecv' : 'recvonly' });
       preferH264(video);
-      // sendrecv with no track: nothing goes out until push-to-talk (see the top of the file).
+      if (camTrack) {
+        // Keep the picture size and lower the frame rate under load instead: a recording
+        // keeps one size (its header has it), and a display does not jump.
+        try {
+          const params = video.sender.getParameters();
+          params.degradationPreference = 'maintain-resolution';
+          await video.sender.setParameters(params);
+        } catch (e) {
+          console.warn('degradationPreference not set', e);
+        }
+      }
+      // sendrecv with no track: nothing goes out until push-to-talk (see the top of the file),
+      // or the camera's microphone, live.
       this.audioTransceiver = pc.addTransceiver('audio', { direction: 'sendrecv' });
-      ui.talk.disabled = false;
+      if (camera) {
+        this.cameraStream = camera;
+        const mic = camera.getAudioTracks()[0];
+        if (mic) await this.audioTransceiver.sender.replaceTrack(mic);
+        hook.sendingCamera = Boolean(camTrack);
+      }
+      ui.talk.disabled = Boolean(camera);
 
       // Created before the offer so the offer carries the SCTP m-line.
       this.attachDataChannel(pc.createDataChannel(DATA_CHANNEL_LABEL));
@@ -625,6 +667,9 @@
       if (this.pc) this.pc.close();
       if (this.micTrack) this.micTrack.stop();
       this.micTrack = null;
+      if (this.cameraStream) this.cameraStream.getTracks().forEach((t) => t.stop());
+      this.cameraStream = null;
+      hook.sendingCamera = false;
       setTalking(false);
       ui.talk.disabled = true;
       ui.dcInput.disabled = true;
@@ -758,6 +803,8 @@
     ui.video.play().catch(() => {});
   });
   ui.reconnect.addEventListener('click', () => connect());
+  ui.camera.checked = new URLSearchParams(location.search).get('camera') === '1';
+  ui.camera.addEventListener('change', () => connect());
 
   // Push-to-talk: held with the mouse, finger or pen; Space/Enter toggles it (keyboard users
   // cannot hold a button comfortably).

@@ -45,6 +45,8 @@ pub(super) struct Driver {
     pub video_thread: Option<CaptureThread>,
     pub audio_thread: Option<CaptureThread>,
     pub talkback_thread: Option<crate::talkback::TalkbackThread>,
+    /// Viewers' video and audio to recordings and the video player.
+    pub receive_thread: Option<crate::receive::ReceiveThread>,
     /// Live sessions, for [`crate::DeviceControl::viewers`].
     pub viewers: watch::Sender<usize>,
     /// Adaptive bitrate (`[adaptive_bitrate]` on): the viewers' estimates → the camera.
@@ -366,6 +368,10 @@ impl Driver {
         }
         self.link = None;
         self.peer.shutdown().await;
+        // After the engine: what it still handed over is recorded, then the files finished.
+        if let Some(t) = self.receive_thread.take() {
+            tokio::task::spawn_blocking(move || t.stop()).await.ok();
+        }
         let _ = self.state.send(DeviceState::Stopped);
     }
 }
@@ -399,7 +405,8 @@ fn command_peer(command: &PeerCommand) -> Option<String> {
         | PeerCommand::RemoteCandidate { peer_id, .. }
         | PeerCommand::CreateOffer { peer_id }
         | PeerCommand::SendData { peer_id, .. }
-        | PeerCommand::CloseSession { peer_id } => Some(peer_id.clone()),
+        | PeerCommand::CloseSession { peer_id }
+        | PeerCommand::RequestViewerKeyframe { peer_id } => Some(peer_id.clone()),
         PeerCommand::SetIceServers { .. }
         | PeerCommand::SetMaxSessions { .. }
         | PeerCommand::SetDesiredBitrate { .. }

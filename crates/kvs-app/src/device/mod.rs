@@ -188,6 +188,23 @@ impl Device {
             )?),
             _ => None,
         };
+        let receive_thread = match (config.receive.enabled(), peer.take_received()) {
+            (true, Some(items)) => {
+                let player = config
+                    .receive
+                    .video_player_cmd
+                    .as_deref()
+                    .map(|c| Box::new(kvs_platform::CommandVideoPlayer::new(c)) as _);
+                Some(crate::receive::ReceiveThread::spawn(
+                    items,
+                    peer.clone(),
+                    &config.receive,
+                    player,
+                    events.clone(),
+                )?)
+            }
+            _ => None,
+        };
 
         let camera_present = camera.is_some();
         let video_thread = match camera {
@@ -228,6 +245,7 @@ impl Device {
             video_thread,
             audio_thread,
             talkback_thread,
+            receive_thread,
             viewers: viewers_tx,
             abr: (config.adaptive_bitrate.enabled && camera_present).then(|| {
                 crate::abr::BitrateController::new(
@@ -272,6 +290,7 @@ fn peer_config(
         audio: audio_codecs.first().copied(),
         audio_codecs,
         talkback,
+        receive_media: config.receive.enabled(),
         // A forced codec is the only one, both ways.
         talkback_codecs: match forced {
             Some(c) => vec![c],

@@ -658,3 +658,128 @@ fn talkback_packets_come_out_in_order_and_g711_is_chosen_by_negotiation() {
         .iter()
         .all(|f| f.data.len() == 160 && f.data.iter().all(|b| *b == 0xff)));
 }
+
+/// Receiving viewers' media (recording) without talk-back: the device still answers the
+/// viewer's audio sendrecv, and what the viewer sends comes out of `poll_received` (not as
+/// talk packets), in order, with its codec, then `Ended` once the session is gone. A keyframe
+/// request to an unknown viewer is an error.
+#[test]
+fn received_media_comes_out_in_order_and_ends_with_the_session() {
+    use kvs_media::receive::{RxItem, RxMedia};
+    let mut sim = Sim::new(PeerConfig {
+        receive_media: true,
+        ..PeerConfig::default()
+    });
+    let v = sim.add_audio_viewer("camera", AudioCodec::Opus, true);
+    sim.signal(v);
+    wait_device(&mut sim, Duration::from_secs(5), connected("camera"));
+    let answer = sim
+        .device_events
+        .iter()
+        .find_map(|(_, e)| match e {
+            PeerEvent::LocalAnswer { sdp, .. } => Some(sdp.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert!(answer
+        .split("m=audio")
+        .nth(1)
+        .unwrap()
+        .contains("a=sendrecv"));
+
+    sim.run_for(100 * MS);
+    for i in 0..20u64 {
+        let payload = vec![i as u8; 40];
+        sim.with_viewer(v, |core, now| core.send_audio(now, i * 960, &payload))
+            .expect("audio sent");
+        sim.run_for(AUDIO_FRAME);
+    }
+    sim.run_for(100 * MS);
+    let mut got = Vec::new();
+    sim.with_device(|d, _| {
+        assert!(d.poll_talk_packet().is_none(), "talk-back is off");
+        while let Some(item) = d.poll_received() {
+            got.push(item);
+        }
+    });
+    let packets: Vec<_> = got
+        .iter()
+        .filter_map(|i| match i {
+            RxItem::Packet(p) => Some(p),
+            RxItem::Ended { .. } => None,
+        })
+        .collect();
+    assert_eq!(packets.len(), 20, "every packet once");
+    for (i, p) in packets.iter().enumerate() {
+        assert_eq!(p.peer_id, "camera");
+        assert_eq!(p.media, RxMedia::Audio(AudioCodec::Opus));
+        assert_eq!(p.seq, packets[0].seq + i as u64);
+        assert_eq!(&p.payload[..], &vec![i as u8; 40][..]);
+    }
+
+    assert!(matches!(
+        sim.command(PeerCommand::RequestViewerKeyframe {
+            peer_id: "nobody".into()
+        }),
+        Err(PeerError::UnknownPeer(_))
+    ));
+    sim.command(PeerCommand::RequestViewerKeyframe {
+        peer_id: "camera".into(),
+    })
+    .expect("a PLI to a live viewer");
+
+    sim.command(PeerCommand::CloseSession {
+        peer_id: "camera".into(),
+    })
+    .unwrap();
+    sim.run_for(100 * MS);
+    let mut ended = Vec::new();
+    sim.with_device(|d, _| {
+        while let Some(item) = d.poll_received() {
+            ended.push(item);
+        }
+    });
+    assert!(
+        ended.contains(&RxItem::Ended {
+            peer_id: "camera".into()
+        }),
+        "{ended:?}"
+    );
+}
+
+/// An offer the device makes when receiving: video sendrecv with a camera, recvonly without;
+/// audio sendrecv either way.
+#[test]
+fn device_offers_receive_video_only_when_configured() {
+    for (video, receive, want) in [
+        (Some(crate::api::VideoCodec::H264), true, "a=sendrecv"),
+        (None, true, "a=recvonly"),
+        (Some(crate::api::VideoCodec::H264), false, "a=sendonly"),
+    ] {
+        let mut sim = Sim::new(PeerConfig {
+            video,
+            receive_media: receive,
+            ..PeerConfig::default()
+        });
+        sim.command(PeerCommand::CreateOffer {
+            peer_id: "v".into(),
+        })
+        .unwrap();
+        sim.run_for(10 * MS);
+        let offer = sim
+            .device_events
+            .iter()
+            .find_map(|(_, e)| match e {
+                PeerEvent::LocalOffer { sdp, .. } => Some(sdp.clone()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        let m_video = offer.split("m=video").nth(1).unwrap_or("");
+        let m_video = m_video.split("m=").next().unwrap();
+        assert!(
+            m_video.contains(want),
+            "video {video:?} receive {receive}: {m_video}"
+        );
+        assert!(m_video.contains("H264"), "{m_video}");
+    }
+}
