@@ -300,7 +300,7 @@ fn peer_config(
         resend_window: session.resend_window,
         video_bitrate_bps: config.video.nominal_bitrate_bps(),
         nat: nat_policy(config),
-        congestion_control: (config.adaptive_bitrate.enabled && video).then(|| {
+        congestion_control: (config.adaptive_bitrate.enabled && video.is_some()).then(|| {
             let abr = config
                 .adaptive_bitrate
                 .bounds(u64::from(config.video.nominal_bitrate_bps()));

@@ -49,14 +49,8 @@ pub struct H264FileCamera {
 impl H264FileCamera {
     /// Open and validate `path`.
     pub fn open(path: impl AsRef<Path>, config: H264FileConfig) -> Result<Self, CaptureError> {
-        let path = path.as_ref();
-        let data = super::read_bounded(path, config.max_file_bytes)?;
-        Self::from_bytes(data, config).map_err(|e| match e {
-            CaptureError::InvalidInput(m) => {
-                CaptureError::InvalidInput(format!("{}: {m}", path.display()))
-            }
-            other => other,
-        })
+        let max = config.max_file_bytes;
+        super::open_file(path.as_ref(), max, |data| Self::from_bytes(data, config))
     }
 
     /// Validate an in-memory Annex-B stream: it must contain an SPS (which must parse), a PPS

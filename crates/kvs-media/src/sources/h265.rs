@@ -54,14 +54,8 @@ pub struct H265FileCamera {
 impl H265FileCamera {
     /// Open and validate `path`.
     pub fn open(path: impl AsRef<Path>, config: H265FileConfig) -> Result<Self, CaptureError> {
-        let path = path.as_ref();
-        let data = super::read_bounded(path, config.max_file_bytes)?;
-        Self::from_bytes(data, config).map_err(|e| match e {
-            CaptureError::InvalidInput(m) => {
-                CaptureError::InvalidInput(format!("{}: {m}", path.display()))
-            }
-            other => other,
-        })
+        let max = config.max_file_bytes;
+        super::open_file(path.as_ref(), max, |data| Self::from_bytes(data, config))
     }
 
     /// Validate an in-memory Annex-B H.265 stream: it must hold a VPS, SPS and PPS and an IRAP

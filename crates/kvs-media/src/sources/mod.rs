@@ -85,3 +85,18 @@ fn read_bounded(path: &std::path::Path, max: u64) -> Result<bytes::Bytes, Captur
     }
     Ok(std::fs::read(path)?.into())
 }
+
+/// Read `path` (at most `max` bytes) and validate it with `parse`; an invalid file's error
+/// names the file.
+fn open_file<T>(
+    path: &std::path::Path,
+    max: u64,
+    parse: impl FnOnce(bytes::Bytes) -> Result<T, CaptureError>,
+) -> Result<T, CaptureError> {
+    parse(read_bounded(path, max)?).map_err(|e| match e {
+        CaptureError::InvalidInput(m) => {
+            CaptureError::InvalidInput(format!("{}: {m}", path.display()))
+        }
+        other => other,
+    })
+}

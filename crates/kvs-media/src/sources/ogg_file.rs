@@ -49,14 +49,8 @@ pub struct OggOpusMicrophone {
 impl OggOpusMicrophone {
     /// Open and validate `path`.
     pub fn open(path: impl AsRef<Path>, config: OggOpusFileConfig) -> Result<Self, CaptureError> {
-        let path = path.as_ref();
-        let data = super::read_bounded(path, config.max_file_bytes)?;
-        Self::from_bytes(data, config).map_err(|e| match e {
-            CaptureError::InvalidInput(m) => {
-                CaptureError::InvalidInput(format!("{}: {m}", path.display()))
-            }
-            other => other,
-        })
+        let max = config.max_file_bytes;
+        super::open_file(path.as_ref(), max, |data| Self::from_bytes(data, config))
     }
 
     /// Validate an in-memory Ogg/Opus file: headers, every page's CRC, every packet's TOC.

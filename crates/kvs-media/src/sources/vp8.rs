@@ -71,14 +71,8 @@ pub struct Vp8FileCamera {
 impl Vp8FileCamera {
     /// Open and validate `path`.
     pub fn open(path: impl AsRef<Path>, config: Vp8FileConfig) -> Result<Self, CaptureError> {
-        let path = path.as_ref();
-        let data = super::read_bounded(path, config.max_file_bytes)?;
-        Self::from_bytes(data, config).map_err(|e| match e {
-            CaptureError::InvalidInput(m) => {
-                CaptureError::InvalidInput(format!("{}: {m}", path.display()))
-            }
-            other => other,
-        })
+        let max = config.max_file_bytes;
+        super::open_file(path.as_ref(), max, |data| Self::from_bytes(data, config))
     }
 
     /// Validate an in-memory IVF file: VP8, every frame whole, at least one keyframe.
