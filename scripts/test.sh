@@ -27,8 +27,9 @@ cd "$ROOT"
 # iproute2 + python3 for the fault tests between network namespaces (tests/faults), iptables +
 # conntrack + openssl for the NAT tests (tests/nat: NAT routers, a TLS certificate for coturn), mosquitto
 # (the MQTT broker the RainMaker tests start, tests/rainmaker), ffmpeg (test sources: VP8/H.265/raw
-# frames, and ffprobe to open recordings).
-APT_PACKAGES=(chromium ffmpeg nasm libopus-dev pkg-config clang cmake ca-certificates coturn iproute2 iptables conntrack openssl procps python3 socat mosquitto)
+# frames, and ffprobe to open recordings), libasound2-dev (the `sound-card` feature's ALSA, built by
+# its test and by clippy --all-features).
+APT_PACKAGES=(chromium ffmpeg libasound2-dev nasm libopus-dev pkg-config clang cmake ca-certificates coturn iproute2 iptables conntrack openssl procps python3 socat mosquitto)
 NODE_MIN_MAJOR=20 # playwright-core's minimum
 
 export DEBIAN_FRONTEND=noninteractive
@@ -136,6 +137,9 @@ build_release() {
 
 rust_tests() {
   cargo test --workspace
+  # The sound-card speaker is behind a feature (no sound device here: its test checks that a
+  # device that cannot be opened is a clear error).
+  cargo test -p kvs-platform --features sound-card --lib sound_card
 }
 
 browser_tests() {

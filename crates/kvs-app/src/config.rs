@@ -792,6 +792,9 @@ pub struct SpeakerConfig {
     pub wav: Option<PathBuf>,
     /// Run this shell command and feed it PCM on stdin (`aplay -f S16_LE -r 48000`).
     pub command: Option<String>,
+    /// Play on this sound card output device (`"default"` or a name as the host lists it);
+    /// needs the `sound-card` cargo feature.
+    pub device: Option<String>,
     /// The floor is released after its holder has been silent this long.
     #[serde(with = "duration_millis")]
     pub floor_hold: Duration,
@@ -805,6 +808,7 @@ impl Default for SpeakerConfig {
         Self {
             wav: None,
             command: None,
+            device: None,
             floor_hold: Duration::from_secs(1),
             max_buffer: Duration::from_millis(200),
         }
@@ -1016,8 +1020,15 @@ impl DeviceConfig {
         if self.receive.record_max_bytes < 64 * 1024 {
             return Err("receive.record_max_bytes must be at least 65536".into());
         }
-        if self.speaker.wav.is_some() && self.speaker.command.is_some() {
-            return Err("speaker.wav and speaker.command: choose one speaker".into());
+        let speakers = [
+            self.speaker.wav.is_some(),
+            self.speaker.command.is_some(),
+            self.speaker.device.is_some(),
+        ];
+        if speakers.iter().filter(|s| **s).count() > 1 {
+            return Err(
+                "speaker.wav, speaker.command and speaker.device: choose one speaker".into(),
+            );
         }
         if self.speaker.floor_hold.is_zero() || self.speaker.floor_hold > Duration::from_secs(60) {
             return Err("speaker.floor_hold must be 1..=60000 ms".into());

@@ -237,5 +237,15 @@ pub fn open_speaker(
     if let Some(command) = &config.command {
         return Ok(Some(Box::new(CommandPlayer::spawn(command)?)));
     }
+    if let Some(device) = &config.device {
+        #[cfg(feature = "sound-card")]
+        return Ok(Some(Box::new(
+            kvs_platform::sound_card::SoundCardPlayer::open(Some(device))?,
+        )));
+        #[cfg(not(feature = "sound-card"))]
+        return Err(kvs_platform::PlaybackError::Device(format!(
+            "speaker device {device:?}: this build has no sound-card support (cargo feature `sound-card`)"
+        )));
+    }
     Ok(None)
 }

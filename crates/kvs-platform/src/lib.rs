@@ -14,6 +14,8 @@
 pub mod clock;
 pub mod fs;
 pub mod media;
+#[cfg(feature = "sound-card")]
+pub mod sound_card;
 pub mod speaker;
 pub mod video_player;
 

@@ -5,8 +5,8 @@
 //! A player takes signed 16-bit PCM in its [`PcmFormat`] (48 kHz mono for both host players)
 //! and blocks while the device drains it (a pipe to `aplay` fills at playback speed). It is
 //! called from the application's talk-back thread, never from the network task, so a slow
-//! player only drops talk-back packets, never delays video. A sound card through a crate is not
-//! here: this machine has no sound device to test one against.
+//! player only drops talk-back packets, never delays video. A sound card is
+//! `crate::sound_card::SoundCardPlayer`, behind the cargo feature `sound-card` (`cpal`).
 
 use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
@@ -37,6 +37,9 @@ pub enum PlaybackError {
     /// The command could not be started, or has exited.
     #[error("speaker command: {0}")]
     Command(String),
+    /// The sound card could not be opened, or stopped (feature `sound-card`).
+    #[error("sound card: {0}")]
+    Device(String),
     /// The WAV file reached the format's 4 GiB limit; further audio is not written.
     #[error("WAV file full (4 GiB limit of RIFF)")]
     Full,

@@ -181,13 +181,19 @@ pub(crate) struct DeviceArgs {
     audio_codec: Option<kvs_app::AudioCodecChoice>,
 
     /// Talk-back: write viewers' audio to this WAV file (48 kHz mono S16LE).
-    #[arg(long, value_name = "FILE", conflicts_with = "speaker_cmd")]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["speaker_cmd", "speaker_device"])]
     speaker_wav: Option<PathBuf>,
 
     /// Talk-back: feed viewers' audio (48 kHz mono S16LE) to this shell command's stdin,
     /// e.g. "aplay -f S16_LE -r 48000".
-    #[arg(long, value_name = "COMMAND")]
+    #[arg(long, value_name = "COMMAND", conflicts_with = "speaker_device")]
     speaker_cmd: Option<String>,
+
+    /// Talk-back: play viewers' audio on this sound card output device ("default", or a name
+    /// as the host lists it). Needs a build with the `sound-card` feature
+    /// (`cargo build --release --features sound-card`, libasound2-dev installed).
+    #[arg(long, value_name = "DEVICE")]
+    speaker_device: Option<String>,
 
     /// Receive viewers' camera: record each session that sends video to an MP4 file
     /// (H.264 + Opus) in this directory.
@@ -339,6 +345,9 @@ impl DeviceArgs {
         }
         if let Some(c) = &self.speaker_cmd {
             push("--speaker-cmd", Some(c.clone()));
+        }
+        if let Some(d) = &self.speaker_device {
+            push("--speaker-device", Some(d.clone()));
         }
         if let Some(d) = &self.record_dir {
             push("--record-dir", Some(d.to_string_lossy().into_owned()));
@@ -525,10 +534,17 @@ impl DeviceArgs {
         if let Some(path) = self.speaker_wav {
             config.speaker.wav = Some(path);
             config.speaker.command = None;
+            config.speaker.device = None;
         }
         if let Some(cmd) = self.speaker_cmd {
             config.speaker.command = Some(cmd);
             config.speaker.wav = None;
+            config.speaker.device = None;
+        }
+        if let Some(device) = self.speaker_device {
+            config.speaker.device = Some(device);
+            config.speaker.wav = None;
+            config.speaker.command = None;
         }
         if let Some(dir) = self.record_dir {
             config.receive.record_dir = Some(dir);
