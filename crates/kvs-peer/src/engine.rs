@@ -244,9 +244,12 @@ impl PeerEngine {
         let (audio_tx, audio_rx) = mpsc::channel(config.audio_sink_frames.max(1));
         let (event_tx, event_rx) = mpsc::channel(config.event_capacity.max(1));
         let (net_tx, net_rx) = mpsc::channel(NET_QUEUE);
-        let (talk_tx, talk_rx) = std::sync::mpsc::sync_channel(TALK_QUEUE);
+        // A std bounded channel allocates all its slots up front (~100 KB for RX_QUEUE): a
+        // path that is off gets a rendezvous channel (nothing is sent on it).
+        let bound = |on: bool, cap: usize| if on { cap } else { 0 };
+        let (talk_tx, talk_rx) = std::sync::mpsc::sync_channel(bound(config.talkback, TALK_QUEUE));
         let talk_dropped = Arc::new(AtomicU64::new(0));
-        let (rx_tx, rx_rx) = std::sync::mpsc::sync_channel(RX_QUEUE);
+        let (rx_tx, rx_rx) = std::sync::mpsc::sync_channel(bound(config.receive_media, RX_QUEUE));
         let rx_dropped = Arc::new(AtomicU64::new(0));
 
         let mut recv_tasks = Vec::new();

@@ -2,11 +2,9 @@
 //! a loop at a configured frame rate (Annex-B carries no timestamps).
 
 use crate::h264::{AccessUnitAssembler, AccessUnitInfo, Sps, DEFAULT_MAX_ACCESS_UNIT_BYTES};
-use crate::pacer::{LatePolicy, Pacer, PacerConfig};
 use bytes::Bytes;
-use kvs_platform::{CaptureError, EncodedFrame, FrameKind, VideoCapture, VideoCodec, VideoFormat};
+use kvs_platform::{CaptureError, EncodedFrame, VideoCapture, VideoCodec, VideoFormat};
 use std::path::Path;
-use std::time::Instant;
 
 /// Settings of an [`H264FileCamera`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,12 +36,8 @@ impl Default for H264FileConfig {
 #[derive(Debug)]
 pub struct H264FileCamera {
     config: H264FileConfig,
-    frames: Vec<(Bytes, FrameKind)>,
+    frames: super::LoopedFrames,
     sps: Sps,
-    next: usize,
-    /// Frames emitted; timestamps are `emitted / fps`, so they keep rising across loops.
-    emitted: u64,
-    pacer: Pacer,
 }
 
 impl H264FileCamera {
@@ -104,16 +98,9 @@ impl H264FileCamera {
             "H.264 file loaded"
         );
         Ok(Self {
-            pacer: Pacer::new(PacerConfig {
-                late_policy: LatePolicy::Reanchor,
-                default_frame_interval_us: 1_000_000 / u64::from(config.fps),
-                ..PacerConfig::default()
-            }),
+            frames: super::LoopedFrames::new(frames, config.fps, config.paced),
             config,
-            frames,
             sps,
-            next: 0,
-            emitted: 0,
         })
     }
 
@@ -139,29 +126,16 @@ impl VideoCapture for H264FileCamera {
     }
 
     fn start(&mut self) -> Result<(), CaptureError> {
-        self.pacer.reset();
-        // Restart at a keyframe: new viewers can decode at once.
-        self.next = 0;
+        self.frames.restart();
         Ok(())
     }
 
     fn stop(&mut self) {
-        self.pacer.reset();
+        self.frames.stop();
     }
 
     fn next_frame(&mut self) -> Result<Option<EncodedFrame>, CaptureError> {
-        let (data, kind) = self.frames[self.next].clone();
-        self.next = (self.next + 1) % self.frames.len();
-        let nominal = self.emitted * 1_000_000 / u64::from(self.config.fps);
-        self.emitted += 1;
-        let ts = if self.config.paced {
-            let paced = self.pacer.pace(nominal, Instant::now());
-            super::sleep_until(paced.due);
-            paced.output_ts_us
-        } else {
-            nominal
-        };
-        Ok(Some(EncodedFrame::new(data, ts, kind)))
+        Ok(Some(self.frames.next_frame()))
     }
 }
 

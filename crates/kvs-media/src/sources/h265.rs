@@ -8,7 +8,6 @@
 //! the device needs it, and the receiver reads it from the SPS.
 
 use crate::h265::{AccessUnitAssembler, AccessUnitInfo, DEFAULT_MAX_ACCESS_UNIT_BYTES};
-use crate::pacer::{LatePolicy, Pacer, PacerConfig};
 use bytes::Bytes;
 use kvs_platform::{CaptureError, EncodedFrame, FrameKind, VideoCapture, VideoCodec, VideoFormat};
 use std::io::{ErrorKind, Read};
@@ -45,10 +44,7 @@ impl Default for H265FileConfig {
 #[derive(Debug)]
 pub struct H265FileCamera {
     config: H265FileConfig,
-    frames: Vec<(Bytes, FrameKind)>,
-    next: usize,
-    emitted: u64,
-    pacer: Pacer,
+    frames: super::LoopedFrames,
 }
 
 impl H265FileCamera {
@@ -95,15 +91,8 @@ impl H265FileCamera {
         }
         tracing::info!(frames = frames.len(), fps = config.fps, "H.265 file loaded");
         Ok(Self {
-            pacer: Pacer::new(PacerConfig {
-                late_policy: LatePolicy::Reanchor,
-                default_frame_interval_us: 1_000_000 / u64::from(config.fps),
-                ..PacerConfig::default()
-            }),
+            frames: super::LoopedFrames::new(frames, config.fps, config.paced),
             config,
-            frames,
-            next: 0,
-            emitted: 0,
         })
     }
 
@@ -124,28 +113,16 @@ impl VideoCapture for H265FileCamera {
     }
 
     fn start(&mut self) -> Result<(), CaptureError> {
-        self.pacer.reset();
-        self.next = 0;
+        self.frames.restart();
         Ok(())
     }
 
     fn stop(&mut self) {
-        self.pacer.reset();
+        self.frames.stop();
     }
 
     fn next_frame(&mut self) -> Result<Option<EncodedFrame>, CaptureError> {
-        let (data, kind) = self.frames[self.next].clone();
-        self.next = (self.next + 1) % self.frames.len();
-        let nominal = self.emitted * 1_000_000 / u64::from(self.config.fps);
-        self.emitted += 1;
-        let ts = if self.config.paced {
-            let paced = self.pacer.pace(nominal, Instant::now());
-            super::sleep_until(paced.due);
-            paced.output_ts_us
-        } else {
-            nominal
-        };
-        Ok(Some(EncodedFrame::new(data, ts, kind)))
+        Ok(Some(self.frames.next_frame()))
     }
 }
 

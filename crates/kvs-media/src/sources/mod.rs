@@ -100,3 +100,65 @@ fn open_file<T>(
         other => other,
     })
 }
+
+/// A file's access units played in a loop at a fixed rate (the H.264 and H.265 file cameras):
+/// frame `n` is stamped `n / fps`, so timestamps keep rising across loops, and with `paced`
+/// each frame is returned when it is due.
+#[derive(Debug)]
+struct LoopedFrames {
+    frames: Vec<(bytes::Bytes, kvs_platform::FrameKind)>,
+    next: usize,
+    /// Frames emitted so far.
+    emitted: u64,
+    fps: u32,
+    paced: bool,
+    pacer: crate::pacer::Pacer,
+}
+
+impl LoopedFrames {
+    /// `frames` must not be empty, `fps` not 0 (the cameras check both at open).
+    fn new(frames: Vec<(bytes::Bytes, kvs_platform::FrameKind)>, fps: u32, paced: bool) -> Self {
+        use crate::pacer::{LatePolicy, Pacer, PacerConfig};
+        Self {
+            frames,
+            next: 0,
+            emitted: 0,
+            fps,
+            paced,
+            pacer: Pacer::new(PacerConfig {
+                late_policy: LatePolicy::Reanchor,
+                default_frame_interval_us: 1_000_000 / u64::from(fps.max(1)),
+                ..PacerConfig::default()
+            }),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// Start again at the first frame (a keyframe: new viewers can decode at once).
+    fn restart(&mut self) {
+        self.pacer.reset();
+        self.next = 0;
+    }
+
+    fn stop(&mut self) {
+        self.pacer.reset();
+    }
+
+    fn next_frame(&mut self) -> kvs_platform::EncodedFrame {
+        let (data, kind) = self.frames[self.next].clone();
+        self.next = (self.next + 1) % self.frames.len();
+        let nominal = self.emitted * 1_000_000 / u64::from(self.fps.max(1));
+        self.emitted += 1;
+        let ts = if self.paced {
+            let paced = self.pacer.pace(nominal, std::time::Instant::now());
+            sleep_until(paced.due);
+            paced.output_ts_us
+        } else {
+            nominal
+        };
+        kvs_platform::EncodedFrame::new(data, ts, kind)
+    }
+}
