@@ -10,9 +10,8 @@
 use crate::h265::{AccessUnitAssembler, AccessUnitInfo, DEFAULT_MAX_ACCESS_UNIT_BYTES};
 use bytes::Bytes;
 use kvs_platform::{CaptureError, EncodedFrame, FrameKind, VideoCapture, VideoCodec, VideoFormat};
-use std::io::{ErrorKind, Read};
+use std::io::Read;
 use std::path::Path;
-use std::time::Instant;
 
 /// Settings of an [`H265FileCamera`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,13 +150,8 @@ impl Default for StdinH265Config {
 /// for the timestamp policy, which is the same).
 #[derive(Debug)]
 pub struct StdinH265Camera<R: Read + Send = std::io::Stdin> {
-    reader: R,
+    pipe: super::pipe::AnnexBPipe<R, AccessUnitInfo>,
     config: StdinH265Config,
-    assembler: AccessUnitAssembler,
-    chunk: Vec<u8>,
-    eof: bool,
-    first_arrival: Option<Instant>,
-    frames: u64,
 }
 
 impl StdinH265Camera<std::io::Stdin> {
@@ -171,13 +165,13 @@ impl<R: Read + Send> StdinH265Camera<R> {
     /// Read from `reader`.
     pub fn new(reader: R, config: StdinH265Config) -> Self {
         Self {
-            reader,
-            assembler: AccessUnitAssembler::new(config.max_access_unit_bytes),
-            chunk: vec![0; config.read_chunk_bytes.clamp(1, 1 << 20)],
+            pipe: super::pipe::AnnexBPipe::new(
+                reader,
+                config.fps,
+                config.max_access_unit_bytes,
+                config.read_chunk_bytes,
+            ),
             config,
-            eof: false,
-            first_arrival: None,
-            frames: 0,
         }
     }
 }
@@ -202,36 +196,10 @@ impl<R: Read + Send> VideoCapture for StdinH265Camera<R> {
     /// everything was delivered. An oversized access unit gives `InvalidInput` once; the
     /// stream continues after it.
     fn next_frame(&mut self) -> Result<Option<EncodedFrame>, CaptureError> {
-        loop {
-            if let Some(au) = self.assembler.pop() {
-                let ts = match self.config.fps {
-                    Some(fps) => self.frames * 1_000_000 / u64::from(fps.max(1)),
-                    None => {
-                        let first = *self.first_arrival.get_or_insert_with(Instant::now);
-                        first.elapsed().as_micros() as u64
-                    }
-                };
-                self.frames += 1;
-                let kind = au.kind();
-                return Ok(Some(EncodedFrame::new(au.data, ts, kind)));
-            }
-            if self.eof {
-                return Ok(None);
-            }
-            let n = match self.reader.read(&mut self.chunk) {
-                Ok(n) => n,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e.into()),
-            };
-            if n == 0 {
-                self.eof = true;
-                self.assembler.finish();
-                continue;
-            }
-            self.assembler
-                .push(&self.chunk[..n])
-                .map_err(|e| CaptureError::InvalidInput(format!("H.265 from pipe: {e}")))?;
-        }
+        Ok(self.pipe.next_unit()?.map(|(au, ts)| {
+            let kind = au.kind();
+            EncodedFrame::new(au.data, ts, kind)
+        }))
     }
 }
 

@@ -7,7 +7,8 @@
 //! [`StdinH264Config::fps`] for producers that write faster than real time (a file piped in
 //! with `cat`) — then frame `n` gets `n / fps` — but pacing such input is the producer's job.
 
-use crate::h264::{find_sps, AccessUnitAssembler, DEFAULT_MAX_ACCESS_UNIT_BYTES};
+use crate::annexb::{AccessUnit, AccessUnitAssembler, AccessUnitRules};
+use crate::h264::{find_sps, AccessUnitInfo, DEFAULT_MAX_ACCESS_UNIT_BYTES};
 use kvs_platform::{CaptureError, EncodedFrame, VideoCapture, VideoCodec, VideoFormat};
 use std::io::{ErrorKind, Read};
 use std::time::Instant;
@@ -33,16 +34,83 @@ impl Default for StdinH264Config {
     }
 }
 
+/// Annex-B read from a pipe and cut into access units as bytes arrive, each stamped by the
+/// pipe cameras' timestamp policy (see the [module docs](self)); the H.264 and H.265 pipe
+/// cameras are this with their codec's boundary rules.
+#[derive(Debug)]
+pub(super) struct AnnexBPipe<R, U: AccessUnitRules> {
+    reader: R,
+    assembler: AccessUnitAssembler<U>,
+    chunk: Vec<u8>,
+    eof: bool,
+    /// `None`: timestamps from arrival time. `Some(fps)`: frame `n` is stamped `n / fps`.
+    fps: Option<u32>,
+    first_arrival: Option<Instant>,
+    frames: u64,
+}
+
+impl<R: Read, U: AccessUnitRules> AnnexBPipe<R, U>
+where
+    U::Error: std::fmt::Display,
+{
+    pub(super) fn new(
+        reader: R,
+        fps: Option<u32>,
+        max_access_unit_bytes: usize,
+        read_chunk_bytes: usize,
+    ) -> Self {
+        Self {
+            reader,
+            assembler: AccessUnitAssembler::new(max_access_unit_bytes),
+            chunk: vec![0; read_chunk_bytes.clamp(1, 1 << 20)],
+            eof: false,
+            fps,
+            first_arrival: None,
+            frames: 0,
+        }
+    }
+
+    /// Blocks until a complete access unit has arrived and returns it with its timestamp;
+    /// `Ok(None)` once the pipe is closed and everything was delivered. An oversized access
+    /// unit gives `InvalidInput` once; the stream continues after it.
+    pub(super) fn next_unit(&mut self) -> Result<Option<(AccessUnit<U>, u64)>, CaptureError> {
+        loop {
+            if let Some(au) = self.assembler.pop() {
+                let ts = match self.fps {
+                    Some(fps) => self.frames * 1_000_000 / u64::from(fps.max(1)),
+                    None => {
+                        let first = *self.first_arrival.get_or_insert_with(Instant::now);
+                        first.elapsed().as_micros() as u64
+                    }
+                };
+                self.frames += 1;
+                return Ok(Some((au, ts)));
+            }
+            if self.eof {
+                return Ok(None);
+            }
+            let n = match self.reader.read(&mut self.chunk) {
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            };
+            if n == 0 {
+                self.eof = true;
+                self.assembler.finish();
+                continue;
+            }
+            self.assembler
+                .push(&self.chunk[..n])
+                .map_err(|e| CaptureError::InvalidInput(format!("{} from pipe: {e}", U::CODEC)))?;
+        }
+    }
+}
+
 /// An H.264 camera reading Annex-B from a pipe. See the [module docs](self).
 #[derive(Debug)]
 pub struct StdinH264Camera<R: Read + Send = std::io::Stdin> {
-    reader: R,
+    pipe: AnnexBPipe<R, AccessUnitInfo>,
     config: StdinH264Config,
-    assembler: AccessUnitAssembler,
-    chunk: Vec<u8>,
-    eof: bool,
-    first_arrival: Option<Instant>,
-    frames: u64,
     width: u32,
     height: u32,
 }
@@ -58,19 +126,19 @@ impl<R: Read + Send> StdinH264Camera<R> {
     /// Read from `reader`.
     pub fn new(reader: R, config: StdinH264Config) -> Self {
         Self {
-            reader,
-            assembler: AccessUnitAssembler::new(config.max_access_unit_bytes),
-            chunk: vec![0; config.read_chunk_bytes.clamp(1, 1 << 20)],
+            pipe: AnnexBPipe::new(
+                reader,
+                config.fps,
+                config.max_access_unit_bytes,
+                config.read_chunk_bytes,
+            ),
             config,
-            eof: false,
-            first_arrival: None,
-            frames: 0,
             width: 0,
             height: 0,
         }
     }
 
-    fn emit(&mut self, au: crate::h264::AccessUnit) -> EncodedFrame {
+    fn emit(&mut self, au: crate::h264::AccessUnit, ts: u64) -> EncodedFrame {
         if au.info.has_sps {
             match find_sps(&au.data) {
                 Some(Ok(sps)) => {
@@ -84,14 +152,6 @@ impl<R: Read + Send> StdinH264Camera<R> {
                 None => {}
             }
         }
-        let ts = match self.config.fps {
-            Some(fps) => self.frames * 1_000_000 / u64::from(fps.max(1)),
-            None => {
-                let first = *self.first_arrival.get_or_insert_with(Instant::now);
-                first.elapsed().as_micros() as u64
-            }
-        };
-        self.frames += 1;
         let kind = au.kind();
         EncodedFrame::new(au.data, ts, kind)
     }
@@ -118,27 +178,7 @@ impl<R: Read + Send> VideoCapture for StdinH264Camera<R> {
     /// everything was delivered. An oversized access unit gives `InvalidInput` once; the
     /// stream continues after it.
     fn next_frame(&mut self) -> Result<Option<EncodedFrame>, CaptureError> {
-        loop {
-            if let Some(au) = self.assembler.pop() {
-                return Ok(Some(self.emit(au)));
-            }
-            if self.eof {
-                return Ok(None);
-            }
-            let n = match self.reader.read(&mut self.chunk) {
-                Ok(n) => n,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e.into()),
-            };
-            if n == 0 {
-                self.eof = true;
-                self.assembler.finish();
-                continue;
-            }
-            self.assembler
-                .push(&self.chunk[..n])
-                .map_err(|e| CaptureError::InvalidInput(format!("H.264 from pipe: {e}")))?;
-        }
+        Ok(self.pipe.next_unit()?.map(|(au, ts)| self.emit(au, ts)))
     }
 }
 
