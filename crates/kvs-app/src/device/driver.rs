@@ -94,39 +94,7 @@ impl Driver {
                     DeviceInput::Signaling(event)
                 }
                 event = peer_events.recv() => match event {
-                    Some(event) => {
-                        // A keyframe request must not wait behind the events queued before
-                        // it (answers and candidates to send, each awaiting signaling): the
-                        // camera is told at once; the core still sees the event in order.
-                        if matches!(event, PeerEvent::KeyframeRequested { .. }) {
-                            if let Some(video) = &self.video_thread {
-                                video.control().request_keyframe();
-                            }
-                        }
-                        let mut batch = vec![event];
-                        while let Ok(e) = peer_events.try_recv() {
-                            if matches!(e, PeerEvent::KeyframeRequested { .. }) {
-                                if let Some(video) = &self.video_thread {
-                                    video.control().request_keyframe();
-                                }
-                            }
-                            batch.push(e);
-                            if batch.len() >= PEER_EVENT_BATCH {
-                                break;
-                            }
-                        }
-                        for e in &batch {
-                            self.adapt_bitrate(e).await;
-                        }
-                        let last = batch.pop().expect("one event at least");
-                        for e in batch {
-                            core.handle_input(Instant::now(), DeviceInput::Peer(e));
-                            while let Some(output) = core.poll_output() {
-                                self.perform(&mut core, output).await;
-                            }
-                        }
-                        DeviceInput::Peer(last)
-                    }
+                    Some(event) => self.take_peer_events(&mut core, event, &mut peer_events).await,
                     None => {
                         self.events.publish(AppEvent::new(EventKind::Error, "peer engine stopped").with_status(1));
                         break;
@@ -292,6 +260,44 @@ impl Driver {
             }
         };
         let _ = reply.send(answer);
+    }
+
+    /// Take `first` and the peer events queued behind it (at most [`PEER_EVENT_BATCH`]): keyframe
+    /// requests go to the camera at once — they must not wait behind the events before them
+    /// (answers and candidates to send, each awaiting signaling) —, adaptive bitrate sees every
+    /// event, and the core handles them in order; the last is returned for the loop to handle.
+    async fn take_peer_events(
+        &mut self,
+        core: &mut DeviceCore,
+        first: PeerEvent,
+        queued: &mut mpsc::Receiver<PeerEvent>,
+    ) -> DeviceInput {
+        let mut batch = vec![first];
+        while batch.len() < PEER_EVENT_BATCH {
+            match queued.try_recv() {
+                Ok(e) => batch.push(e),
+                Err(_) => break,
+            }
+        }
+        if let Some(video) = &self.video_thread {
+            for _ in batch
+                .iter()
+                .filter(|e| matches!(e, PeerEvent::KeyframeRequested { .. }))
+            {
+                video.control().request_keyframe();
+            }
+        }
+        for e in &batch {
+            self.adapt_bitrate(e).await;
+        }
+        let last = batch.pop().expect("one event at least");
+        for e in batch {
+            core.handle_input(Instant::now(), DeviceInput::Peer(e));
+            while let Some(output) = core.poll_output() {
+                self.perform(core, output).await;
+            }
+        }
+        DeviceInput::Peer(last)
     }
 
     /// Feed adaptive bitrate with an engine event; a new target goes to the camera (between
