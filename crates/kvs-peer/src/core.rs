@@ -1550,6 +1550,13 @@ fn on_event(
                 .find(|c| c.pt() == p.header.payload_type)
                 .map(|c| c.spec().codec);
             let codec = spec.and_then(audio_codec_of);
+            // Copied out of str0m's packet once, shared by the recorder and talk-back.
+            let mut copied: Option<Bytes> = None;
+            let mut payload = || {
+                copied
+                    .get_or_insert_with(|| Bytes::copy_from_slice(&p.payload))
+                    .clone()
+            };
             if config.receive_media {
                 let media = match (spec, codec) {
                     (Some(Codec::H264), _) => Some(RxMedia::Video),
@@ -1563,7 +1570,7 @@ fn on_event(
                         seq: *p.seq_no,
                         rtp_time: p.time.numer(),
                         marker: p.header.marker,
-                        payload: Bytes::copy_from_slice(&p.payload),
+                        payload: payload(),
                         arrival: now,
                     });
                 }
@@ -1579,7 +1586,7 @@ fn on_event(
                     seq: *p.seq_no,
                     rtp_time: p.time.numer(),
                     audio_level: p.header.ext_vals.audio_level,
-                    payload: Bytes::copy_from_slice(&p.payload),
+                    payload: payload(),
                     arrival: now,
                 });
             }
