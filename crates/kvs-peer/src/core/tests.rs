@@ -30,6 +30,17 @@ fn wait_device(sim: &mut Sim, limit: Duration, pick: impl Fn(&PeerEvent) -> bool
 }
 
 /// The failure of `peer`: (instant of Failed, reason), checking Closed follows at once.
+/// The first answer the device gave.
+fn first_answer(sim: &Sim) -> String {
+    sim.device_events
+        .iter()
+        .find_map(|(_, e)| match e {
+            PeerEvent::LocalAnswer { sdp, .. } => Some(sdp.clone()),
+            _ => None,
+        })
+        .expect("the device answered")
+}
+
 fn failure(sim: &Sim, peer: &'static str) -> (Instant, String) {
     let i = sim
         .device_events
@@ -593,14 +604,7 @@ fn talkback_packets_come_out_in_order_and_g711_is_chosen_by_negotiation() {
     sim.signal(v);
     wait_device(&mut sim, Duration::from_secs(5), connected("talker"));
     // The answer's audio m-line is sendrecv with PCMU only.
-    let answer = sim
-        .device_events
-        .iter()
-        .find_map(|(_, e)| match e {
-            PeerEvent::LocalAnswer { sdp, .. } => Some(sdp.clone()),
-            _ => None,
-        })
-        .unwrap();
+    let answer = first_answer(&sim);
     let audio = answer.split("m=audio").nth(1).unwrap();
     assert!(audio.contains("a=sendrecv"), "{audio}");
     assert!(
@@ -673,14 +677,7 @@ fn received_media_comes_out_in_order_and_ends_with_the_session() {
     let v = sim.add_audio_viewer("camera", AudioCodec::Opus, true);
     sim.signal(v);
     wait_device(&mut sim, Duration::from_secs(5), connected("camera"));
-    let answer = sim
-        .device_events
-        .iter()
-        .find_map(|(_, e)| match e {
-            PeerEvent::LocalAnswer { sdp, .. } => Some(sdp.clone()),
-            _ => None,
-        })
-        .unwrap();
+    let answer = first_answer(&sim);
     assert!(answer
         .split("m=audio")
         .nth(1)
