@@ -227,7 +227,7 @@ pub fn open_microphone_with(
     })
 }
 
-/// Open the speaker `[speaker]` names (`None` when neither a WAV file nor a command is set).
+/// Open the speaker `[speaker]` names (`None` when no WAV file, command or device is set).
 pub fn open_speaker(
     config: &SpeakerConfig,
 ) -> Result<Option<Box<dyn AudioPlayer>>, kvs_platform::PlaybackError> {
