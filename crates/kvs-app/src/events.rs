@@ -9,7 +9,7 @@ use std::fmt;
 use tokio::sync::broadcast;
 
 /// How many events a lagging subscriber may fall behind before losing the oldest.
-pub const EVENT_BUFFER: usize = 256;
+pub const EVENT_BUFFER: usize = 64;
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

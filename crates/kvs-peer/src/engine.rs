@@ -120,16 +120,16 @@ pub struct PeerHandle {
     audio: FrameSink,
     sessions: Arc<AtomicUsize>,
     local_addrs: Arc<Vec<SocketAddr>>,
-    talkback: Arc<Mutex<Option<std::sync::mpsc::Receiver<TalkPacket>>>>,
+    talkback: Arc<Mutex<Option<crate::queue::QueueReceiver<TalkPacket>>>>,
     talk_dropped: Arc<AtomicU64>,
-    received: Arc<Mutex<Option<std::sync::mpsc::Receiver<RxItem>>>>,
+    received: Arc<Mutex<Option<crate::queue::QueueReceiver<RxItem>>>>,
     rx_dropped: Arc<AtomicU64>,
 }
 
 impl PeerHandle {
     /// Viewers' media packets and session ends (with [`PeerConfig::receive_media`]), for a
     /// thread that records or decodes them (`kvs_media::receive`). The first call takes it.
-    pub fn take_received(&self) -> Option<std::sync::mpsc::Receiver<RxItem>> {
+    pub fn take_received(&self) -> Option<crate::queue::QueueReceiver<RxItem>> {
         self.received.lock().ok()?.take()
     }
 
@@ -173,7 +173,7 @@ impl PeerHandle {
     /// Viewers' audio packets (with [`PeerConfig::talkback`]), for a thread that decodes and
     /// plays them (`kvs_media::talkback`). A std channel, so that thread can wait with a
     /// timeout; the first call takes it, later ones get `None`.
-    pub fn take_talkback(&self) -> Option<std::sync::mpsc::Receiver<TalkPacket>> {
+    pub fn take_talkback(&self) -> Option<crate::queue::QueueReceiver<TalkPacket>> {
         self.talkback.lock().ok()?.take()
     }
 
@@ -244,12 +244,12 @@ impl PeerEngine {
         let (audio_tx, audio_rx) = mpsc::channel(config.audio_sink_frames.max(1));
         let (event_tx, event_rx) = mpsc::channel(config.event_capacity.max(1));
         let (net_tx, net_rx) = mpsc::channel(NET_QUEUE);
-        // A std bounded channel allocates all its slots up front (~100 KB for RX_QUEUE): a
-        // path that is off gets a rendezvous channel (nothing is sent on it).
+        // Queues that allocate as they fill (a std bounded channel allocates every slot up
+        // front: ~20 KB for TALK_QUEUE, ~100 KB for RX_QUEUE); a path that is off gets bound 0.
         let bound = |on: bool, cap: usize| if on { cap } else { 0 };
-        let (talk_tx, talk_rx) = std::sync::mpsc::sync_channel(bound(config.talkback, TALK_QUEUE));
+        let (talk_tx, talk_rx) = crate::queue::bounded(bound(config.talkback, TALK_QUEUE));
         let talk_dropped = Arc::new(AtomicU64::new(0));
-        let (rx_tx, rx_rx) = std::sync::mpsc::sync_channel(bound(config.receive_media, RX_QUEUE));
+        let (rx_tx, rx_rx) = crate::queue::bounded(bound(config.receive_media, RX_QUEUE));
         let rx_dropped = Arc::new(AtomicU64::new(0));
 
         let mut recv_tasks = Vec::new();
@@ -429,10 +429,10 @@ struct Driver {
     /// Lookups of an older server list are ignored when they finish.
     lookup_generation: u64,
     /// Viewers' audio to the talk-back thread.
-    talk: std::sync::mpsc::SyncSender<TalkPacket>,
+    talk: crate::queue::QueueSender<TalkPacket>,
     talk_dropped: Arc<AtomicU64>,
     /// Viewers' media to the receive thread.
-    received: std::sync::mpsc::SyncSender<RxItem>,
+    received: crate::queue::QueueSender<RxItem>,
     rx_dropped: Arc<AtomicU64>,
     /// Session ends the full channel did not take yet: retried (a recording is finalized on
     /// them), at most [`MAX_HELD_ENDS`].

@@ -31,6 +31,7 @@ pub mod core;
 mod drain;
 pub mod engine;
 pub mod nat;
+pub mod queue;
 #[cfg(test)]
 mod sim;
 #[doc(hidden)]
