@@ -212,6 +212,8 @@ function coldPageProbe() {
     pcCreated: null,
     offerSent: null,
     answerReceived: null,
+    answerApplied: null,
+    firstLocalCandidate: null,
     iceConnected: null,
     connected: null,
   };
@@ -241,6 +243,16 @@ function coldPageProbe() {
     construct(target, args, newTarget) {
       const pc = Reflect.construct(target, args, newTarget);
       if (probe.pcCreated === null) probe.pcCreated = now();
+      pc.addEventListener('icecandidate', (e) => {
+        if (probe.firstLocalCandidate === null && e.candidate && e.candidate.candidate) probe.firstLocalCandidate = now();
+      });
+      // When the browser has applied the device's answer (its ICE checks can start then).
+      const setRemote = pc.setRemoteDescription.bind(pc);
+      pc.setRemoteDescription = (d) =>
+        setRemote(d).then((v) => {
+          if (probe.answerApplied === null && d && d.type === 'answer') probe.answerApplied = now();
+          return v;
+        });
       pc.addEventListener('iceconnectionstatechange', () => {
         const s = pc.iceConnectionState;
         if (probe.iceConnected === null && (s === 'connected' || s === 'completed')) probe.iceConnected = now();
@@ -279,6 +291,8 @@ function coldPageReport() {
     offer_sent_at_ms: p.offerSent,
     first_frame_at_ms: firstFrameAt,
     answer_ms: since(p.answerReceived, p.offerSent),
+    answer_applied_ms: since(p.answerApplied, p.offerSent),
+    first_local_candidate_ms: since(p.firstLocalCandidate, p.offerSent),
     ice_connected_ms: since(p.iceConnected, p.offerSent),
     connected_ms: since(p.connected, p.offerSent),
   };

@@ -208,6 +208,7 @@
       this.offerSentAt = null;
       this.remoteDescriptionSet = false;
       this.pendingRemoteCandidates = [];
+      this.candidatesBeforeOffer = []; // our own, gathered while signaling was still connecting
       this.pendingEchoes = []; // {key, sentAt} in send order, matched on echo
       this.echoWaiters = []; // resolvers waiting for the next echo
       this.prevVideo = null; // previous inbound-rtp video report, for bitrate
@@ -245,9 +246,18 @@
         fail('signaling-error', 'Cannot reach signaling', `${shown}: ${e.message}`);
         return;
       }
+      // The peer connection and its offer are made while the WebSocket connects (both take tens
+      // of milliseconds on a fresh page): the browser's ICE ports are ready by the time the
+      // answer arrives, and the offer leaves the moment signaling is open.
+      const prepared = this.preparePeer();
+      prepared.catch(() => {}); // reported once signaling is open (or never, if it fails first)
       this.ws.onopen = () => {
         opened = true;
-        this.onSignalingOpen().catch((e) => this.onFatal('Could not start the call', e));
+        prepared
+          .then(() => this.sendOffer())
+          .catch((e) => {
+            if (!this.closed) this.onFatal('Could not start the call', e);
+          });
       };
       this.ws.onmessage = (ev) => this.onSignalingMessage(ev.data);
       this.ws.onerror = () => {
@@ -276,7 +286,7 @@
       };
     }
 
-    async onSignalingOpen() {
+    async preparePeer() {
       const pc = new RTCPeerConnection({ iceServers: toIceServers(this.config.iceServers) });
       this.pc = pc;
       hook.pc = pc;
@@ -334,20 +344,29 @@
       };
       pc.onicecandidate = (ev) => {
         if (!ev.candidate || !ev.candidate.candidate) return; // end of candidates: nothing to send
-        this.send('ICE_CANDIDATE', {
+        const candidate = {
           candidate: ev.candidate.candidate,
           sdpMid: ev.candidate.sdpMid,
           sdpMLineIndex: ev.candidate.sdpMLineIndex,
-        });
+        };
+        // Gathered before the offer left: sent right after it (the device needs the offer first).
+        if (this.offerSentAt === null) this.candidatesBeforeOffer.push(candidate);
+        else this.send('ICE_CANDIDATE', candidate);
       };
       pc.onconnectionstatechange = () => this.onConnectionState();
 
       const offer = await pc.createOffer();
       await pc.setLocalDescription(offer);
-      if (this.closed) return;
+    }
+
+    /** Signaling is open and the peer connection prepared: the offer goes out. */
+    sendOffer() {
+      const pc = this.pc;
+      if (this.closed || !pc) return;
       this.offerCorrelationId = randomId('offer-');
       this.offerSentAt = performance.now();
       this.send('SDP_OFFER', { type: 'offer', sdp: pc.localDescription.sdp }, this.offerCorrelationId);
+      for (const c of this.candidatesBeforeOffer.splice(0)) this.send('ICE_CANDIDATE', c);
       setState('offer-sent');
       this.watchFirstFrame();
       this.statsTimer = setInterval(() => this.updateStats().catch(() => {}), STATS_INTERVAL_MS);

@@ -356,6 +356,16 @@ fn report(ctx: &mut Ctx, runs: &[Run], planned: usize, failed: &[String], not_le
         None,
     );
     add(
+        "  page: offer sent → answer applied (setRemoteDescription resolved)",
+        page("answer_applied_ms"),
+        None,
+    );
+    add(
+        "  page: offer sent → the page's first local ICE candidate",
+        page("first_local_candidate_ms"),
+        None,
+    );
+    add(
         "page: offer sent → ICE connected",
         page("ice_connected_ms"),
         None,
