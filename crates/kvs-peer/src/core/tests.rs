@@ -780,3 +780,52 @@ fn device_offers_receive_video_only_when_configured() {
         assert!(m_video.contains("H264"), "{m_video}");
     }
 }
+
+/// Loses the 30th RTP datagram (not RTCP: second byte 192..=223), once; a fn pointer for
+/// [`Rule::DropIf`], which only the test below uses.
+fn lose_one_video_packet(d: &[u8]) -> bool {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static SEEN: AtomicUsize = AtomicUsize::new(0);
+    let rtp = d.len() > 12 && d[0] >> 6 == 2 && !(192..=223).contains(&d[1]);
+    rtp && SEEN.fetch_add(1, Ordering::Relaxed) == 30
+}
+
+#[test]
+fn a_lost_video_packet_is_resent_and_its_frame_arrives_whole() {
+    let mut sim = Sim::new(PeerConfig::default());
+    let v = sim.add_viewer("viewer-1");
+    sim.viewers[v].up.delay = 10 * MS;
+    sim.viewers[v].down.delay = 10 * MS;
+    sim.viewers[v].down.rule = Rule::DropIf(lose_one_video_packet);
+    // Video only, so that every RTP datagram is video.
+    sim.start_camera(FRAME, None);
+    sim.signal(v);
+    let t_conn = wait_device(&mut sim, Duration::from_secs(2), connected("viewer-1"));
+
+    let found = sim.run_until(Duration::from_secs(3), |s| s.viewers[v].video().len() >= 40);
+    assert!(found, "the viewer receives video");
+    assert_eq!(sim.viewers[v].down.dropped, 1, "one datagram lost");
+
+    let cam = sim.camera.as_ref().unwrap();
+    let video: Vec<&Pushed> = cam
+        .pushed
+        .iter()
+        .filter(|p| p.kind == FanoutKind::Video)
+        .collect();
+    let first_after = video
+        .iter()
+        .position(|p| p.at > t_conn && p.frame.kind == kvs_platform::FrameKind::Key)
+        .expect("an IDR after the keyframe request");
+    // Every frame from that IDR on arrives whole and in order: the lost packet was
+    // served from the resend buffer (no frame skipped, no second keyframe needed).
+    let received = sim.viewers[v].video();
+    for (i, (_, f)) in received.iter().enumerate() {
+        assert_eq!(f.data, video[first_after + i].frame.data, "video frame {i}");
+        assert!(f.contiguous, "video frame {i}");
+    }
+    assert_eq!(
+        sim.device_event_times(keyframe_requested),
+        vec![t_conn],
+        "no keyframe asked for to repair the loss"
+    );
+}
