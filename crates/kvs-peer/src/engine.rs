@@ -38,6 +38,11 @@ pub const EVENT_BACKLOG_LIMIT: usize = 1024;
 /// Received datagrams waiting for the engine task.
 const NET_QUEUE: usize = 1024;
 const COMMAND_QUEUE: usize = 64;
+/// Received datagrams handled before what they produced is sent, when several are waiting.
+/// Fewer, larger (segmented) sends: on a loopback data-channel echo the device's system time
+/// fell by about a third against flushing after each datagram (with the Rust viewer reading
+/// bursts too); a reply waits a few microseconds more.
+const FLUSH_EVERY_DATAGRAMS: usize = 16;
 /// Results of name lookups and TURN connections waiting for the engine task.
 const NAT_QUEUE: usize = 256;
 /// Viewers' audio packets waiting for the application's talk-back thread (~1.3 s of three
@@ -476,9 +481,15 @@ impl Driver {
                 Some(d) = net.recv() => {
                     self.core.handle_datagram(d.at, d.source, d.destination, &d.data);
                     // Take whatever else already arrived before servicing timers.
+                    // Send what they produced every few datagrams, not after each: the
+                    // replies (SACKs, echoed data) then leave in fewer, segmented sends.
+                    let mut n = 0usize;
                     while let Ok(d) = net.try_recv() {
                         self.core.handle_datagram(d.at, d.source, d.destination, &d.data);
-                        self.flush_transmits();
+                        n += 1;
+                        if n.is_multiple_of(FLUSH_EVERY_DATAGRAMS) {
+                            self.flush_transmits();
+                        }
                     }
                 }
                 Some(input) = nat.recv() => self.on_nat_input(input),

@@ -551,6 +551,12 @@ impl Viewer {
                         if let Ok((n, src)) = res {
                             core.handle_datagram(Instant::now(), src, &buf[..n]);
                         }
+                        // Take what else already arrived before sending (one pass of the
+                        // loop per burst rather than per datagram).
+                        for _ in 1..RECV_BURST {
+                            let Ok((n, src)) = sock.try_recv_from(&mut buf) else { break };
+                            core.handle_datagram(Instant::now(), src, &buf[..n]);
+                        }
                     }
                     _ = tokio::time::sleep_until(deadline.into()) => core.handle_timeout(Instant::now()),
                 }
@@ -571,6 +577,10 @@ impl Viewer {
         ))
     }
 }
+
+/// Datagrams a viewer reads in one pass of its loop when they are already waiting (then it
+/// sends what they produced): fewer wake-ups and sends per burst than one pass each.
+const RECV_BURST: usize = 32;
 
 /// How long a closing viewer keeps sending its goodbye at most.
 const CLOSE_DRAIN: Duration = Duration::from_millis(200);

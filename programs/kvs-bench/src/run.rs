@@ -63,6 +63,17 @@ pub struct RunArgs {
     /// Override the number of cold-page runs (a fresh browser context each).
     #[arg(long)]
     pub coldpage_runs: Option<usize>,
+    /// Override the number of data channel echo runs (Rust peer and the node-datachannel
+    /// reference each).
+    #[arg(long)]
+    pub dc_runs: Option<usize>,
+    /// Override the bytes each data channel echo run moves, in MiB.
+    #[arg(long)]
+    pub dc_mib: Option<usize>,
+    /// Data channel: of the peers, only the node-datachannel reference (no Chromium, no
+    /// aiortc), for quick A/B runs of the Rust peer against it.
+    #[arg(long)]
+    pub dc_reference_only: bool,
 }
 
 /// How much of everything a run does.
@@ -91,6 +102,8 @@ struct Plan {
     relay_windows: usize,
     /// Cold page: runs, each a fresh browser context opening the viewer page.
     coldpage_runs: usize,
+    /// Data channel: the node-datachannel reference only, no other peers.
+    dc_reference_only: bool,
 }
 
 impl Plan {
@@ -117,6 +130,7 @@ impl Plan {
                 relay_window: Duration::from_secs(3),
                 relay_windows: 1,
                 coldpage_runs: 5,
+                dc_reference_only: false,
             }
         } else {
             Plan {
@@ -140,6 +154,7 @@ impl Plan {
                 relay_window: Duration::from_secs(10),
                 relay_windows: 3,
                 coldpage_runs: 10,
+                dc_reference_only: false,
             }
         };
         if let Some(c) = args.churn_cycles {
@@ -157,6 +172,13 @@ impl Plan {
         if let Some(n) = args.coldpage_runs {
             p.coldpage_runs = n.max(1);
         }
+        if let Some(n) = args.dc_runs {
+            p.dc_repeats = n.max(1);
+        }
+        if let Some(n) = args.dc_mib {
+            p.dc_bytes = n.max(1) << 20;
+        }
+        p.dc_reference_only = args.dc_reference_only;
         if let Some(w) = args.fanout_window {
             p.fanout_window = Duration::from_secs(w.max(1));
         }
@@ -1327,7 +1349,7 @@ async fn datachannel(ctx: &mut Ctx) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let mut others: Vec<(&str, Vec<Value>)> = Vec::new();
-    if ctx.peers.is_some() {
+    if ctx.peers.is_some() && !ctx.plan.dc_reference_only {
         let common = vec![
             "--signaling".to_string(),
             ctx.url.clone(),
