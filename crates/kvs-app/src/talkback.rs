@@ -10,9 +10,9 @@
 
 use crate::events::{AppEvent, EventBus, EventKind};
 use kvs_media::talkback::{FloorEvent, TalkPacket, TalkbackConfig, TalkbackCore, FRAME_DURATION};
+use kvs_peer::queue::QueueReceiver as Receiver;
 use kvs_platform::AudioPlayer;
 use std::sync::atomic::{AtomicBool, Ordering};
-use kvs_peer::queue::QueueReceiver as Receiver;
 use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Arc;
 use std::thread::JoinHandle;

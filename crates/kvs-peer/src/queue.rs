@@ -109,7 +109,10 @@ mod tests {
         assert!(matches!(tx.try_send(1), Err(TrySendError::Full(1))));
         let (tx2, rx2) = bounded(4);
         drop(rx2);
-        assert!(matches!(tx2.try_send(7), Err(TrySendError::Disconnected(7))));
+        assert!(matches!(
+            tx2.try_send(7),
+            Err(TrySendError::Disconnected(7))
+        ));
         drop(rx);
     }
 
