@@ -56,12 +56,18 @@ fn failure(sim: &Sim, peer: &'static str) -> (Instant, String) {
     (*t, reason.clone())
 }
 
-#[test]
-fn connects_and_streams_starting_with_a_keyframe() {
-    let mut sim = Sim::new(PeerConfig::default());
+/// A simulation with one viewer ("viewer-1") 10 ms away in each direction.
+fn sim_with_one_viewer(config: PeerConfig) -> (Sim, usize) {
+    let mut sim = Sim::new(config);
     let v = sim.add_viewer("viewer-1");
     sim.viewers[v].up.delay = 10 * MS;
     sim.viewers[v].down.delay = 10 * MS;
+    (sim, v)
+}
+
+#[test]
+fn connects_and_streams_starting_with_a_keyframe() {
+    let (mut sim, v) = sim_with_one_viewer(PeerConfig::default());
     sim.start_camera(FRAME, Some(AUDIO_FRAME));
     let t0 = sim.now;
     sim.signal(v);
@@ -792,10 +798,7 @@ fn lose_one_video_packet(d: &[u8]) -> bool {
 
 #[test]
 fn a_lost_video_packet_is_resent_and_its_frame_arrives_whole() {
-    let mut sim = Sim::new(PeerConfig::default());
-    let v = sim.add_viewer("viewer-1");
-    sim.viewers[v].up.delay = 10 * MS;
-    sim.viewers[v].down.delay = 10 * MS;
+    let (mut sim, v) = sim_with_one_viewer(PeerConfig::default());
     sim.viewers[v].down.rule = Rule::DropIf(lose_one_video_packet);
     // Video only, so that every RTP datagram is video.
     sim.start_camera(FRAME, None);
