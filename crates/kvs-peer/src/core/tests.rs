@@ -56,6 +56,15 @@ fn failure(sim: &Sim, peer: &'static str) -> (Instant, String) {
     (*t, reason.clone())
 }
 
+/// The video frames the simulation's camera pushed, in order.
+fn pushed_video(sim: &Sim) -> Vec<&Pushed> {
+    let cam = sim.camera.as_ref().expect("the camera runs");
+    cam.pushed
+        .iter()
+        .filter(|p| p.kind == FanoutKind::Video)
+        .collect()
+}
+
 /// A simulation with one viewer ("viewer-1") 10 ms away in each direction.
 fn sim_with_one_viewer(config: PeerConfig) -> (Sim, usize) {
     let mut sim = Sim::new(config);
@@ -103,12 +112,7 @@ fn connects_and_streams_starting_with_a_keyframe() {
     assert!(found, "the viewer receives video");
     assert!(sim.viewers[v].connected_at().is_some());
 
-    let cam = sim.camera.as_ref().unwrap();
-    let video: Vec<&Pushed> = cam
-        .pushed
-        .iter()
-        .filter(|p| p.kind == FanoutKind::Video)
-        .collect();
+    let video = pushed_video(&sim);
     // The camera's first frame (an IDR, at the offer) and the deltas after it came before
     // the connection: none of them is sent.
     assert_eq!(video[0].frame.kind, kvs_platform::FrameKind::Key);
@@ -809,12 +813,7 @@ fn a_lost_video_packet_is_resent_and_its_frame_arrives_whole() {
     assert!(found, "the viewer receives video");
     assert_eq!(sim.viewers[v].down.dropped, 1, "one datagram lost");
 
-    let cam = sim.camera.as_ref().unwrap();
-    let video: Vec<&Pushed> = cam
-        .pushed
-        .iter()
-        .filter(|p| p.kind == FanoutKind::Video)
-        .collect();
+    let video = pushed_video(&sim);
     let first_after = video
         .iter()
         .position(|p| p.at > t_conn && p.frame.kind == kvs_platform::FrameKind::Key)
