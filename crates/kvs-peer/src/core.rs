@@ -210,6 +210,9 @@ struct Session {
     remote_kinds: Vec<(SocketAddr, &'static str)>,
     /// The viewer's ICE username fragment (a new one in an offer is an ICE restart).
     remote_ufrag: Option<String>,
+    /// The viewer's candidates, kept from ICE until the viewer has our answer (see
+    /// [`REMOTE_CANDIDATE_HOLD`]).
+    held_remote: Option<HeldRemote>,
     /// When the device last offered an ICE restart for the current loss of connectivity.
     restart_at: Option<Instant>,
     /// When the last datagram from the viewer arrived on the path media takes (RTCP, STUN,
@@ -253,6 +256,7 @@ impl Session {
             path: None,
             remote_kinds: Vec::new(),
             remote_ufrag: None,
+            held_remote: None,
             restart_at: None,
             last_received: now,
             gathering_pending: false,
@@ -503,6 +507,9 @@ impl PeerCore {
         let restart_after = self.config.nat.ice_restart_after;
         for s in self.sessions.values() {
             t = t.min(s.next_timeout);
+            if let Some(h) = &s.held_remote {
+                t = t.min(h.until);
+            }
             // The session deadlines too: str0m may have no timer of its own left (its ICE
             // agent gave up), and frames waking the driver must not keep pushing them out.
             if !s.connected {
@@ -700,6 +707,8 @@ impl PeerCore {
         let Some(s) = self.sessions.get_mut(&peer_id) else {
             return false;
         };
+        // A datagram from the viewer: it has our answer, our checks may go now.
+        release_remote(s, now);
         if let Err(e) = s.rtc.handle_input(input) {
             s.fail(format!("input rejected: {e}"));
         }
@@ -733,6 +742,10 @@ impl PeerCore {
             !q.is_empty()
         });
         for s in self.sessions.values_mut() {
+            let released = s.held_remote.as_ref().is_some_and(|h| now >= h.until);
+            if released {
+                release_remote(s, now);
+            }
             if !s.connected
                 && now.saturating_duration_since(s.started) >= self.config.connect_timeout
             {
@@ -757,7 +770,7 @@ impl PeerCore {
             }
             // Only sessions whose own timer is due are driven: polling an `Rtc` is not free,
             // and one session's timer must not cost every other session a poll.
-            let due = s.next_timeout <= now || !s.is_live();
+            let due = released || s.next_timeout <= now || !s.is_live();
             if s.next_timeout <= now && s.rtc.is_alive() {
                 if let Err(e) = s.rtc.handle_input(Input::Timeout(now)) {
                     s.fail(format!("timeout handling failed: {e}"));
@@ -1080,6 +1093,13 @@ impl PeerCore {
         let (mut s, lines) = self.new_session(now, &peer_id);
         s.remote_ufrag = ufrag;
         remember_sdp_candidates(&mut s, sdp);
+        // The offer's candidates wait for the viewer to have our answer (REMOTE_CANDIDATE_HOLD).
+        let (without_candidates, candidates) = split_sdp_candidates(sdp);
+        let offer = SdpOffer::from_sdp_string(&without_candidates).unwrap_or(offer);
+        s.held_remote = Some(HeldRemote {
+            until: now + REMOTE_CANDIDATE_HOLD,
+            candidates,
+        });
         let answer: SdpAnswer =
             s.rtc
                 .sdp_api()
@@ -1239,7 +1259,9 @@ impl PeerCore {
             Ok(ParsedCandidate::Candidate(c)) => {
                 s.remember_remote(&c);
                 self.nat.permit(now, c.addr().ip());
-                s.rtc.add_remote_candidate(c);
+                if !hold_remote(s, &c) {
+                    s.rtc.add_remote_candidate(c);
+                }
                 service(s, now, &self.config, &mut self.out);
                 Ok(())
             }
@@ -1269,7 +1291,9 @@ impl PeerCore {
                 Ok(ParsedCandidate::Candidate(c)) => {
                     debug!(peer = %s.peer_id, "applying held candidate {c}");
                     s.remember_remote(&c);
-                    s.rtc.add_remote_candidate(c);
+                    if !hold_remote(s, &c) {
+                        s.rtc.add_remote_candidate(c);
+                    }
                 }
                 Ok(ParsedCandidate::Ignored(why)) => debug!(peer = %s.peer_id, why, "ignored"),
                 Err(e) => warn!(peer = %s.peer_id, "bad held candidate: {e}"),
@@ -1377,6 +1401,65 @@ impl PeerCore {
 /// (and keeping time) only on a timeout input; until then it reports no timer of its own, so
 /// without this the session would stay silent until the viewer's first check arrives, and
 /// could never connect through a candidate only this side can reach.
+/// How long a new session keeps the viewer's candidates from ICE at most: until the viewer's
+/// first datagram shows it has our answer, or this long after the answer. Our checks go by UDP
+/// and overtake the answer, which goes through signaling; an agent that gets a check before the
+/// answer queues it, and str0m's then handles one queued check per 50 ms tick before it checks
+/// itself: two early checks (a host and a relayed candidate of ours) cost a viewer ~50 ms. A
+/// viewer that can reach us releases the hold at once; one that cannot (our NAT needs our
+/// packet first) waits at most this long.
+pub const REMOTE_CANDIDATE_HOLD: Duration = Duration::from_millis(100);
+/// Candidates held per session at most (a viewer sends a handful).
+const MAX_HELD_REMOTE: usize = 64;
+
+/// See [`Session::held_remote`].
+struct HeldRemote {
+    until: Instant,
+    candidates: Vec<str0m::Candidate>,
+}
+
+/// Keep `c` from ICE while the session holds the viewer's candidates; false when it does not.
+fn hold_remote(s: &mut Session, c: &str0m::Candidate) -> bool {
+    let Some(h) = &mut s.held_remote else {
+        return false;
+    };
+    if h.candidates.len() < MAX_HELD_REMOTE {
+        h.candidates.push(c.clone());
+    }
+    true
+}
+
+/// Give the held candidates to ICE and start checking them.
+fn release_remote(s: &mut Session, now: Instant) {
+    let Some(h) = s.held_remote.take() else {
+        return;
+    };
+    debug!(peer = %s.peer_id, n = h.candidates.len(), "releasing the viewer's candidates to ICE");
+    for c in h.candidates {
+        s.rtc.add_remote_candidate(c);
+    }
+    start_checks(s, now);
+}
+
+/// An offer's SDP without its candidate lines, and those candidates (usable ones).
+fn split_sdp_candidates(sdp: &str) -> (String, Vec<str0m::Candidate>) {
+    let mut rest = String::with_capacity(sdp.len());
+    let mut candidates = Vec::new();
+    for line in sdp.split_inclusive('\n') {
+        match line.trim().strip_prefix("a=") {
+            Some(c) if c.starts_with("candidate:") => {
+                if let Ok(ParsedCandidate::Candidate(c)) = parse_candidate(c) {
+                    if candidates.len() < MAX_HELD_REMOTE {
+                        candidates.push(c);
+                    }
+                }
+            }
+            _ => rest.push_str(line),
+        }
+    }
+    (rest, candidates)
+}
+
 fn start_checks(s: &mut Session, now: Instant) {
     if let Err(e) = s.rtc.handle_input(Input::Timeout(now)) {
         s.fail(format!("timeout handling failed: {e}"));

@@ -831,3 +831,51 @@ fn a_lost_video_packet_is_resent_and_its_frame_arrives_whole() {
         "no keyframe asked for to repair the loss"
     );
 }
+
+/// A STUN message (first byte 0 or 1: RFC 7983).
+fn is_stun(d: &[u8]) -> bool {
+    d.first().is_some_and(|b| *b < 2)
+}
+
+#[test]
+fn no_check_of_ours_reaches_the_viewer_before_our_answer() {
+    let (mut sim, v) = sim_with_one_viewer(PeerConfig::default());
+    sim.send_offer(v, false).expect("offer accepted");
+    sim.send_viewer_candidate(v).expect("candidate accepted");
+    // Signaling is slower than UDP: the answer is still on its way 40 ms later.
+    sim.run_for(40 * MS);
+    assert!(
+        sim.viewers[v].down.delivered_at(is_stun).is_empty(),
+        "a check reached the viewer before the answer"
+    );
+    sim.deliver_answer(v, false);
+    sim.deliver_device_candidates(v);
+    let answered = sim.now;
+    let t_conn = wait_device(&mut sim, Duration::from_secs(2), connected("viewer-1"));
+    // The viewer's check (10 ms), our reply and our own check (10 ms), its reply (10 ms), DTLS.
+    assert!(
+        t_conn - answered < 100 * MS,
+        "connected {:?} after the answer",
+        t_conn - answered
+    );
+}
+
+#[test]
+fn a_viewer_that_cannot_reach_us_gets_our_checks_once_the_hold_ends() {
+    let (mut sim, v) = sim_with_one_viewer(PeerConfig::default());
+    // Nothing from the viewer reaches us (our NAT would need a packet of ours first).
+    sim.viewers[v].up.rule = Rule::DropAll;
+    let t0 = sim.now;
+    sim.signal(v);
+    let found = sim.run_until(Duration::from_secs(1), |s| {
+        !s.viewers[v].down.delivered_at(is_stun).is_empty()
+    });
+    assert!(found, "the device never checked the viewer");
+    let first = sim.viewers[v].down.delivered_at(is_stun)[0];
+    // Sent when the hold ends, delivered after the link's 10 ms.
+    assert!(
+        first >= t0 + REMOTE_CANDIDATE_HOLD && first <= t0 + REMOTE_CANDIDATE_HOLD + 20 * MS,
+        "first check delivered {:?} after the offer",
+        first - t0
+    );
+}
