@@ -125,26 +125,8 @@ impl VideoCapture for H265FileCamera {
     }
 }
 
-/// Settings of a [`StdinH265Camera`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StdinH265Config {
-    /// `None`: timestamps from arrival time. `Some(fps)`: frame `n` is stamped `n / fps`.
-    pub fps: Option<u32>,
-    /// Largest access unit accepted (larger ones are dropped with an error).
-    pub max_access_unit_bytes: usize,
-    /// Bytes asked of the reader per `read` call.
-    pub read_chunk_bytes: usize,
-}
-
-impl Default for StdinH265Config {
-    fn default() -> Self {
-        Self {
-            fps: None,
-            max_access_unit_bytes: DEFAULT_MAX_ACCESS_UNIT_BYTES,
-            read_chunk_bytes: 64 * 1024,
-        }
-    }
-}
+/// Settings of a [`StdinH265Camera`]: the same as the H.264 pipe camera's.
+pub type StdinH265Config = super::pipe::StdinH264Config;
 
 /// An H.265 camera reading Annex-B from a pipe; not paced (see [`crate::sources::StdinH264Camera`]
 /// for the timestamp policy, which is the same).

@@ -13,7 +13,7 @@ use kvs_platform::{CaptureError, EncodedFrame, VideoCapture, VideoCodec, VideoFo
 use std::io::{ErrorKind, Read};
 use std::time::Instant;
 
-/// Settings of a [`StdinH264Camera`].
+/// Settings of a [`StdinH264Camera`] (and of `StdinH265Camera`, whose `StdinH265Config` is this type).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StdinH264Config {
     /// `None`: timestamps from arrival time. `Some(fps)`: frame `n` is stamped `n / fps`.
@@ -183,14 +183,14 @@ impl<R: Read + Send> VideoCapture for StdinH264Camera<R> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::sources::h264_file::tests::encoded_file;
 
-    /// A reader that hands out at most `step` bytes per call.
-    struct Trickle<'a> {
-        data: &'a [u8],
-        step: usize,
+    /// A reader that hands out at most `step` bytes per call (the pipe cameras' tests).
+    pub(in crate::sources) struct Trickle<'a> {
+        pub data: &'a [u8],
+        pub step: usize,
     }
 
     impl Read for Trickle<'_> {

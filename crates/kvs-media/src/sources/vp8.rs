@@ -364,6 +364,7 @@ impl<R: Read + Send> StdinVp8Camera<R> {
 mod tests {
     use super::*;
     use crate::ivf::testutil::ivf;
+    use crate::sources::pipe::tests::Trickle;
     use crate::vp8::testutil::frame;
 
     /// 3 s at 15 fps (timebase 1/15): a keyframe every 15 frames, preceded by two delta
@@ -427,21 +428,6 @@ mod tests {
             Vp8FileCamera::open("/nonexistent/a.ivf", cfg),
             Err(CaptureError::Io(_))
         ));
-    }
-
-    /// A reader that hands out at most `step` bytes per call.
-    struct Trickle<'a> {
-        data: &'a [u8],
-        step: usize,
-    }
-
-    impl Read for Trickle<'_> {
-        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-            let n = self.step.min(buf.len()).min(self.data.len());
-            buf[..n].copy_from_slice(&self.data[..n]);
-            self.data = &self.data[n..];
-            Ok(n)
-        }
     }
 
     #[test]
