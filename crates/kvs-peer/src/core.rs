@@ -1092,9 +1092,11 @@ impl PeerCore {
 
         let (mut s, lines) = self.new_session(now, &peer_id);
         s.remote_ufrag = ufrag;
-        remember_sdp_candidates(&mut s, sdp);
         // The offer's candidates wait for the viewer to have our answer (REMOTE_CANDIDATE_HOLD).
         let (without_candidates, candidates) = split_sdp_candidates(sdp);
+        for c in &candidates {
+            s.remember_remote(c);
+        }
         let offer = SdpOffer::from_sdp_string(&without_candidates).unwrap_or(offer);
         s.held_remote = Some(HeldRemote {
             until: now + REMOTE_CANDIDATE_HOLD,
