@@ -54,6 +54,17 @@ use std::time::Instant;
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 256 * 1024 * 1024;
 
 /// Block the calling (capture) thread until `due`.
+/// The timestamp of a frame whose nominal time is `nominal` µs: with `paced`, the pacer's,
+/// returned once the frame is due (the capture thread sleeps until then); else `nominal`.
+fn paced_timestamp(pacer: &mut crate::pacer::Pacer, paced: bool, nominal: u64) -> u64 {
+    if !paced {
+        return nominal;
+    }
+    let p = pacer.pace(nominal, Instant::now());
+    sleep_until(p.due);
+    p.output_ts_us
+}
+
 fn sleep_until(due: Instant) {
     let now = Instant::now();
     if due > now {
@@ -152,13 +163,7 @@ impl LoopedFrames {
         self.next = (self.next + 1) % self.frames.len();
         let nominal = self.emitted * 1_000_000 / u64::from(self.fps.max(1));
         self.emitted += 1;
-        let ts = if self.paced {
-            let paced = self.pacer.pace(nominal, std::time::Instant::now());
-            sleep_until(paced.due);
-            paced.output_ts_us
-        } else {
-            nominal
-        };
+        let ts = paced_timestamp(&mut self.pacer, self.paced, nominal);
         kvs_platform::EncodedFrame::new(data, ts, kind)
     }
 }

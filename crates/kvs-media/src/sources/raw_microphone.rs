@@ -12,7 +12,6 @@ use super::audio_encoder::{AudioEncoder, FRAME_SAMPLES, FRAME_US, SAMPLE_RATE};
 use super::command::{CommandOptions, CommandSource};
 use crate::pacer::{LatePolicy, Pacer, PacerConfig};
 use kvs_platform::{AudioCapture, AudioCodec, AudioFormat, CaptureError, EncodedFrame};
-use std::time::Instant;
 
 /// Periods per second (20 ms each).
 const PERIODS_PER_SECOND: u32 = 50;
@@ -213,13 +212,7 @@ impl AudioCapture for RawCommandMicrophone {
             return Ok(Some(f));
         }
         let nominal = self.frame_index * FRAME_US;
-        let ts = if self.config.paced {
-            let paced = self.pacer.pace(nominal, Instant::now());
-            super::sleep_until(paced.due);
-            paced.output_ts_us
-        } else {
-            nominal
-        };
+        let ts = super::paced_timestamp(&mut self.pacer, self.config.paced, nominal);
         let period = self.source.next_chunk()?;
         self.frame_index += 1;
         self.converter.convert(&period, &mut self.pcm)?;

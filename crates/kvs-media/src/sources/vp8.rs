@@ -14,7 +14,6 @@ use bytes::Bytes;
 use kvs_platform::{CaptureError, EncodedFrame, FrameKind, VideoCapture, VideoCodec, VideoFormat};
 use std::io::{ErrorKind, Read};
 use std::path::Path;
-use std::time::Instant;
 
 /// Used when a file has a single frame (no interval to measure): 30 fps.
 const FALLBACK_INTERVAL_US: u64 = 33_333;
@@ -184,13 +183,7 @@ impl VideoCapture for Vp8FileCamera {
             self.next = 0;
             self.loops += 1;
         }
-        let ts = if self.config.paced {
-            let paced = self.pacer.pace(nominal, Instant::now());
-            super::sleep_until(paced.due);
-            paced.output_ts_us
-        } else {
-            nominal
-        };
+        let ts = super::paced_timestamp(&mut self.pacer, self.config.paced, nominal);
         Ok(Some(EncodedFrame::new(data, ts, kind)))
     }
 }
