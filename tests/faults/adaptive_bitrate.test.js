@@ -7,7 +7,7 @@
 // time: viewer decoding → cap for 20 s → cap lifted for 15 s. Asserted:
 //   - with adaptation on, the encoder's target (the device's `BitrateChanged` events) is below
 //     600 kbit/s within 5 s of the cap, and rises again within 15 s after the cap is lifted;
-//   - the viewer keeps decoding under the cap, and it is frozen for less time (getStats
+//   - the viewer keeps decoding under the cap (at least 8 fps), and it is frozen for less time (getStats
 //     `totalFreezesDuration`) and decodes more frames with adaptation than without;
 //     `freezeCount` and the seconds without a decoded frame are printed, not asserted (a
 //     picture frozen throughout counts as few long freezes).
@@ -32,8 +32,10 @@ const CAPPED_MS = 20_000;
 const LIFTED_MS = 15_000;
 const FALL_BOUND_MS = 5000;
 const RISE_BOUND_MS = 15_000;
-// "Decoding continues": at least one frame a second on average under the cap.
-const MIN_FPS_UNDER_CAP = 1;
+// "Decoding continues" under the cap, at a frame rate a viewer still calls video: the camera
+// holds the target by skipping pictures (~20 fps at ~330 kbit/s seen here; without adaptation
+// ~1 fps).
+const MIN_FPS_UNDER_CAP = 8;
 const SETTLE_MS = 30_000;
 
 const cleanups = [];

@@ -8,9 +8,11 @@
 //!
 //! The policy:
 //! - **Lowest viewer wins**: one encoder feeds every viewer the same frames, so the target
-//!   follows the lowest estimate among the viewers (× [`HEADROOM`]: the estimate covers the
-//!   whole path, audio and packet overhead included, and a little spare keeps the queue at
-//!   the bottleneck empty), clamped to `[min, max]`.
+//!   follows the lowest estimate among the viewers, × [`HEADROOM`] (the estimate covers the
+//!   whole path: video packet overhead, and a little spare keeps the queue at the bottleneck
+//!   empty) less what the audio takes on the same path ([`AUDIO_RESERVE_BPS`] when there is a
+//!   microphone), clamped to `[min, max]`. The camera holds the target even where its encoder
+//!   cannot go that low (it skips pictures: `kvs_media::rate_hold`).
 //! - **Fall fast**: an estimate that puts the target more than [`FALL_MARGIN`] below the
 //!   current one takes effect at once.
 //! - **Rise slowly, stepwise**: the target goes up only after every viewer's estimate has
@@ -75,18 +77,24 @@ impl AdaptiveBitrateConfig {
         Ok(())
     }
 
-    /// The controller's bounds, starting from the encoder's configured bitrate.
-    pub fn bounds(&self, initial_bps: u64) -> AbrBounds {
+    /// The controller's bounds, starting from the encoder's configured bitrate; `audio`: a
+    /// microphone streams beside the camera (its share is taken off the estimates).
+    pub fn bounds(&self, initial_bps: u64, audio: bool) -> AbrBounds {
         AbrBounds {
             min_bps: u64::from(self.min_kbps) * 1000,
             max_bps: u64::from(self.max_kbps) * 1000,
             initial_bps,
+            reserved_bps: if audio { AUDIO_RESERVE_BPS } else { 0 },
         }
     }
 }
 
-/// Share of the lowest estimate given to the video encoder.
+/// Share of the lowest estimate given to the media (video packet overhead and spare).
 pub const HEADROOM: f64 = 0.85;
+/// What the audio takes on the path: 64 kbit/s (Opus as encoded here, or G.711) plus 50
+/// packets a second of ~70 bytes of headers (IP, UDP, RTP with extensions, SRTP tag). Under a
+/// 600 kbit/s cap this is ~15 % of the path, which the video must leave free.
+pub const AUDIO_RESERVE_BPS: u64 = 64_000 + 50 * 70 * 8;
 /// A new target this much below the current one applies at once.
 pub const FALL_MARGIN: f64 = 0.95;
 /// The estimates must allow this much more than the current target before a rise is held.
@@ -106,6 +114,8 @@ pub struct AbrBounds {
     pub max_bps: u64,
     /// The encoder's starting target (clamped into the bounds).
     pub initial_bps: u64,
+    /// What other streams take on the same path (audio), off the estimate before the video.
+    pub reserved_bps: u64,
 }
 
 /// Why the target changed.
@@ -169,8 +179,9 @@ impl BitrateController {
     /// What the estimators should probe for: the estimate the next rise step needs, not the
     /// ceiling — probing far above what is sent floods a narrow path with padding.
     pub fn probe_bps(&self) -> u64 {
-        let next = self.target as f64 * RISE_STEP * RISE_MARGIN / HEADROOM;
-        next.min(self.bounds.max_bps as f64 / HEADROOM) as u64
+        let next = self.target as f64 * RISE_STEP * RISE_MARGIN;
+        let reserved = self.bounds.reserved_bps as f64;
+        ((next.min(self.bounds.max_bps as f64) + reserved) / HEADROOM) as u64
     }
 
     /// A viewer's new estimate; returns the change to apply, if any.
@@ -196,8 +207,9 @@ impl BitrateController {
 
     fn evaluate(&mut self, now: Instant, left: Option<ChangeReason>) -> Option<BitrateChange> {
         let lowest = self.lowest()?;
-        let wanted =
-            ((lowest as f64 * HEADROOM) as u64).clamp(self.bounds.min_bps, self.bounds.max_bps);
+        let wanted = self
+            .video_share(lowest)
+            .clamp(self.bounds.min_bps, self.bounds.max_bps);
         let change = |bps: u64, reason: ChangeReason, this: &Self| BitrateChange {
             bps,
             reason,
@@ -230,12 +242,17 @@ impl BitrateController {
         ))
     }
 
+    /// What an estimate leaves the video (before the bounds).
+    fn video_share(&self, estimate_bps: u64) -> u64 {
+        ((estimate_bps as f64 * HEADROOM) as u64).saturating_sub(self.bounds.reserved_bps)
+    }
+
     /// Viewers below the floor, sorted.
     fn constrained(&self) -> Vec<String> {
         let mut v: Vec<String> = self
             .estimates
             .iter()
-            .filter(|(_, &bps)| (bps as f64 * HEADROOM) < self.bounds.min_bps as f64)
+            .filter(|(_, &bps)| self.video_share(bps) < self.bounds.min_bps)
             .map(|(p, _)| p.clone())
             .collect();
         v.sort();
@@ -255,6 +272,7 @@ mod tests {
                 min_bps: 150 * KBPS,
                 max_bps: 2000 * KBPS,
                 initial_bps: 1500 * KBPS,
+                reserved_bps: 0,
             }),
             Instant::now(),
         )
@@ -373,11 +391,41 @@ mod tests {
         assert!(c.validate().unwrap_err().contains("must not exceed"));
         c.min_kbps = 10;
         assert!(c.validate().unwrap_err().contains("50..=50000"));
-        let b = AdaptiveBitrateConfig::default().bounds(1_000_000);
+        let b = AdaptiveBitrateConfig::default().bounds(1_000_000, true);
         assert_eq!(
-            (b.min_bps, b.max_bps, b.initial_bps),
-            (150_000, 2_500_000, 1_000_000)
+            (b.min_bps, b.max_bps, b.initial_bps, b.reserved_bps),
+            (150_000, 2_500_000, 1_000_000, AUDIO_RESERVE_BPS)
         );
+        assert_eq!(
+            AdaptiveBitrateConfig::default()
+                .bounds(1_000_000, false)
+                .reserved_bps,
+            0
+        );
+    }
+
+    #[test]
+    fn the_audio_share_is_left_free_and_counted_in_probes_and_the_floor() {
+        let mut c = BitrateController::new(AbrBounds {
+            min_bps: 150 * KBPS,
+            max_bps: 2000 * KBPS,
+            initial_bps: 1500 * KBPS,
+            reserved_bps: AUDIO_RESERVE_BPS,
+        });
+        let t0 = Instant::now();
+        // A 600 kbit/s path, its estimate ~500: 425 for the media, less the audio's 92.
+        let ch = c.estimate("a", 500 * KBPS, t0).unwrap();
+        assert_eq!(ch.bps, 425 * KBPS - AUDIO_RESERVE_BPS);
+        // Probing for the next step asks for its video and the audio.
+        let next_video = (333 * KBPS) as f64 * RISE_STEP * RISE_MARGIN;
+        assert_eq!(
+            c.probe_bps(),
+            ((next_video + AUDIO_RESERVE_BPS as f64) / HEADROOM) as u64
+        );
+        // An estimate that leaves the video less than the floor: constrained, at the floor.
+        let ch = c.estimate("b", 250 * KBPS, secs(t0, 0.1)).unwrap();
+        assert_eq!(ch.bps, 150 * KBPS);
+        assert_eq!(ch.constrained, vec!["b".to_string()]);
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //!   tag (keyframes, picture size).
 //! - [`ogg`]: Ogg page parsing and an Ogg/Opus reader (plus a small writer used for fixtures).
 //! - [`pacer`]: a sans-IO frame pacer that says when each frame is due.
+//! - [`rate_hold`]: which pictures a live encoder skips to hold its target bitrate.
 //! - [`sources`]: host implementations of the `kvs_platform` capture traits (a test-pattern
 //!   camera and tone microphone that encode live, file sources that loop, and a camera that
 //!   reads H.264 from a pipe).
@@ -39,6 +40,7 @@ pub mod h265;
 pub mod ivf;
 pub mod ogg;
 pub mod pacer;
+pub mod rate_hold;
 pub mod receive;
 pub mod rtp;
 pub mod snapshot;

@@ -207,6 +207,7 @@ impl Device {
         };
 
         let camera_present = camera.is_some();
+        let microphone_present = microphone.is_some();
         let video_thread = match camera {
             Some(camera) => Some(capture::spawn_video(
                 camera,
@@ -248,11 +249,10 @@ impl Device {
             receive_thread,
             viewers: viewers_tx,
             abr: (config.adaptive_bitrate.enabled && camera_present).then(|| {
-                crate::abr::BitrateController::new(
-                    config
-                        .adaptive_bitrate
-                        .bounds(u64::from(config.video.nominal_bitrate_bps())),
-                )
+                crate::abr::BitrateController::new(config.adaptive_bitrate.bounds(
+                    u64::from(config.video.nominal_bitrate_bps()),
+                    microphone_present,
+                ))
             }),
         };
         let task = tokio::spawn(driver.run(core_config, peer_events, control_rx, shutdown_rx));
@@ -281,6 +281,7 @@ fn peer_config(
         crate::config::AudioCodecChoice::Pcmu => Some(AudioCodec::Pcmu),
         crate::config::AudioCodecChoice::Pcma => Some(AudioCodec::Pcma),
     };
+    let audio_present = !audio_codecs.is_empty();
     PeerConfig {
         max_sessions: session.max_viewers,
         bind_addrs: session.media_bind.clone(),
@@ -303,7 +304,7 @@ fn peer_config(
         congestion_control: (config.adaptive_bitrate.enabled && video.is_some()).then(|| {
             let abr = config
                 .adaptive_bitrate
-                .bounds(u64::from(config.video.nominal_bitrate_bps()));
+                .bounds(u64::from(config.video.nominal_bitrate_bps()), audio_present);
             kvs_peer::congestion::CongestionControl {
                 initial_bps: abr.initial_bps,
                 min_bps: abr.min_bps,

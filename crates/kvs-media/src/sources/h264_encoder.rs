@@ -9,6 +9,7 @@
 
 use crate::h264::{nal_type, nal_units, NalHeader};
 use crate::pacer::{LatePolicy, Pacer, PacerConfig};
+use crate::rate_hold::RateHold;
 use bytes::Bytes;
 use kvs_platform::{CaptureError, EncodedFrame, FrameKind};
 use openh264::encoder::{
@@ -254,6 +255,8 @@ pub(crate) struct LiveH264 {
     paced: bool,
     pacer: Pacer,
     force_keyframe: bool,
+    /// Skips pictures while the encoder runs ahead of its target (see [`crate::rate_hold`]).
+    rate_hold: RateHold,
     /// Set from other threads (see [`kvs_platform::VideoCapture::keyframe_trigger`]).
     trigger: Arc<AtomicBool>,
 }
@@ -283,6 +286,7 @@ impl LiveH264 {
                 default_frame_interval_us: 1_000_000 / u64::from(config.fps),
                 ..PacerConfig::default()
             }),
+            rate_hold: RateHold::new(u64::from(config.bitrate_bps), config.fps),
             encoder: H264Encoder::new(config)?,
             paced,
             force_keyframe: false,
@@ -308,7 +312,8 @@ impl LiveH264 {
         paced.output_ts_us
     }
 
-    /// Encode the next picture; a keyframe if one was asked for since the last.
+    /// Encode the next picture; a keyframe if one was asked for since the last. `None` when
+    /// the picture is skipped to hold the target bitrate (never a forced keyframe).
     pub(crate) fn encode(
         &mut self,
         picture: &impl YUVSource,
@@ -318,12 +323,23 @@ impl LiveH264 {
             self.force_keyframe = true;
         }
         let force = std::mem::take(&mut self.force_keyframe);
-        self.encoder.encode(picture, ts_us, force)
+        if force {
+            self.rate_hold.advance(ts_us);
+        } else if self.rate_hold.should_skip(ts_us) {
+            return Ok(None);
+        }
+        let frame = self.encoder.encode(picture, ts_us, force)?;
+        if let Some(f) = &frame {
+            self.rate_hold
+                .encoded(f.data.len(), f.kind == FrameKind::Key);
+        }
+        Ok(frame)
     }
 
     /// (Re)started: the schedule begins again and a viewer joining now needs a keyframe first.
     pub(crate) fn start(&mut self) {
         self.pacer.reset();
+        self.rate_hold.reset();
         self.force_keyframe = true;
     }
 
@@ -347,7 +363,9 @@ impl LiveH264 {
     }
 
     pub(crate) fn set_bitrate(&mut self, bits_per_second: u32) -> Result<(), CaptureError> {
-        self.encoder.set_bitrate(bits_per_second)
+        self.encoder.set_bitrate(bits_per_second)?;
+        self.rate_hold.set_target(u64::from(bits_per_second));
+        Ok(())
     }
 
     /// The format frames have.
