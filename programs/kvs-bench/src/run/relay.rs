@@ -646,6 +646,20 @@ fn report(ctx: &mut Ctx, direct: Option<&Mode>, relayed: &Mode) {
             Some(note),
         );
     }
+    // Where Chromium's time goes: its peer connection connected (ICE and DTLS) against first
+    // frame presented, to tell a transport delay from a media one.
+    let chromium_connected = |m: &Mode| m.chromium.as_ref().map(|v| column(v, "connected_ms"));
+    if let Some(r) = chromium_connected(relayed) {
+        let dd = direct.and_then(chromium_connected);
+        pair_row(
+            ctx,
+            "Chromium: offer sent → ICE+DTLS connected, relay-only device",
+            "ms",
+            Figure::of(&r),
+            dd.as_deref().and_then(Figure::of),
+            None,
+        );
+    }
     let keyframe = |m: &Mode| Figure::of(&column(&m.timings, "first_keyframe_sent_ms"));
     let ice = |m: &Mode| Figure::of(&column(&m.timings, "ice_connected_ms"));
     pair_row(
