@@ -633,32 +633,31 @@ fn report(ctx: &mut Ctx, direct: Option<&Mode>, relayed: &Mode) {
         d(&first),
         None,
     );
-    let chromium = |m: &Mode| m.chromium.as_ref().map(|v| column(v, "presented_ms"));
-    if let Some(r) = chromium(relayed) {
-        let dd = direct.and_then(chromium);
-        let note = p90_note(&r, dd.clone());
-        pair_row(
-            ctx,
+    // Chromium's first frame, and beside it when its peer connection connected (ICE and
+    // DTLS): a transport delay shows in both, a media one only in the first.
+    for (field, metric) in [
+        (
+            "presented_ms",
             "Chromium: offer sent → first frame decoded and presented, relay-only device",
-            "ms",
-            Figure::of(&r),
-            dd.as_deref().and_then(Figure::of),
-            Some(note),
-        );
-    }
-    // Where Chromium's time goes: its peer connection connected (ICE and DTLS) against first
-    // frame presented, to tell a transport delay from a media one.
-    let chromium_connected = |m: &Mode| m.chromium.as_ref().map(|v| column(v, "connected_ms"));
-    if let Some(r) = chromium_connected(relayed) {
-        let dd = direct.and_then(chromium_connected);
-        pair_row(
-            ctx,
+        ),
+        (
+            "connected_ms",
             "Chromium: offer sent → ICE+DTLS connected, relay-only device",
-            "ms",
-            Figure::of(&r),
-            dd.as_deref().and_then(Figure::of),
-            None,
-        );
+        ),
+    ] {
+        let chromium = |m: &Mode| m.chromium.as_ref().map(|v| column(v, field));
+        if let Some(r) = chromium(relayed) {
+            let dd = direct.and_then(chromium);
+            let note = p90_note(&r, dd.clone());
+            pair_row(
+                ctx,
+                metric,
+                "ms",
+                Figure::of(&r),
+                dd.as_deref().and_then(Figure::of),
+                Some(note),
+            );
+        }
     }
     let keyframe = |m: &Mode| Figure::of(&column(&m.timings, "first_keyframe_sent_ms"));
     let ice = |m: &Mode| Figure::of(&column(&m.timings, "ice_connected_ms"));
