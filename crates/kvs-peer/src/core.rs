@@ -1399,10 +1399,6 @@ impl PeerCore {
     }
 }
 
-/// Give a freshly negotiated session its first timeout. str0m's ICE agent starts checking
-/// (and keeping time) only on a timeout input; until then it reports no timer of its own, so
-/// without this the session would stay silent until the viewer's first check arrives, and
-/// could never connect through a candidate only this side can reach.
 /// How long a new session keeps the viewer's candidates from ICE at most: until the viewer's
 /// first datagram shows it has our answer, or this long after the answer. Our checks go by UDP
 /// and overtake the answer, which goes through signaling; an agent that gets a check before the
@@ -1448,20 +1444,23 @@ fn split_sdp_candidates(sdp: &str) -> (String, Vec<str0m::Candidate>) {
     let mut rest = String::with_capacity(sdp.len());
     let mut candidates = Vec::new();
     for line in sdp.split_inclusive('\n') {
-        match line.trim().strip_prefix("a=") {
-            Some(c) if c.starts_with("candidate:") => {
-                if let Ok(ParsedCandidate::Candidate(c)) = parse_candidate(c) {
-                    if candidates.len() < MAX_HELD_REMOTE {
-                        candidates.push(c);
-                    }
-                }
+        let Some(c) = candidate_attribute(line) else {
+            rest.push_str(line);
+            continue;
+        };
+        if let Ok(ParsedCandidate::Candidate(c)) = parse_candidate(c) {
+            if candidates.len() < MAX_HELD_REMOTE {
+                candidates.push(c);
             }
-            _ => rest.push_str(line),
         }
     }
     (rest, candidates)
 }
 
+/// Give a freshly negotiated session its first timeout. str0m's ICE agent starts checking
+/// (and keeping time) only on a timeout input; until then it reports no timer of its own, so
+/// without this the session would stay silent until the viewer's first check arrives, and
+/// could never connect through a candidate only this side can reach.
 fn start_checks(s: &mut Session, now: Instant) {
     if let Err(e) = s.rtc.handle_input(Input::Timeout(now)) {
         s.fail(format!("timeout handling failed: {e}"));
@@ -1910,16 +1909,18 @@ fn sdp_ufrag(sdp: &str) -> Option<String> {
 
 /// Remember the types of the candidates an SDP carries (for [`PeerEvent::PathSelected`]).
 fn remember_sdp_candidates(s: &mut Session, sdp: &str) {
-    for line in sdp.lines() {
-        let Some(c) = line.trim().strip_prefix("a=") else {
-            continue;
-        };
-        if c.starts_with("candidate:") {
-            if let Ok(ParsedCandidate::Candidate(c)) = parse_candidate(c) {
-                s.remember_remote(&c);
-            }
+    for c in sdp.lines().filter_map(candidate_attribute) {
+        if let Ok(ParsedCandidate::Candidate(c)) = parse_candidate(c) {
+            s.remember_remote(&c);
         }
     }
+}
+
+/// The `candidate:…` attribute of an SDP line `a=candidate:…`; `None` for any other line.
+fn candidate_attribute(line: &str) -> Option<&str> {
+    line.trim()
+        .strip_prefix("a=")
+        .filter(|c| c.starts_with("candidate:"))
 }
 
 /// Let every remote address the session knows of reach our relayed addresses (TURN

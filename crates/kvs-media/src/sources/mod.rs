@@ -53,7 +53,6 @@ use std::time::Instant;
 /// Default bound on the size of a media file a file source loads into memory: 256 MiB.
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 256 * 1024 * 1024;
 
-/// Block the calling (capture) thread until `due`.
 /// The timestamp of a frame whose nominal time is `nominal` µs: with `paced`, the pacer's,
 /// returned once the frame is due (the capture thread sleeps until then); else `nominal`.
 fn paced_timestamp(pacer: &mut crate::pacer::Pacer, paced: bool, nominal: u64) -> u64 {
@@ -65,6 +64,7 @@ fn paced_timestamp(pacer: &mut crate::pacer::Pacer, paced: bool, nominal: u64) -
     p.output_ts_us
 }
 
+/// Block the calling (capture) thread until `due`.
 fn sleep_until(due: Instant) {
     let now = Instant::now();
     if due > now {

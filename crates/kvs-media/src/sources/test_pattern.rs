@@ -422,7 +422,22 @@ pub(crate) mod tests {
         );
     }
 
-    /// Ten seconds of the camera's frames (by timestamp) after `warm_up` frames at `bps`:
+    /// Bytes and frames the camera makes in `span_us` of timestamps after its next frame (that
+    /// one not counted): pictures skipped to hold a low target count as time too.
+    fn bytes_and_frames_over(cam: &mut TestPatternCamera, span_us: u64) -> (u64, u64) {
+        let start = cam.next_frame().unwrap().unwrap().timestamp_us;
+        let (mut bytes, mut frames) = (0u64, 0u64);
+        loop {
+            let f = cam.next_frame().unwrap().unwrap();
+            if f.timestamp_us >= start + span_us {
+                return (bytes, frames);
+            }
+            bytes += f.data.len() as u64;
+            frames += 1;
+        }
+    }
+
+    /// Ten seconds of the camera's frames after 30 at the default bitrate, then `bps`:
     /// (kbit/s, frames).
     fn rate_over_ten_seconds(width: u32, height: u32, bps: u32) -> (u64, u64) {
         let mut cam = unpaced(width, height);
@@ -430,16 +445,8 @@ pub(crate) mod tests {
             cam.next_frame().unwrap();
         }
         cam.set_bitrate(bps).unwrap();
-        let start = cam.next_frame().unwrap().unwrap().timestamp_us;
-        let (mut bytes, mut frames) = (0u64, 0u64);
-        loop {
-            let f = cam.next_frame().unwrap().unwrap();
-            if f.timestamp_us >= start + 10_000_000 {
-                return (bytes * 8 / 10 / 1000, frames);
-            }
-            bytes += f.data.len() as u64;
-            frames += 1;
-        }
+        let (bytes, frames) = bytes_and_frames_over(&mut cam, 10_000_000);
+        (bytes * 8 / 10 / 1000, frames)
     }
 
     #[test]
@@ -472,19 +479,7 @@ pub(crate) mod tests {
         changed.next_frame().unwrap();
         changed.set_bitrate(60_000).unwrap();
         assert_eq!(changed.bitrate(), Some(60_000));
-        // Bytes over one second of pictures (by timestamp: pictures skipped to hold a low
-        // target count as time too).
-        let bytes = |cam: &mut TestPatternCamera| -> usize {
-            let first = cam.next_frame().unwrap().unwrap();
-            let mut total = first.data.len();
-            loop {
-                let f = cam.next_frame().unwrap().unwrap();
-                if f.timestamp_us >= first.timestamp_us + 1_000_000 {
-                    return total;
-                }
-                total += f.data.len();
-            }
-        };
+        let bytes = |cam: &mut TestPatternCamera| bytes_and_frames_over(cam, 1_000_000).0;
         let full = bytes(&mut reference);
         let low = bytes(&mut changed);
         assert!(
